@@ -1,0 +1,8 @@
+"""sc_fm: single-cell foundation-model pretraining.
+
+Atlases go into a sharded Zarr corpus (``scfm prepare``), stream through a batch-aware
+tokeniser into a masked-gene transformer trained under DeepSpeed (``scfm pretrain``), and
+come out as embeddings checked against scVI and PCA baselines (``scfm benchmark``).
+"""
+
+__version__ = "0.1.0"

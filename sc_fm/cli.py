@@ -1,0 +1,58 @@
+"""The ``scfm`` console script.
+
+Each subcommand lives in ``sc_fm/commands/NAME.py`` with ``add_arguments(parser)`` and
+``run(args) -> int``; those modules import heavy libraries inside ``run`` so that ``scfm --help``
+stays instant. User errors (``ScFmError``) print one paragraph and exit 2; ``--debug`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from sc_fm.errors import ScFmError
+
+COMMANDS = {
+    "prepare": "ingest atlases (h5ad, 10x, matrix-market, count tables) into a corpus store",
+    "info": "describe a corpus store: cells, genes, shards, sources, QC drops, vocabulary",
+    "pretrain": "pretrain the masked-gene transformer on one or more corpus stores",
+    "embed": "embed an AnnData with a checkpoint into .obsm['X_scfm']",
+    "benchmark": "compare checkpoints with scVI, PCA and a random control on scIB metrics",
+    "finetune": "fine-tune a checkpoint for cell-type annotation",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scfm", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for all errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"sc_fm.commands.{name}")
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show tracebacks for all errors")
+        module.add_arguments(cmd)
+        cmd.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except ScFmError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"scfm {args.command}: error: {err.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"scfm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

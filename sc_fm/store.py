@@ -1,0 +1,358 @@
+"""The corpus store: a self-describing Zarr directory of CSR cell shards.
+
+Layout (all arrays compressed; see ``codec_for``)::
+
+    STORE/zarr.json           root attrs: format, format_version, vocab hash/name, n_cells,
+                              n_genes, shards [{name, n_cells, nnz, source}], categories,
+                              stats_version, complete
+    STORE/vocab.tsv           the gene vocabulary (``GeneVocab.save``)
+    STORE/manifest-vN.json    every source: path, checksum, cells read/kept, drops by reason
+    STORE/shards/NAME/        indptr int64 [n+1], indices int32 [nnz] (sorted per row, vocabulary
+                              space), data int32 (integral counts) or float32 [nnz];
+                              obs/COL int32 codes (-1 missing) with ``categories`` attr;
+                              obs_num/COL float32 (QC figures)
+    STORE/stats/vN/GROUP/K/   one ``GeneStats`` per value K of a grouping column
+                              (``global`` holds all cells)
+
+A new store is written at ``STORE.partial-*`` and renamed into place when complete. Appending
+writes new shard directories first, then atomically rewrites the root attrs (Zarr writes
+metadata through a temporary file and rename) to list them; old shards are never touched,
+and a failed append leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from sc_fm.errors import InputDataError
+from sc_fm.stats import GeneStats, GeneStatsAccumulator
+from sc_fm.vocab import GeneVocab
+
+FORMAT = "sc_fm.corpus"
+FORMAT_VERSION = 1
+GLOBAL_GROUP = "global"
+_STATS_FIELDS = ("n_expr", "sum_counts", "sum_norm", "sumsq_norm", "nonzero_median", "hist")
+
+
+def codec_for(name: str):
+    """Compressor for a codec name (benchmarked in ``benchmarks/ingest.py``)."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if name == "blosc-lz4-bitshuffle":
+        return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+    if name == "blosc-zstd":
+        return BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+    if name == "zstd":
+        return ZstdCodec(level=1)
+    raise InputDataError(f"unknown codec {name!r}", "prepare.codec",
+                         "use blosc-lz4-bitshuffle, blosc-zstd or zstd")
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str
+    n_cells: int
+    nnz: int
+    source: str
+
+
+def _write_array(group: zarr.Group, name: str, values: np.ndarray, chunk: int, codec) -> None:
+    chunk = max(1, min(chunk, len(values))) if len(values) else 1
+    arr = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=(chunk,),
+                             compressors=codec)
+    if len(values):
+        arr[:] = values
+
+
+def write_shard(root: Path, name: str, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
+                obs: dict[str, np.ndarray], obs_num: dict[str, np.ndarray], *,
+                codec: str = "blosc-lz4-bitshuffle", chunk_cells: int = 1024) -> None:
+    """Write one CSR shard under ``root/shards/name`` (a process-safe, standalone step).
+
+    ``obs`` values are string arrays (``None``/"" = missing), stored as codes + categories.
+    Chunks of ``indices``/``data`` hold about ``chunk_cells`` cells each.
+    """
+    n = len(indptr) - 1
+    nnz = int(indptr[-1])
+    if np.any(indices < 0):
+        raise ValueError("shard indices must be vocabulary positions (>= 0)")
+    integral = data.dtype.kind in "iu" or (data.size == 0 or np.all(np.mod(data, 1) == 0))
+    data = data.astype(np.int32 if integral else np.float32)
+    comp = codec_for(codec)
+    group = zarr.open_group(root / "shards" / name, mode="w")
+    group.attrs.update({"n_cells": n, "nnz": nnz})
+    per_cell = max(nnz // max(n, 1), 1)
+    _write_array(group, "indptr", indptr.astype(np.int64), chunk_cells * 8, comp)
+    _write_array(group, "indices", indices.astype(np.int32), chunk_cells * per_cell, comp)
+    _write_array(group, "data", data, chunk_cells * per_cell, comp)
+    obs_group = group.create_group("obs")
+    for col, values in obs.items():
+        values = np.asarray([("" if v is None else str(v)) for v in values], dtype=object)
+        cats, codes = np.unique(values, return_inverse=True)
+        codes = codes.astype(np.int32)
+        if len(cats) and cats[0] == "":
+            codes -= 1
+            cats = cats[1:]
+        _write_array(obs_group, col, codes, 65536, comp)
+        obs_group[col].attrs["categories"] = [str(c) for c in cats]
+    num_group = group.create_group("obs_num")
+    for col, values in obs_num.items():
+        _write_array(num_group, col, np.asarray(values, dtype=np.float32), 65536, comp)
+
+
+class CorpusStore:
+    """Read access to a complete corpus store; all cell indices are global across shards."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise InputDataError(f"{self.path} is not a corpus store (no zarr.json)", str(self.path),
+                                 "create it with `scfm prepare SOURCE -o STORE`")
+        self.root = zarr.open_group(self.path, mode="r")
+        attrs = dict(self.root.attrs)
+        if attrs.get("format") != FORMAT:
+            raise InputDataError(f"format is {attrs.get('format')!r}, not {FORMAT!r}", str(self.path),
+                                 "point at a store written by `scfm prepare`")
+        if attrs.get("format_version") != FORMAT_VERSION:
+            raise InputDataError(f"store format version {attrs.get('format_version')} is not supported "
+                                 f"(this sc_fm reads version {FORMAT_VERSION})", str(self.path),
+                                 "re-run `scfm prepare` with this version of sc_fm")
+        if not attrs.get("complete"):
+            raise InputDataError("store is incomplete (its ingest did not finish)", str(self.path),
+                                 "delete it and re-run `scfm prepare`")
+        self.attrs = attrs
+        self.shards = [ShardInfo(**s) for s in attrs["shards"]]
+        self.offsets = np.cumsum([0] + [s.n_cells for s in self.shards])
+        self.categories: dict[str, list[str]] = attrs.get("categories", {})
+        self._vocab: GeneVocab | None = None
+        self._shard_groups: dict[int, zarr.Group] = {}
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.attrs["n_cells"])
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.attrs["n_genes"])
+
+    @property
+    def vocab_hash(self) -> str:
+        return str(self.attrs["vocab_hash"])
+
+    @property
+    def vocab(self) -> GeneVocab:
+        if self._vocab is None:
+            self._vocab = GeneVocab.load(self.path / "vocab.tsv")
+        return self._vocab
+
+    @property
+    def manifest(self) -> list[dict]:
+        path = self.path / f"manifest-v{self.attrs['stats_version']}.json"
+        return json.loads(path.read_text()) if path.is_file() else []
+
+    def shard(self, k: int) -> zarr.Group:
+        if k not in self._shard_groups:
+            self._shard_groups[k] = zarr.open_group(self.path / "shards" / self.shards[k].name, mode="r")
+        return self._shard_groups[k]
+
+    def locate(self, cell: int) -> tuple[int, int]:
+        """Global cell index -> (shard number, row inside the shard)."""
+        k = int(np.searchsorted(self.offsets, cell, side="right") - 1)
+        return k, int(cell - self.offsets[k])
+
+    def read_rows(self, k: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows ``[start, stop)`` of shard ``k`` as CSR (indptr from 0, indices, data).
+
+        Reads the contiguous slice of ``indices``/``data``: whole compressed chunks, no per-cell
+        random access.
+        """
+        group = self.shard(k)
+        indptr = group["indptr"][start: stop + 1]
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        indices = group["indices"][lo:hi] if hi > lo else np.zeros(0, np.int32)
+        data = group["data"][lo:hi] if hi > lo else np.zeros(0, group["data"].dtype)
+        return indptr - lo, indices, data
+
+    def obs_codes(self, column: str) -> np.ndarray:
+        """Global categorical codes of ``column`` for every cell (-1 where missing)."""
+        if column not in self.categories:
+            raise InputDataError(f"no cell metadata column {column!r}", str(self.path),
+                                 f"use one of: {', '.join(sorted(self.categories)) or '(none)'}")
+        lookup = {c: i for i, c in enumerate(self.categories[column])}
+        parts = []
+        for k, info in enumerate(self.shards):
+            obs = self.shard(k)["obs"]
+            if column not in obs:
+                parts.append(np.full(info.n_cells, -1, np.int32))
+                continue
+            local = obs[column][:]
+            remap = np.array([lookup[c] for c in obs[column].attrs["categories"]] + [-1], np.int32)
+            parts.append(remap[local])  # code -1 indexes the trailing -1
+        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+    def obs_values(self, column: str) -> np.ndarray:
+        """Per-cell category strings of ``column`` (``None`` where missing)."""
+        cats = np.array(self.categories[column] + [None], dtype=object)
+        return cats[self.obs_codes(column)]
+
+    def obs_numeric(self, column: str) -> np.ndarray:
+        parts = []
+        for k, info in enumerate(self.shards):
+            num = self.shard(k)["obs_num"]
+            parts.append(num[column][:] if column in num else np.full(info.n_cells, np.nan, np.float32))
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    @property
+    def stats_groups(self) -> list[str]:
+        return list(self.attrs.get("stats_groups", {}))
+
+    def stats(self, group: str = GLOBAL_GROUP) -> dict[str, GeneStats]:
+        """Statistics per value of a grouping column (``global`` -> {"all": ...})."""
+        groups = self.attrs.get("stats_groups", {})
+        if group not in groups:
+            raise InputDataError(f"no statistics for group {group!r}", str(self.path),
+                                 f"use one of {sorted(groups)} or re-run `scfm prepare` with "
+                                 f"prepare.stats_groups including {group!r}")
+        base = self.root[f"stats/v{self.attrs['stats_version']}/{group}"]
+        out = {}
+        for key, value in groups[group].items():
+            node = base[key]
+            out[value] = GeneStats(int(node.attrs["n_cells"]), *(node[f][:] for f in _STATS_FIELDS))
+        return out
+
+
+class StoreWriter:
+    """Creates a store (or appends to one) and makes it visible only on ``commit``.
+
+    Use as a context manager: an exception inside the block removes everything written.
+    Shards may be written by other processes with ``write_shard(writer.stage_dir, name, ...)``
+    followed by ``writer.register_shard(...)``.
+    """
+
+    def __init__(self, path: str | Path, vocab: GeneVocab, *, append: bool = False,
+                 codec: str = "blosc-lz4-bitshuffle", chunk_cells: int = 1024):
+        self.path = Path(path)
+        self.vocab = vocab
+        self.append = append
+        self.codec = codec
+        self.chunk_cells = chunk_cells
+        self.new_shards: list[ShardInfo] = []
+        self._token = uuid.uuid4().hex[:8]
+        self.old: CorpusStore | None = None
+        if append:
+            self.old = CorpusStore(self.path)
+            if self.old.vocab_hash != vocab.hash:
+                raise InputDataError(
+                    f"store vocabulary {self.old.vocab_hash} differs from this ingest's {vocab.hash}",
+                    str(self.path), "append with the store's own vocabulary (prepare.vocab="
+                    f"{self.path / 'vocab.tsv'}) or write a new store")
+            self.stage_dir = self.path
+        else:
+            if self.path.exists():
+                raise InputDataError(f"{self.path} already exists", str(self.path),
+                                     "choose a new output path, delete it, or pass --append")
+            self.stage_dir = self.path.with_name(f"{self.path.name}.partial-{self._token}")
+            self.stage_dir.mkdir(parents=True)
+
+    def shard_name(self, index: int) -> str:
+        return f"s{self._token}-{index:05d}"
+
+    def add_shard(self, indptr, indices, data, obs, obs_num, source: str) -> ShardInfo:
+        name = self.shard_name(len(self.new_shards))
+        write_shard(self.stage_dir, name, indptr, indices, data, obs, obs_num,
+                    codec=self.codec, chunk_cells=self.chunk_cells)
+        return self.register_shard(name, len(indptr) - 1, int(indptr[-1]), source)
+
+    def register_shard(self, name: str, n_cells: int, nnz: int, source: str) -> ShardInfo:
+        info = ShardInfo(name, int(n_cells), int(nnz), source)
+        self.new_shards.append(info)
+        return info
+
+    def existing_stats(self) -> dict[str, dict[str, GeneStatsAccumulator]]:
+        """The old store's statistics as accumulators, for merging on append."""
+        if self.old is None:
+            return {}
+        return {g: {v: GeneStatsAccumulator.from_stats(s) for v, s in self.old.stats(g).items()}
+                for g in self.old.stats_groups}
+
+    def commit(self, stats: dict[str, dict[str, GeneStatsAccumulator]], manifest: list[dict]) -> None:
+        """Write statistics, vocabulary and manifest, then make the store visible."""
+        old_shards = [s.__dict__ for s in self.old.shards] if self.old else []
+        shards = old_shards + [s.__dict__ for s in self.new_shards]
+        version = int(self.old.attrs["stats_version"]) + 1 if self.old else 1
+        root = zarr.open_group(self.stage_dir, mode="a")
+        comp = codec_for(self.codec)
+        groups_index: dict[str, dict[str, str]] = {}
+        for group, by_value in stats.items():
+            groups_index[group] = {}
+            for i, (value, acc) in enumerate(sorted(by_value.items())):
+                node = root.create_group(f"stats/v{version}/{group}/{i}")
+                node.attrs["n_cells"] = int(acc.n_cells)
+                finished = acc.finish()
+                for name in _STATS_FIELDS:
+                    values = getattr(finished, name)
+                    node.create_array(name, shape=values.shape, dtype=values.dtype,
+                                      chunks=values.shape, compressors=comp)[...] = values
+                groups_index[group][str(i)] = value
+        old_manifest = self.old.manifest if self.old else []
+        _atomic_write_text(self.stage_dir / f"manifest-v{version}.json",
+                           json.dumps(old_manifest + manifest, indent=1))
+        if not self.old:
+            self.vocab.save(self.stage_dir / "vocab.tsv")
+        categories = dict(self.old.categories) if self.old else {}
+        for info in self.new_shards:
+            obs = zarr.open_group(self.stage_dir / "shards" / info.name / "obs", mode="r")
+            for col in obs.array_keys():
+                known = categories.setdefault(col, [])
+                known.extend(c for c in obs[col].attrs["categories"] if c not in set(known))
+        root.attrs.put({
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "vocab_hash": self.vocab.hash, "vocab_name": self.vocab.name,
+            "n_cells": int(sum(s["n_cells"] for s in shards)), "n_genes": self.vocab.n_genes,
+            "shards": shards, "categories": categories,
+            "stats_version": version, "stats_groups": groups_index, "complete": True,
+        })
+        if self.old:
+            shutil.rmtree(self.stage_dir / "stats" / f"v{version - 1}", ignore_errors=True)
+            (self.stage_dir / f"manifest-v{version - 1}.json").unlink(missing_ok=True)
+        else:
+            os.replace(self.stage_dir, self.path)
+
+    def abort(self) -> None:
+        """Remove everything this writer staged; an appended-to store keeps its old state."""
+        if self.append:
+            for info in self.new_shards:
+                shutil.rmtree(self.stage_dir / "shards" / info.name, ignore_errors=True)
+            for stray in (self.stage_dir / "shards").glob(f"s{self._token}-*"):
+                shutil.rmtree(stray, ignore_errors=True)
+            if self.old and not self._committed():
+                staged = int(self.old.attrs["stats_version"]) + 1
+                shutil.rmtree(self.stage_dir / "stats" / f"v{staged}", ignore_errors=True)
+                (self.stage_dir / f"manifest-v{staged}.json").unlink(missing_ok=True)
+        else:
+            shutil.rmtree(self.stage_dir, ignore_errors=True)
+
+    def _committed(self) -> bool:
+        attrs = zarr.open_group(self.stage_dir, mode="r").attrs
+        return attrs.get("stats_version") != self.old.attrs["stats_version"]
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp-{uuid.uuid4().hex[:6]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
