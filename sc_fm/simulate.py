@@ -106,6 +106,37 @@ class AtlasSimulator:
         for start in range(0, self.spec.n_cells, block_cells):
             yield self.block(start, min(block_cells, self.spec.n_cells - start))
 
+    def resampled_blocks(self, block_cells: int = 4096, templates_per_study: int = 512
+                         ) -> Iterator[tuple[sp.csr_matrix, pd.DataFrame, np.ndarray]]:
+        """Like ``blocks``, much faster for large atlases (throughput benchmarks, not biology).
+
+        Each cell is a simulated template cell of its study, thinned to 50-100% of its depth: studies, assays, types and capture effects carry over, cells stay distinct,
+        and only sparse rows are touched per cell.
+        """
+        spec = self.spec
+        parts = []
+        for s in range(spec.n_studies):
+            first = -(-s * spec.n_cells // spec.n_studies)  # first cell position of study s
+            last = -(-(s + 1) * spec.n_cells // spec.n_studies)
+            parts.append(self.block(first, max(1, min(templates_per_study, last - first))))
+        templates = sp.vstack([p[0] for p in parts]).tocsr()
+        template_obs = pd.concat([p[1] for p in parts])
+        template_latent = np.concatenate([p[2] for p in parts])
+        sizes = np.array([p[0].shape[0] for p in parts])
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        for start in range(0, spec.n_cells, block_cells):
+            n = min(block_cells, spec.n_cells - start)
+            rng = np.random.default_rng([spec.seed, start, 1])
+            study = np.minimum((np.arange(start, start + n) * spec.n_studies) // spec.n_cells, spec.n_studies - 1)
+            rows = offsets[study] + rng.integers(0, sizes[study])
+            counts = templates[rows]
+            keep = np.repeat(rng.uniform(0.5, 1.0, n), np.diff(counts.indptr))
+            # thinning by stochastic rounding: the binomial's mean, at a fraction of its cost
+            counts.data = np.floor(counts.data * keep + rng.random(counts.nnz)).astype(np.int32)
+            counts.eliminate_zeros()
+            obs = template_obs.iloc[rows].set_axis([f"cell{i}" for i in range(start, start + n)])
+            yield counts, obs, template_latent[rows]
+
     def var(self) -> pd.DataFrame:
         return pd.DataFrame({"symbol": self.symbols}, index=pd.Index(self.gene_ids, name="gene_id"))
 
@@ -122,8 +153,10 @@ def simulate_atlas(spec: AtlasSpec | None = None, **kwargs) -> "anndata.AnnData"
     return adata
 
 
-def write_atlas_h5ad(path: str | Path, spec: AtlasSpec, block_cells: int = 4096) -> Path:
-    """Stream a simulated atlas to an h5ad file without holding it in memory."""
+def write_atlas_h5ad(path: str | Path, spec: AtlasSpec, block_cells: int = 4096,
+                     resampled: bool = False) -> Path:
+    """Stream a simulated atlas to an h5ad file without holding it in memory
+    (``resampled``: the fast ``AtlasSimulator.resampled_blocks`` generator)."""
     import anndata
     import h5py
     from anndata.io import sparse_dataset, write_elem
@@ -133,7 +166,7 @@ def write_atlas_h5ad(path: str | Path, spec: AtlasSpec, block_cells: int = 4096)
     obs_parts = []
     with h5py.File(path, "w") as f:
         x = None
-        for counts, obs, _ in sim.blocks(block_cells):
+        for counts, obs, _ in (sim.resampled_blocks if resampled else sim.blocks)(block_cells):
             if x is None:
                 write_elem(f, "X", counts)
                 x = sparse_dataset(f["X"])

@@ -72,40 +72,133 @@ def _write_array(group: zarr.Group, name: str, values: np.ndarray, chunk: int, c
         arr[:] = values
 
 
+def _is_integral(data: np.ndarray) -> bool:
+    return data.dtype.kind in "iu" or data.size == 0 or bool(np.all(np.mod(data, 1) == 0))
+
+
+class _ChunkAlignedArray:
+    """A growing 1-D Zarr array written only in whole chunks (no read-modify-write of a
+    partial chunk); the tail waits in memory until the next append or ``close``."""
+
+    def __init__(self, group: zarr.Group, name: str, dtype, chunk: int, codec):
+        self.group, self.name, self.chunk, self.codec = group, name, max(1, chunk), codec
+        self.array = group.create_array(name, shape=(0,), dtype=dtype, chunks=(self.chunk,),
+                                        compressors=codec)
+        self.pending: list[np.ndarray] = []
+        self.n_pending = 0
+
+    def append(self, values: np.ndarray) -> None:
+        self.pending.append(values.astype(self.array.dtype, copy=False))
+        self.n_pending += len(values)
+        if self.n_pending >= self.chunk:
+            self._flush(whole_chunks_only=True)
+
+    def widen(self, dtype) -> None:
+        """Rewrite what is written so far with a wider dtype (integer counts meeting a float)."""
+        written = self.array[:]
+        del self.group[self.name]
+        self.array = self.group.create_array(self.name, shape=written.shape, dtype=dtype,
+                                             chunks=(self.chunk,), compressors=self.codec)
+        if len(written):
+            self.array[:] = written
+        self.pending = [p.astype(dtype) for p in self.pending]
+
+    def close(self) -> None:
+        self._flush(whole_chunks_only=False)
+
+    def _flush(self, whole_chunks_only: bool) -> None:
+        if not self.pending:
+            return
+        values = np.concatenate(self.pending)
+        n = (len(values) // self.chunk) * self.chunk if whole_chunks_only else len(values)
+        if n:
+            start = self.array.shape[0]
+            self.array.resize((start + n,))
+            self.array[start:] = values[:n]
+        rest = values[n:]
+        self.pending = [rest] if len(rest) else []
+        self.n_pending = len(rest)
+
+
+class ShardAppender:
+    """Writes one CSR shard block by block, so memory is bounded by a block, not the shard.
+
+    ``indices``/``data`` chunks hold about ``chunk_cells`` cells (sized from the first block's
+    nonzeros per cell); ``data`` is int32 while every value is integral, else float32.
+    Per-cell metadata (small) is kept until ``close`` and stored as codes + categories.
+    """
+
+    def __init__(self, root: Path, name: str, *, codec: str = "blosc-lz4-bitshuffle",
+                 chunk_cells: int = 1024):
+        self.group = zarr.open_group(Path(root) / "shards" / name, mode="w")
+        self.codec = codec_for(codec)
+        self.chunk_cells = chunk_cells
+        self.n_cells = 0
+        self.nnz = 0
+        self._indptr = _ChunkAlignedArray(self.group, "indptr", np.int64, chunk_cells * 8, self.codec)
+        self._indptr.append(np.zeros(1, np.int64))
+        self._indices: _ChunkAlignedArray | None = None
+        self._data: _ChunkAlignedArray | None = None
+        self._obs: dict[str, list[np.ndarray]] = {}
+        self._obs_num: dict[str, list[np.ndarray]] = {}
+
+    def append(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
+               obs: dict[str, np.ndarray], obs_num: dict[str, np.ndarray]) -> None:
+        """Add rows given as CSR (``indices`` sorted per row, vocabulary positions)."""
+        n = len(indptr) - 1
+        if np.any(indices < 0):
+            raise ValueError("shard indices must be vocabulary positions (>= 0)")
+        if self._data is None:
+            chunk = self.chunk_cells * max(int(indptr[-1]) // max(n, 1), 1)
+            dtype = np.int32 if _is_integral(data) else np.float32
+            self._indices = _ChunkAlignedArray(self.group, "indices", np.int32, chunk, self.codec)
+            self._data = _ChunkAlignedArray(self.group, "data", dtype, chunk, self.codec)
+        elif self._data.array.dtype == np.int32 and not _is_integral(data):
+            self._data.widen(np.float32)
+        self._indptr.append(self.nnz + indptr[1:].astype(np.int64))
+        self._indices.append(indices)
+        self._data.append(data)
+        for col, values in obs.items():
+            self._obs.setdefault(col, []).append(np.asarray(values, dtype=object))
+        for col, values in obs_num.items():
+            self._obs_num.setdefault(col, []).append(np.asarray(values, dtype=np.float32))
+        self.n_cells += n
+        self.nnz += int(indptr[-1])
+
+    def close(self) -> tuple[int, int]:
+        """Flush the tails and write metadata; returns ``(n_cells, nnz)``."""
+        if self._data is None:
+            self._indices = _ChunkAlignedArray(self.group, "indices", np.int32, 1, self.codec)
+            self._data = _ChunkAlignedArray(self.group, "data", np.int32, 1, self.codec)
+        for array in (self._indptr, self._indices, self._data):
+            array.close()
+        self.group.attrs.update({"n_cells": self.n_cells, "nnz": self.nnz})
+        obs_group = self.group.create_group("obs")
+        for col, parts in self._obs.items():
+            values = np.array([("" if v is None else str(v)) for v in np.concatenate(parts)], dtype=object)
+            cats, codes = np.unique(values, return_inverse=True)
+            codes = codes.astype(np.int32)
+            if len(cats) and cats[0] == "":
+                codes -= 1
+                cats = cats[1:]
+            _write_array(obs_group, col, codes, 65536, self.codec)
+            obs_group[col].attrs["categories"] = [str(c) for c in cats]
+        num_group = self.group.create_group("obs_num")
+        for col, parts in self._obs_num.items():
+            _write_array(num_group, col, np.concatenate(parts), 65536, self.codec)
+        return self.n_cells, self.nnz
+
+
 def write_shard(root: Path, name: str, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
                 obs: dict[str, np.ndarray], obs_num: dict[str, np.ndarray], *,
                 codec: str = "blosc-lz4-bitshuffle", chunk_cells: int = 1024) -> None:
-    """Write one CSR shard under ``root/shards/name`` (a process-safe, standalone step).
+    """Write one whole CSR shard under ``root/shards/name`` (a process-safe, standalone step).
 
     ``obs`` values are string arrays (``None``/"" = missing), stored as codes + categories.
-    Chunks of ``indices``/``data`` hold about ``chunk_cells`` cells each.
     """
-    n = len(indptr) - 1
-    nnz = int(indptr[-1])
-    if np.any(indices < 0):
-        raise ValueError("shard indices must be vocabulary positions (>= 0)")
-    integral = data.dtype.kind in "iu" or (data.size == 0 or np.all(np.mod(data, 1) == 0))
-    data = data.astype(np.int32 if integral else np.float32)
-    comp = codec_for(codec)
-    group = zarr.open_group(root / "shards" / name, mode="w")
-    group.attrs.update({"n_cells": n, "nnz": nnz})
-    per_cell = max(nnz // max(n, 1), 1)
-    _write_array(group, "indptr", indptr.astype(np.int64), chunk_cells * 8, comp)
-    _write_array(group, "indices", indices.astype(np.int32), chunk_cells * per_cell, comp)
-    _write_array(group, "data", data, chunk_cells * per_cell, comp)
-    obs_group = group.create_group("obs")
-    for col, values in obs.items():
-        values = np.asarray([("" if v is None else str(v)) for v in values], dtype=object)
-        cats, codes = np.unique(values, return_inverse=True)
-        codes = codes.astype(np.int32)
-        if len(cats) and cats[0] == "":
-            codes -= 1
-            cats = cats[1:]
-        _write_array(obs_group, col, codes, 65536, comp)
-        obs_group[col].attrs["categories"] = [str(c) for c in cats]
-    num_group = group.create_group("obs_num")
-    for col, values in obs_num.items():
-        _write_array(num_group, col, np.asarray(values, dtype=np.float32), 65536, comp)
+    appender = ShardAppender(root, name, codec=codec, chunk_cells=chunk_cells)
+    appender.append(indptr, indices, data, obs, obs_num)
+    appender.close()
 
 
 class CorpusStore:
@@ -221,10 +314,9 @@ class CorpusStore:
             raise InputDataError(f"no statistics for group {group!r}", str(self.path),
                                  f"use one of {sorted(groups)} or re-run `scfm prepare` with "
                                  f"prepare.stats_groups including {group!r}")
-        base = self.root[f"stats/v{self.attrs['stats_version']}/{group}"]
         out = {}
         for key, value in groups[group].items():
-            node = base[key]
+            node = self.root[f"stats/v{self.attrs['stats_version']}/{group}/{key}"]
             out[value] = GeneStats(int(node.attrs["n_cells"]), *(node[f][:] for f in _STATS_FIELDS))
         return out
 
@@ -264,6 +356,10 @@ class StoreWriter:
 
     def shard_name(self, index: int) -> str:
         return f"s{self._token}-{index:05d}"
+
+    def shard_prefix(self, source_index: int) -> str:
+        """Name prefix for the shards of one source, so parallel sources never collide."""
+        return f"s{self._token}-{source_index:04d}-"
 
     def add_shard(self, indptr, indices, data, obs, obs_num, source: str) -> ShardInfo:
         name = self.shard_name(len(self.new_shards))
@@ -356,3 +452,47 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".tmp-{uuid.uuid4().hex[:6]}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+class ShardSequence:
+    """Consecutive shards of one source, ``shard_cells`` cells each, named ``PREFIX00000``...
+
+    Blocks of any size go in; a block crossing a shard boundary is split, so every shard but
+    the last is full and none is ever rewritten.
+    """
+
+    def __init__(self, root: Path, prefix: str, *, shard_cells: int, codec: str = "blosc-lz4-bitshuffle",
+                 chunk_cells: int = 1024):
+        self.root, self.prefix, self.shard_cells = Path(root), prefix, shard_cells
+        self.codec, self.chunk_cells = codec, chunk_cells
+        self.done: list[tuple[str, int, int]] = []  # (name, n_cells, nnz)
+        self._current: ShardAppender | None = None
+
+    def append(self, matrix, obs: dict[str, np.ndarray], obs_num: dict[str, np.ndarray]) -> None:
+        """Add the rows of a CSR matrix (scipy) with their per-cell metadata."""
+        pos, n = 0, matrix.shape[0]
+        while pos < n:
+            if self._current is None:
+                self._current = ShardAppender(self.root, self._name(), codec=self.codec,
+                                              chunk_cells=self.chunk_cells)
+            take = min(n - pos, self.shard_cells - self._current.n_cells)
+            rows = matrix[pos: pos + take]
+            self._current.append(rows.indptr, rows.indices, rows.data,
+                                 {c: v[pos: pos + take] for c, v in obs.items()},
+                                 {c: v[pos: pos + take] for c, v in obs_num.items()})
+            pos += take
+            if self._current.n_cells == self.shard_cells:
+                self._finish()
+
+    def close(self) -> list[tuple[str, int, int]]:
+        if self._current is not None and self._current.n_cells:
+            self._finish()
+        return self.done
+
+    def _name(self) -> str:
+        return f"{self.prefix}{len(self.done):05d}"
+
+    def _finish(self) -> None:
+        n_cells, nnz = self._current.close()
+        self.done.append((self._name(), n_cells, nnz))
+        self._current = None

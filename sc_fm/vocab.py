@@ -7,9 +7,11 @@ meaning exactly when their hashes agree.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,9 @@ from sc_fm.errors import InputDataError
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<cls>", "<mask>")
 PAD_ID, CLS_ID, MASK_ID = 0, 1, 2
 N_SPECIAL = len(SPECIAL_TOKENS)
+
+DEFAULT_VOCAB_FILE = Path(__file__).resolve().parent / "resources" / "vocab" / "gencode_v44_human.tsv.gz"
+MITO_PREFIX = "MT-"
 
 _ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*G\d{11})\.\d+(_PAR_Y)?$")
 
@@ -85,6 +90,10 @@ class GeneVocab:
                 out[j] = idx
         return out
 
+    def mito_mask(self) -> np.ndarray:
+        """Which genes are mitochondrially encoded (symbol ``MT-...``), for the QC fraction."""
+        return np.array([s.upper().startswith(MITO_PREFIX) for s in self.symbols], dtype=bool)
+
     def save(self, path: str | Path) -> None:
         """Write a two-column TSV (``gene_id``, ``symbol``) with the name in a header comment."""
         lines = [f"# sc_fm vocabulary name={self.name} hash={self.hash}", "gene_id\tsymbol"]
@@ -93,17 +102,19 @@ class GeneVocab:
 
     @classmethod
     def load(cls, path: str | Path) -> "GeneVocab":
-        """Read a TSV/CSV with a gene-ID column (and optionally a symbol column)."""
+        """Read a TSV/CSV (optionally gzipped) with a gene-ID column and optionally a symbol column."""
         path = Path(path)
         if not path.is_file():
             raise InputDataError(f"vocabulary file {path} does not exist", str(path),
                                  "pass an existing vocabulary TSV (gene_id, symbol)")
-        name = path.stem
+        plain = path.with_suffix("") if path.suffix == ".gz" else path
+        name = plain.stem
         ids: list[str] = []
         syms: list[str] = []
-        sep = "," if path.suffix == ".csv" else "\t"
+        sep = "," if plain.suffix == ".csv" else "\t"
         header_seen = False
-        for line in path.read_text().splitlines():
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        for line in text.splitlines():
             if line.startswith("#"):
                 found = re.search(r"name=(\S+)", line)
                 name = found.group(1) if found else name
@@ -121,3 +132,9 @@ class GeneVocab:
             raise InputDataError("vocabulary file lists no genes", str(path),
                                  "write one gene per line: gene_id<TAB>symbol")
         return cls(ids, syms, name=name)
+
+
+@lru_cache(maxsize=1)
+def default_vocab() -> GeneVocab:
+    """The shipped human vocabulary: GENCODE v44 Ensembl IDs with their symbols."""
+    return GeneVocab.load(DEFAULT_VOCAB_FILE)

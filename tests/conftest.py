@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
+from data_pipelines import SourceSpec, prepare
+from sc_fm.config import PrepareConfig, QCConfig
 from sc_fm.simulate import AtlasSpec, simulate_atlas
-from sc_fm.stats import GeneStatsAccumulator
-from sc_fm.store import GLOBAL_GROUP, CorpusStore, StoreWriter
-from sc_fm.vocab import GeneVocab
+from sc_fm.store import CorpusStore
 
 TINY_SPEC = AtlasSpec(n_cells=600, n_genes=300, n_studies=3, n_cell_types=4, seed=7,
                       empty_fraction=0.0, low_quality_fraction=0.0)
@@ -23,24 +22,27 @@ def tiny_atlas():
 @pytest.fixture(scope="session")
 def tiny_store(tiny_atlas, tmp_path_factory) -> CorpusStore:
     """The tiny atlas as a corpus store (2 shards), statistics for global/dataset/assay."""
-    adata = tiny_atlas
-    vocab = GeneVocab(list(adata.var_names), list(adata.var["symbol"]), name="tiny")
+    columns = ("dataset", "assay", "donor", "cell_type")
+    source = SourceSpec(adata=tiny_atlas, dataset="tiny", obs_columns={c: c for c in columns})
+    config = PrepareConfig(vocab="corpus", shard_cells=350, chunk_cells=64,
+                           qc=QCConfig(min_genes=0, min_counts=0, max_mito_fraction=None))
     path = tmp_path_factory.mktemp("store") / "tiny.zarr"
-    groups = ("dataset", "assay")
-    stats = {GLOBAL_GROUP: {"all": GeneStatsAccumulator(vocab.n_genes)}}
-    for g in groups:
-        stats[g] = {v: GeneStatsAccumulator(vocab.n_genes) for v in adata.obs[g].unique()}
-    with StoreWriter(path, vocab, chunk_cells=64) as writer:
-        for lo, hi in ((0, 350), (350, adata.n_obs)):
-            x = adata.X[lo:hi].tocsr()
-            x.sort_indices()
-            obs = {c: adata.obs[c].to_numpy()[lo:hi] for c in ("dataset", "assay", "donor", "cell_type")}
-            num = {"n_counts": np.asarray(x.sum(axis=1)).ravel()}
-            writer.add_shard(x.indptr, x.indices, x.data, obs, num, source="simulated")
-            stats[GLOBAL_GROUP]["all"].update(x.indptr, x.indices, x.data)
-            for g in groups:
-                for value in np.unique(obs[g]):
-                    rows = x[obs[g] == value]
-                    stats[g][value].update(rows.indptr, rows.indices, rows.data)
-        writer.commit(stats, [{"path": "simulated", "cells_read": adata.n_obs, "cells_kept": adata.n_obs}])
-    return CorpusStore(path)
+    return prepare([source], path, config, progress=False).store
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_store, tmp_path_factory):
+    """An untrained tiny model saved with the tokenizer of ``tiny_store`` (a pretrained directory)."""
+    import torch
+
+    from sc_fm.config import load_config
+    from sc_fm.model import MaskedGeneTransformer
+    from sc_fm.tokenize import CellTokenizer
+
+    cfg = load_config(overrides=["tokenizer.max_len=64", "model.size=tiny"])
+    tokenizer = CellTokenizer.from_stores(cfg.tokenizer, [tiny_store])
+    torch.manual_seed(0)
+    model = MaskedGeneTransformer(cfg.model, **tokenizer.model_inputs)
+    path = tmp_path_factory.mktemp("checkpoint") / "final"
+    model.save_pretrained(path, vocab=tokenizer.vocab, tokenizer=tokenizer)
+    return path

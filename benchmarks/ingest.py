@@ -1,0 +1,177 @@
+"""Ingestion throughput and memory: ``scfm prepare`` vs anndata's ``read_h5ad`` + ``write_zarr``.
+
+One simulated atlas (20,000 genes, ~2,000 nonzeros per cell, several studies) is written as
+h5ad, then converted to a Zarr store by:
+
+1. sc_fm ``prepare`` (QC, gene mapping to a corpus vocabulary, sharding, statistics, manifest),
+   with 1 worker and with 2 worker processes;
+2. anndata: ``read_h5ad`` (whole matrix into memory) + ``write_zarr`` (default compression).
+
+Each runs in its own subprocess; peak RSS is the summed RSS of that process tree. A second
+atlas 10x smaller checks that sc_fm's peak memory is bounded by its block/shard size rather
+than the atlas. Finally codec x chunk-size choices are compared on the small atlas (store
+size, write time, whole-chunk read speed through ``CorpusStore.read_rows``). Ends with
+``result: NAME ratio=X target=Y`` lines (ratio > 1: sc_fm is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+GENES = 20_000
+MEAN_DEPTH = 9_000.0  # ~2,000 nonzero genes per cell after the simulator's thinning
+CODECS = ("blosc-lz4-bitshuffle", "blosc-zstd", "zstd")
+CHUNKS = (256, 1024, 4096)
+
+
+class PeakRSS:
+    """Samples the summed RSS of this process and its children every ``every_s`` seconds."""
+
+    def __init__(self, every_s: float = 0.05):
+        self.every_s, self.peak = every_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_one(method: str, source: Path, output: Path, workers: int) -> dict:
+    """One conversion in this process (called in a fresh subprocess): seconds and peak RSS."""
+    import resource
+
+    with PeakRSS() as rss:
+        began = time.perf_counter()
+        if method == "anndata":
+            import anndata
+
+            adata = anndata.read_h5ad(source)
+            adata.write_zarr(output)
+            n_cells = adata.n_obs
+        else:
+            from data_pipelines import prepare
+            from sc_fm.config import PrepareConfig, QCConfig
+
+            config = PrepareConfig(vocab="corpus", workers=workers, qc=QCConfig(min_genes=0, min_counts=0,
+                                                                               max_mito_fraction=None))
+            n_cells = prepare([source], output, config, progress=False).cells_read
+        seconds = time.perf_counter() - began
+    self_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": seconds, "cells": n_cells, "peak_rss": max(rss.peak, self_peak)}
+
+
+def measure(method: str, source: Path, workdir: Path, workers: int = 1) -> dict:
+    output = workdir / f"{method}-{workers}-{source.stem}.zarr"
+    shutil.rmtree(output, ignore_errors=True)
+    done = subprocess.run([sys.executable, __file__, "--run-one", method, str(source), str(output), str(workers)],
+                          check=True, capture_output=True, text=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["size"] = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
+    shutil.rmtree(output, ignore_errors=True)
+    name = f"{method} ({workers} worker{'s' if workers > 1 else ''})" if method == "sc_fm" else method
+    print(f"{name:<20} {source.name:<12} {result['cells'] / result['seconds']:>9,.0f} cells/s  "
+          f"{result['seconds']:>6.1f} s  peak RSS {result['peak_rss'] / 2**30:5.2f} GiB  "
+          f"store {result['size'] / 2**20:7.1f} MiB", flush=True)
+    return result
+
+
+def codec_table(source: Path, workdir: Path) -> None:
+    """Store size, write time and whole-chunk read speed per codec and chunk size."""
+    import numpy as np
+
+    from data_pipelines import prepare
+    from sc_fm.config import PrepareConfig, QCConfig
+
+    print(f"\n{'codec':<22}{'chunk':>6}{'MiB':>8}{'write s':>9}{'read cells/s':>14}")
+    for codec in CODECS:
+        for chunk in CHUNKS:
+            output = workdir / f"codec-{codec}-{chunk}.zarr"
+            config = PrepareConfig(vocab="corpus", codec=codec, chunk_cells=chunk,
+                                   qc=QCConfig(min_genes=0, min_counts=0, max_mito_fraction=None))
+            began = time.perf_counter()
+            store = prepare([source], output, config, progress=False).store
+            write_s = time.perf_counter() - began
+            began = time.perf_counter()
+            nnz = 0
+            for k, info in enumerate(store.shards):
+                for start in range(0, info.n_cells, chunk):
+                    nnz += len(store.read_rows(k, start, min(start + chunk, info.n_cells))[1])
+            read_s = time.perf_counter() - began
+            assert nnz == int(np.sum([s.nnz for s in store.shards]))
+            size = sum(p.stat().st_size for p in (output / "shards").rglob("*") if p.is_file())
+            print(f"{codec:<22}{chunk:>6}{size / 2**20:>8.1f}{write_s:>9.1f}{store.n_cells / read_s:>14,.0f}",
+                  flush=True)
+            shutil.rmtree(output)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3k / 30k cells instead of 20k / 200k")
+    parser.add_argument("--workdir", type=Path, help="where atlases and stores go (default: a temp dir)")
+    parser.add_argument("--run-one", nargs=4, metavar=("METHOD", "SOURCE", "OUTPUT", "WORKERS"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_one:
+        method, source, output, workers = args.run_one
+        print(json.dumps(run_one(method, Path(source), Path(output), int(workers))))
+        return
+    from sc_fm.simulate import AtlasSpec, write_atlas_h5ad
+
+    small_cells = 3_000 if args.quick else 20_000
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scfm-ingest-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    atlases = {}
+    for name, n_cells in (("small", small_cells), ("large", 10 * small_cells)):
+        began = time.perf_counter()
+        atlases[name] = write_atlas_h5ad(workdir / f"{name}.h5ad", AtlasSpec(
+            n_cells=n_cells, n_genes=GENES, n_studies=4, mean_depth=MEAN_DEPTH, seed=0), resampled=True)
+        print(f"simulated {name} atlas: {n_cells:,} cells x {GENES:,} genes "
+              f"({atlases[name].stat().st_size / 2**20:,.0f} MiB h5ad) in {time.perf_counter() - began:.0f} s",
+              flush=True)
+    peer = measure("anndata", atlases["large"], workdir)
+    serial = measure("sc_fm", atlases["large"], workdir, workers=1)
+    parallel = measure("sc_fm", atlases["large"], workdir, workers=2)
+    small = measure("sc_fm", atlases["small"], workdir, workers=1)
+    codec_table(atlases["small"], workdir)
+    if args.workdir is None:
+        shutil.rmtree(workdir)
+    speed = max(serial["cells"] / serial["seconds"], parallel["cells"] / parallel["seconds"])
+    growth = serial["peak_rss"] / small["peak_rss"]
+    print(f"\nsc_fm peak RSS grows {growth:.2f}x from {small_cells:,} to {10 * small_cells:,} cells; "
+          f"anndata holds the whole matrix ({peer['peak_rss'] / 2**30:.2f} GiB)")
+    print(f"result: ingest_cells_per_s ratio={speed / (peer['cells'] / peer['seconds']):.2f} target=1.0")
+    print(f"result: ingest_cells_per_s_one_worker ratio="
+          f"{(serial['cells'] / serial['seconds']) / (peer['cells'] / peer['seconds']):.2f} target=1.0")
+    print(f"result: ingest_peak_rss ratio={peer['peak_rss'] / serial['peak_rss']:.2f} target=1.0")
+    print(f"result: ingest_rss_10x_growth ratio={1.5 / growth:.2f} target=1.0")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Merging corpus stores: the second half of fanning sources out over a cluster.
+
+Each cluster task ingests its sources into its own store (same vocabulary); ``merge_stores``
+then copies their shards into one store (new or appended) and adds up their statistics and
+manifests, without re-reading or re-checking a single cell.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from data_pipelines.statistics import Grouped, merge_grouped
+from sc_fm.errors import InputDataError
+from sc_fm.stats import GeneStatsAccumulator
+from sc_fm.store import FORMAT, CorpusStore, StoreWriter
+
+
+def is_corpus_store(path: str | Path) -> bool:
+    """Whether ``path`` is a corpus store directory (rather than an atlas to ingest)."""
+    meta = Path(path) / "zarr.json"
+    return meta.is_file() and FORMAT in meta.read_text()
+
+
+def _grouped_stats(store: CorpusStore) -> Grouped:
+    return {g: {v: GeneStatsAccumulator.from_stats(s) for v, s in store.stats(g).items()}
+            for g in store.stats_groups}
+
+
+def merge_stores(parts: list[str | Path], output: str | Path, append: bool = False):
+    """Copy the shards of ``parts`` into ``output`` (new, or appended to); returns a ``PrepareSummary``."""
+    from data_pipelines.pipeline import PrepareSummary
+
+    began = time.perf_counter()
+    stores = [CorpusStore(p) for p in parts]
+    first = stores[0]
+    for store in stores[1:]:
+        if store.vocab_hash != first.vocab_hash:
+            raise InputDataError(f"vocabulary {store.vocab_hash} differs from {first.path}'s {first.vocab_hash}",
+                                 str(store.path), "ingest every part with the same prepare.vocab")
+        if sorted(store.stats_groups) != sorted(first.stats_groups):
+            raise InputDataError(f"statistics groups {store.stats_groups} differ from {first.path}'s "
+                                 f"{first.stats_groups}", str(store.path),
+                                 "ingest every part with the same prepare.stats_groups")
+    with StoreWriter(output, first.vocab, append=append) as writer:
+        totals = writer.existing_stats()
+        if writer.old and sorted(writer.old.stats_groups) != sorted(first.stats_groups):
+            raise InputDataError(f"statistics groups {first.stats_groups} differ from the store's "
+                                 f"{writer.old.stats_groups}", str(first.path),
+                                 "ingest the parts with the store's prepare.stats_groups")
+        rows = []
+        for i, store in enumerate(stores):
+            renamed = {}
+            for k, info in enumerate(store.shards):
+                renamed[info.name] = f"{writer.shard_prefix(i)}{k:05d}"
+                shutil.copytree(store.path / "shards" / info.name, writer.stage_dir / "shards" / renamed[info.name])
+                writer.register_shard(renamed[info.name], info.n_cells, info.nnz, info.source)
+            merge_grouped(totals, _grouped_stats(store), first.n_genes)
+            rows += [{**row, "shards": [renamed[name] for name in row.get("shards", [])]} for row in store.manifest]
+        writer.commit(totals, rows)
+    return PrepareSummary(CorpusStore(output), rows, time.perf_counter() - began)

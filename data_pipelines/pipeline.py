@@ -1,0 +1,132 @@
+"""``prepare``: sources in, one complete corpus store out (or nothing at all).
+
+Work is split into tasks: one per source, and a source that streams from disk (h5ad CSR or
+dense, 10x HDF5) larger than ``prepare.shard_cells`` gets one task per ``shard_cells`` rows,
+so a single large atlas also uses every worker. ``prepare.workers`` processes run the tasks,
+each writing its own shards into the staging store, while the parent hashes the source
+files; the parent then merges statistics in task order (so any number of workers gives the
+same store) and commits. Any error aborts the writer, which removes every staged
+file: a new store never appears half-written and an appended store keeps its old state.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_pipelines.ingest import SourceResult, SourceTask, ingest_source, source_manifest
+from data_pipelines.readers import open_reader
+from data_pipelines.report import drops_text, sources_table
+from data_pipelines.sources import SourceSpec, expand_sources, source_checksum
+from data_pipelines.statistics import Grouped, merge_grouped
+from data_pipelines.vocabulary import resolve_vocab
+from sc_fm.config import PrepareConfig
+from sc_fm.errors import ConfigError, InputDataError
+from sc_fm.stats import GeneStatsAccumulator
+from sc_fm.store import GLOBAL_GROUP, CorpusStore, StoreWriter
+
+STREAMING_SUFFIXES = (".h5ad", ".h5")
+
+
+@dataclass
+class PrepareSummary:
+    """The written store and one manifest row per source ingested by this call."""
+
+    store: CorpusStore
+    sources: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def cells_read(self) -> int:
+        return sum(row["cells_read"] for row in self.sources)
+
+    @property
+    def cells_kept(self) -> int:
+        return sum(row["cells_kept"] for row in self.sources)
+
+    def table(self) -> str:
+        """The per-source summary table printed at the end of ``scfm prepare``."""
+        rate = self.cells_read / max(self.seconds, 1e-9)
+        return (f"{sources_table(self.sources)}\n{self.cells_kept:,} of {self.cells_read:,} cells kept "
+                f"in {self.seconds:.1f} s ({rate:,.0f} cells/s) -> {self.store.path} "
+                f"({self.store.n_cells:,} cells, {len(self.store.shards)} shards)")
+
+
+def check_prepare_config(cfg: PrepareConfig) -> None:
+    """Range checks the types cannot express."""
+    for key in ("shard_cells", "chunk_cells", "read_block_cells", "workers"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"prepare.{key}={getattr(cfg, key)} must be at least 1", "config")
+    if not 0.0 <= cfg.min_gene_overlap <= 1.0:
+        raise ConfigError(f"prepare.min_gene_overlap={cfg.min_gene_overlap} must be in [0, 1]", "config")
+    if GLOBAL_GROUP in cfg.stats_groups:
+        raise ConfigError(f"prepare.stats_groups lists {GLOBAL_GROUP!r}, which is always computed", "config",
+                          "list only metadata columns, e.g. [dataset, assay]")
+
+
+def _run_tasks(tasks: list[SourceTask], workers: int) -> list[SourceResult]:
+    if workers <= 1 or len(tasks) <= 1:
+        return [ingest_source(task) for task in tasks]
+    context = multiprocessing.get_context("spawn")  # no inherited locks or threads from the caller
+    executor = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context)
+    try:
+        results = list(executor.map(ingest_source, tasks))
+    except BaseException:
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)
+    return results
+
+
+def _row_ranges(spec: SourceSpec, vocab, part_cells: int) -> list[tuple[int, int] | None]:
+    """Row ranges of a source to ingest as separate tasks (``[None]``: the source whole)."""
+    if spec.path is None or Path(spec.path).suffix.lower() not in STREAMING_SUFFIXES:
+        return [None]
+    reader = open_reader(spec, vocab)
+    try:
+        n, streams = reader.n_cells, reader.streams
+    finally:
+        reader.close()
+    if not streams or n <= part_cells:
+        return [None]
+    return [(start, min(start + part_cells, n)) for start in range(0, n, part_cells)]
+
+
+def prepare(sources: list[SourceSpec | str | Path], output: str | Path, config: PrepareConfig,
+            append: bool = False, progress: bool = True) -> PrepareSummary:
+    """Ingest ``sources`` into a new corpus store at ``output`` (or append to it)."""
+    began = time.perf_counter()
+    check_prepare_config(config)
+    specs = expand_sources(list(sources))
+    output = Path(output)
+    vocab = resolve_vocab(config.vocab, specs, output if append else None)
+    with StoreWriter(output, vocab, append=append, codec=config.codec, chunk_cells=config.chunk_cells) as writer, \
+            ThreadPoolExecutor(max_workers=1) as hasher:
+        totals: Grouped = writer.existing_stats()
+        groups = [g for g in totals if g != GLOBAL_GROUP] if writer.old else list(config.stats_groups)
+        tasks = []
+        for i, spec in enumerate(specs):
+            for rows in _row_ranges(spec, vocab, config.shard_cells):
+                position = len(tasks) % config.workers if config.workers > 1 else None
+                tasks.append(SourceTask(i, spec, writer.stage_dir, writer.shard_prefix(len(tasks)), vocab, config,
+                                        groups, rows, progress, position))
+        checksums = [hasher.submit(source_checksum, Path(s.path)) if s.path is not None else None for s in specs]
+        results = _run_tasks(tasks, config.workers)
+        totals.setdefault(GLOBAL_GROUP, {"all": GeneStatsAccumulator(vocab.n_genes)})
+        for task, result in zip(tasks, results):
+            for name, n_cells, nnz in result.shards:
+                writer.register_shard(name, n_cells, nnz, task.spec.dataset)
+            merge_grouped(totals, result.stats, vocab.n_genes)
+        rows = [source_manifest(spec, [r for t, r in zip(tasks, results) if t.index == i],
+                                checksums[i].result() if checksums[i] else None)
+                for i, spec in enumerate(specs)]
+        if not writer.old and not any(r["cells_kept"] for r in rows):
+            drops = "; ".join(f"{r['dataset']}: {drops_text(r['drops'])}" for r in rows)
+            raise InputDataError(f"no cell passed QC (dropped: {drops})", str(output),
+                                 "check the inputs hold raw counts, or relax prepare.qc (min_genes, "
+                                 "min_counts, max_mito_fraction)")
+        writer.commit(totals, rows)
+    return PrepareSummary(CorpusStore(output), rows, time.perf_counter() - began)

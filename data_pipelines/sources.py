@@ -1,0 +1,133 @@
+"""What to ingest: one ``SourceSpec`` per atlas file, from the command line or a YAML list.
+
+A YAML source list is either a list or a mapping with a ``sources`` list; each entry is a
+path string or a mapping of ``SourceSpec`` fields. Relative paths are resolved against the
+YAML file's folder, so a list travels with its data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sc_fm.config import read_yaml
+from sc_fm.errors import ConfigError, InputDataError
+
+SOURCE_LIST_SUFFIXES = (".yaml", ".yml")
+_DATA_SUFFIXES = (".gz", ".h5ad", ".h5", ".csv", ".tsv", ".txt", ".count", ".counts")
+_TENX_FOLDERS = ("filtered_feature_bc_matrix", "raw_feature_bc_matrix", "filtered_gene_bc_matrices",
+                 "raw_gene_bc_matrices", "outs")
+
+
+@dataclass
+class SourceSpec:
+    """One atlas to ingest and the metadata every one of its cells carries."""
+
+    path: str | Path | None = None  # file or 10x directory
+    adata: Any = None  # an in-memory anndata.AnnData instead of a path
+    dataset: str | None = None  # default: file stem
+    assay: str | None = None
+    species: str = "human"
+    tissue: str | None = None
+    layer: str | None = None  # h5ad layer, or "raw" for .raw.X
+    obs_columns: dict[str, str] = field(default_factory=dict)  # store column -> source obs column
+    metadata: str | Path | None = None  # per-cell metadata table for count tables
+    transpose: bool | None = None  # count tables: None = detect genes x cells
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.adata is None):
+            raise ConfigError("a source needs exactly one of path or adata", "source list",
+                              "give each source a file path (or, from Python, an AnnData)")
+
+    @property
+    def label(self) -> str:
+        """How the source is named in messages and the manifest."""
+        return str(self.path) if self.path is not None else f"<AnnData {self.dataset}>"
+
+
+def default_dataset_name(path: Path) -> str:
+    """``a/b/pbmc.count.csv.gz`` -> ``pbmc``; ``pbmc/outs/filtered_feature_bc_matrix`` -> ``pbmc``."""
+    name = path.name
+    while Path(name).suffix.lower() in _DATA_SUFFIXES:
+        name = Path(name).stem
+    while name in _TENX_FOLDERS and path.parent != path:
+        path = path.parent
+        name = path.name
+    return name
+
+
+def _spec_from_entry(entry: Any, base: Path, where: str) -> SourceSpec:
+    if isinstance(entry, str):
+        entry = {"path": entry}
+    if not isinstance(entry, dict):
+        raise ConfigError(f"source entry {entry!r} is neither a path nor a mapping", where,
+                          "write each source as a path or as {path: ..., dataset: ...}")
+    names = {f.name for f in dataclasses.fields(SourceSpec)} - {"adata"}
+    unknown = sorted(set(entry) - names)
+    if unknown:
+        raise ConfigError(f"unknown source key {unknown[0]!r}", where,
+                          f"use only: {', '.join(sorted(names))}")
+    if "path" not in entry:
+        raise ConfigError("a source entry has no path", where, "add path: FILE to every entry")
+    entry = dict(entry)
+    for key in ("path", "metadata"):
+        if entry.get(key) is not None:
+            entry[key] = base / str(entry[key])
+    if not isinstance(entry.get("obs_columns", {}), dict):
+        raise ConfigError("obs_columns must map store columns to source columns", where,
+                          "write obs_columns: {batch: sample_id, cell_type: celltype}")
+    return SourceSpec(**entry)
+
+
+def read_source_list(path: Path) -> list[SourceSpec]:
+    """Sources of a YAML source list (``sources: [...]`` or a bare list)."""
+    try:
+        import yaml
+
+        raw = yaml.safe_load(path.read_text())
+    except Exception as err:  # noqa: BLE001 - any parse failure is the same user error
+        raise ConfigError(f"cannot read source list ({err})", str(path), "fix the YAML syntax") from err
+    if isinstance(raw, dict):
+        raw = raw.get("sources")
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("source list has no sources", str(path),
+                          "write `sources:` followed by a list of {path: FILE, dataset: NAME} entries")
+    return [_spec_from_entry(e, path.parent, f"{path} (source {i + 1})") for i, e in enumerate(raw)]
+
+
+def expand_sources(sources: list) -> list[SourceSpec]:
+    """Normalise paths, YAML source lists and specs into specs with a dataset name each."""
+    specs: list[SourceSpec] = []
+    for item in sources:
+        if isinstance(item, SourceSpec):
+            specs.append(dataclasses.replace(item))
+            continue
+        path = Path(item)
+        if path.suffix.lower() in SOURCE_LIST_SUFFIXES:
+            if not path.is_file():
+                raise InputDataError("source list does not exist", str(path), "check the path")
+            specs.extend(read_source_list(path))
+        else:
+            specs.append(SourceSpec(path=path))
+    if not specs:
+        raise ConfigError("no sources given", "command line", "pass at least one SOURCE")
+    for i, spec in enumerate(specs):
+        if spec.dataset is None:
+            spec.dataset = default_dataset_name(Path(spec.path)) if spec.path is not None else f"adata{i}"
+    return specs
+
+
+def source_checksum(path: Path, block_bytes: int = 1 << 22) -> str:
+    """sha256 of a file, or of a folder's files (sorted by name, each name then its bytes)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            while chunk := handle.read(block_bytes):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()

@@ -1,0 +1,51 @@
+"""``scfm embed CHECKPOINT INPUT.h5ad -o OUTPUT.h5ad``: cell embeddings into ``.obsm["X_scfm"]``."""
+
+from __future__ import annotations
+
+import argparse
+
+from sc_fm.errors import ConfigError
+
+
+def parse_conditions(items: list[str]) -> dict[str, str]:
+    """``["assay=10x_3p_v3"]`` -> ``{"assay": "10x_3p_v3"}``."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--condition {item!r} is not KEY=VALUE", "--condition",
+                              "write it as e.g. --condition assay=10x_3p_v3")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="pretrained directory (RUN_DIR/final or checkpoints/step_N)")
+    parser.add_argument("input", help="AnnData .h5ad with raw counts in X (read backed, in row blocks)")
+    parser.add_argument("-o", "--output", required=True, help="output .h5ad: the input plus obsm['X_scfm']")
+    parser.add_argument("--batch-key", default=None,
+                        help="obs column whose batches get their own gene normalisers "
+                             "(when the checkpoint's tokenizer is batch-aware); default: global normalisers")
+    parser.add_argument("--condition", action="append", default=[], metavar="KEY=VALUE",
+                        help="fix a condition token for all cells (repeatable); conditions not given are dropped")
+    parser.add_argument("--min-gene-overlap", type=float, default=0.5,
+                        help="minimum fraction of the input's genes found in the vocabulary (default 0.5)")
+    parser.add_argument("--batch-cells", type=int, default=64, help="cells per model forward (default 64)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sc_fm.evaluate.h5ad import embed_h5ad
+
+    summary = embed_h5ad(args.checkpoint, args.input, args.output, batch_key=args.batch_key,
+                         conditions=parse_conditions(args.condition), min_gene_overlap=args.min_gene_overlap,
+                         batch_cells=args.batch_cells, progress=not args.no_progress)
+    print(summary.mapping.summary())
+    if summary.mapping.missing:
+        missing_file = Path(f"{summary.output}.missing_genes.txt")
+        missing_file.write_text("\n".join(summary.mapping.missing) + "\n")
+        print(f"missing genes listed in {missing_file}")
+    print(f"wrote obsm['X_scfm'] ({summary.n_cells} cells x {summary.dim}) to {summary.output}")
+    return 0

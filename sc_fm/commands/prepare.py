@@ -1,0 +1,56 @@
+"""``scfm prepare SOURCE... -o STORE [--config FILE] [--append] [KEY=VALUE ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("items", nargs="+", metavar="SOURCE|KEY=VALUE",
+                        help="an .h5ad, 10x .h5, 10x matrix folder, .csv/.tsv[.gz] count table or YAML "
+                             "source list (or corpus stores to merge); KEY=VALUE overrides a prepare "
+                             "setting (e.g. prepare.workers=4)")
+    parser.add_argument("-o", "--output", required=True, metavar="STORE", help="corpus store to write")
+    parser.add_argument("--config", metavar="FILE", help="YAML with a prepare: section (configs/data/*.yaml)")
+    parser.add_argument("--append", action="store_true", help="add the sources to an existing store")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(overrides=[])  # KEY=VALUE given after the options land here
+
+
+def split_items(items: list[str]) -> tuple[list[str], list[str]]:
+    """Separate sources from ``KEY=VALUE`` overrides; bare keys mean ``prepare.KEY``."""
+    from sc_fm.config import RunConfig
+
+    sections = {f.name for f in dataclasses.fields(RunConfig)}
+    sources, overrides = [], []
+    for item in items:
+        if "=" in item and not Path(item).exists():
+            key = item.split("=", 1)[0]
+            overrides.append(item if key.split(".")[0] in sections else f"prepare.{item}")
+        else:
+            sources.append(item)
+    return sources, overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from data_pipelines import prepare
+    from data_pipelines.merge import is_corpus_store, merge_stores
+    from sc_fm.config import load_config
+    from sc_fm.errors import ConfigError
+
+    sources, overrides = split_items(args.items + args.overrides)
+    if not sources:
+        raise ConfigError("no SOURCE given", "command line", "name at least one input file or source list")
+    config = load_config(args.config, overrides).prepare
+    stores = [is_corpus_store(source) for source in sources]
+    if any(stores) and not all(stores):
+        raise ConfigError("sources mix corpus stores and atlas files", "command line",
+                          "merge stores in one call and ingest atlases in another (or --append them)")
+    if all(stores):
+        summary = merge_stores(sources, args.output, append=args.append)
+    else:
+        summary = prepare(sources, args.output, config, append=args.append, progress=not args.quiet)
+    print(summary.table())
+    return 0

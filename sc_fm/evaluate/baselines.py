@@ -1,0 +1,53 @@
+"""Baseline embeddings on the same cells: PCA on HVGs, scVI, and a random control.
+
+All baselines start from one view: raw counts in ``layers["counts"]`` and log-normalised
+values in ``X`` restricted to batch-aware (seurat_v3) highly variable genes, as in the scIB
+benchmarks. The PCA of that view is also the "unintegrated" reference of the PCR metric.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sc_fm.config import EvalConfig
+
+
+def baseline_view(adata, batch_key: str | None, n_hvg: int) -> "anndata.AnnData":  # noqa: F821
+    """Counts layer + log1p(normalised) ``X`` over ``n_hvg`` batch-aware HVGs (a copy)."""
+    import scanpy as sc
+
+    view = adata.copy()
+    view.X = view.X.astype(np.float32)
+    view.layers["counts"] = view.X.copy()
+    sc.pp.normalize_total(view, target_sum=1e4)
+    sc.pp.log1p(view)
+    sc.pp.highly_variable_genes(view, n_top_genes=min(n_hvg, view.n_vars), flavor="seurat_v3",
+                                layer="counts", batch_key=batch_key)
+    return view[:, view.var["highly_variable"]].copy()
+
+
+def pca_embedding(view, n_pcs: int, seed: int) -> np.ndarray:
+    """Unintegrated PCA of the HVG view (arpack, as scib-metrics uses)."""
+    import scanpy as sc
+
+    n_comps = min(n_pcs, view.n_vars - 1, view.n_obs - 1)
+    return sc.pp.pca(view.X, n_comps=n_comps, svd_solver="arpack", random_state=seed).astype(np.float32)
+
+
+def scvi_embedding(view, batch_key: str | None, config: EvalConfig) -> np.ndarray:
+    """scVI latent mean (NB likelihood, CPU, seed fixed) trained on the HVG counts."""
+    import scvi
+
+    scvi.settings.seed = config.seed
+    data = view.copy()
+    scvi.model.SCVI.setup_anndata(data, layer="counts", batch_key=batch_key)
+    model = scvi.model.SCVI(data, n_layers=config.scvi_layers, n_latent=config.scvi_latent,
+                            gene_likelihood="nb")
+    model.train(max_epochs=config.scvi_epochs, accelerator="cpu", enable_progress_bar=False,
+                plan_kwargs={"n_epochs_kl_warmup": config.scvi_kl_warmup_epochs})
+    return np.asarray(model.get_latent_representation(), dtype=np.float32)
+
+
+def random_embedding(n_cells: int, dim: int, seed: int) -> np.ndarray:
+    """Gaussian noise: the control showing how far batch metrics alone can be gamed."""
+    return np.random.default_rng(seed).normal(size=(n_cells, dim)).astype(np.float32)

@@ -1,0 +1,57 @@
+"""Map an AnnData's genes onto a checkpoint's vocabulary, with a missing-genes report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from sc_fm.errors import InputDataError
+from sc_fm.vocab import GeneVocab
+
+
+@dataclass
+class GeneMapping:
+    """``projection`` (input genes x vocabulary genes, 0/1) turns count rows into vocabulary space;
+    input genes mapping to one vocabulary gene are summed, as at ingestion."""
+
+    projection: sp.csr_matrix
+    n_input: int
+    n_mapped: int
+    missing: list[str]
+
+    @property
+    def overlap(self) -> float:
+        return self.n_mapped / max(self.n_input, 1)
+
+    def to_vocab(self, block) -> sp.csr_matrix:
+        """Count rows (dense or sparse, input gene order) -> CSR in vocabulary space, sorted indices."""
+        rows = sp.csr_matrix(block) @ self.projection
+        rows = sp.csr_matrix(rows)
+        rows.sum_duplicates()
+        rows.sort_indices()
+        return rows
+
+    def summary(self) -> str:
+        shown = ", ".join(self.missing[:5]) + (" ..." if len(self.missing) > 5 else "")
+        text = f"{self.n_mapped}/{self.n_input} genes ({self.overlap:.1%}) map to the vocabulary"
+        return text + (f"; {len(self.missing)} missing: {shown}" if self.missing else "")
+
+
+def map_genes(var_names, vocab: GeneVocab, min_overlap: float, where: str) -> GeneMapping:
+    """Look genes up by Ensembl ID (version stripped) or symbol; refuse overlaps below ``min_overlap``."""
+    names = [str(n) for n in var_names]
+    index = vocab.lookup(names)
+    found = np.flatnonzero(index >= 0)
+    projection = sp.csr_matrix((np.ones(len(found), np.float32), (found, index[found])),
+                               shape=(len(names), vocab.n_genes))
+    mapping = GeneMapping(projection, len(names), len(found), [names[i] for i in np.flatnonzero(index < 0)])
+    if mapping.overlap < min_overlap:
+        example = ", ".join(names[:3])
+        raise InputDataError(
+            f"only {mapping.n_mapped} of {mapping.n_input} genes ({mapping.overlap:.1%}) are in the checkpoint's "
+            f"vocabulary ({vocab.name}, {vocab.n_genes} genes); the threshold is {min_overlap:.0%}", where,
+            f"use var_names with Ensembl IDs or symbols of the vocabulary (got e.g. {example}), "
+            "or lower --min-gene-overlap")
+    return mapping

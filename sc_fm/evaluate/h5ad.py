@@ -1,0 +1,75 @@
+"""``scfm embed`` on files: stream a backed h5ad through the model, add ``obsm["X_scfm"]`` to a copy.
+
+The output is a byte copy of the input with one element written into it, so every other
+part of the AnnData (X, layers, obs, uns, ...) is untouched and nothing is loaded whole.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sc_fm.errors import InputDataError
+from sc_fm.evaluate.checkpoint import load_checkpoint
+from sc_fm.evaluate.embedding import EMBEDDING_KEY, embed_counts, inference_tokenizer
+from sc_fm.evaluate.genes import GeneMapping, map_genes
+from sc_fm.evaluate.inputs import require_obs_column
+
+
+@dataclass
+class EmbedSummary:
+    output: Path
+    n_cells: int
+    dim: int
+    mapping: GeneMapping
+
+
+def open_backed(path: str | Path):
+    import anndata
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"{path} does not exist", str(path), "pass an existing .h5ad file")
+    try:
+        return anndata.read_h5ad(path, backed="r")
+    except (OSError, KeyError, ValueError) as err:
+        raise InputDataError(f"not a readable h5ad file ({err})", str(path), "pass an AnnData .h5ad file") from err
+
+
+def write_obsm(path: Path, key: str, values: np.ndarray) -> None:
+    """Write (or replace) ``obsm[key]`` inside an existing h5ad file."""
+    import h5py
+    from anndata.io import write_elem
+
+    with h5py.File(path, "a") as f:
+        obsm = f.require_group("obsm")
+        if key in obsm:
+            del obsm[key]
+        write_elem(obsm, key, values)
+
+
+def embed_h5ad(checkpoint: str | Path, input_path: str | Path, output_path: str | Path,
+               batch_key: str | None = None, conditions: dict[str, str] | None = None,
+               min_gene_overlap: float = 0.5, block_cells: int = 1024, batch_cells: int = 64,
+               progress: bool = True) -> EmbedSummary:
+    """Embed ``input_path`` with ``checkpoint`` into ``output_path`` (may equal the input)."""
+    pretrained = load_checkpoint(checkpoint)
+    input_path, output_path = Path(input_path), Path(output_path)
+    adata = open_backed(input_path)
+    try:
+        require_obs_column(adata, batch_key, "--batch-key", str(input_path))
+        mapping = map_genes(adata.var_names, pretrained.tokenizer.vocab, min_gene_overlap, str(input_path))
+        tokenizer, groups = inference_tokenizer(pretrained.tokenizer, adata, mapping, batch_key, block_cells,
+                                                str(input_path))
+        embedding = embed_counts(pretrained.model, tokenizer, adata, mapping, groups, conditions, block_cells,
+                                 batch_cells, progress, str(input_path))
+    finally:
+        adata.file.close()
+    if output_path.resolve() != input_path.resolve():
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(input_path, output_path)
+    write_obsm(output_path, EMBEDDING_KEY, embedding)
+    return EmbedSummary(output_path, embedding.shape[0], embedding.shape[1], mapping)

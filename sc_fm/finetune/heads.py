@@ -1,0 +1,46 @@
+"""Task heads on the pretrained encoder: cell-type classifier with an optional batch adversary.
+
+The adversary predicts the batch from the cell embedding through a gradient-reversal layer
+(Ganin & Lempitsky, 2015): minimising its loss trains the head, while the reversed gradient
+pushes the encoder towards embeddings from which the batch cannot be read.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Identity forward; gradient multiplied by ``-scale`` backward."""
+    return _ReverseGradient.apply(x, scale)
+
+
+class CellClassifier(nn.Module):
+    """``encoder.embed(batch)`` -> class logits (and batch logits when ``n_batches`` > 0)."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int, n_batches: int = 0):
+        super().__init__()
+        self.encoder = encoder
+        d_model = encoder.config.d_model
+        self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, n_classes))
+        self.adversary = (nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, n_batches))
+                          if n_batches > 0 else None)
+
+    def forward(self, batch: dict, adversarial_scale: float = 1.0) -> dict[str, torch.Tensor]:
+        embedding = self.encoder.embed(batch)
+        out = {"embedding": embedding, "logits": self.head(embedding)}
+        if self.adversary is not None:
+            out["batch_logits"] = self.adversary(reverse_gradient(embedding, adversarial_scale))
+        return out

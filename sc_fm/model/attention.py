@@ -1,0 +1,141 @@
+"""Multi-head self-attention over packed cells, with three interchangeable backends.
+
+Cells arrive packed back to back (``qkv [T, 3, H, D]`` with ``cu_seqlens``); a token attends
+only to tokens of its own cell. The backends compute the same function and differ only in speed:
+
+- ``flash``: flash-attn 2 ``flash_attn_varlen_qkvpacked_func`` on the packed tokens (CUDA,
+  fp16/bf16).
+- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` once per cell, on 4-D
+  ``[1, H, L, D]`` slices of the pack (4-D without a mask is what reaches PyTorch's fused CPU
+  kernel). Work is ``sum(L_i^2)``: on CPU this beats a padded ``[B, H, L_max, D]`` call with a
+  key-padding mask (``B * L_max^2``) and, by far, one call with a block-diagonal mask over the
+  whole pack (``T^2``); ``benchmarks/model.py`` measures all three.
+- ``math``: the reference: ``softmax(q k^T / sqrt(d)) v`` written out, cell by cell.
+
+``auto`` picks ``flash`` when the tensors are on CUDA in half precision and flash-attn imports,
+else ``sdpa``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sc_fm.errors import ConfigError
+
+
+@dataclass
+class PackedCells:
+    """Where each cell lives in a packed tensor; per-token indices are built on first use."""
+
+    cu_seqlens: torch.Tensor  # int32 [B+1]
+    max_seqlen: int
+
+    @functools.cached_property
+    def lengths(self) -> torch.Tensor:
+        return self.cu_seqlens.diff().long()
+
+    @functools.cached_property
+    def cell_of_token(self) -> torch.Tensor:
+        """Cell number of every packed token, ``[T]``."""
+        n_cells = len(self.cu_seqlens) - 1
+        cells = torch.arange(n_cells, device=self.cu_seqlens.device)
+        return torch.repeat_interleave(cells, self.lengths)
+
+    @functools.cached_property
+    def position_in_cell(self) -> torch.Tensor:
+        """Offset of every packed token from the start of its cell, ``[T]``."""
+        starts = self.cu_seqlens[:-1].long()
+        return torch.arange(len(self.cell_of_token), device=starts.device) - starts[self.cell_of_token]
+
+    @functools.cached_property
+    def bounds(self) -> list[tuple[int, int]]:
+        """``(start, end)`` of every cell, as Python ints (one device sync per batch)."""
+        offsets = self.cu_seqlens.tolist()
+        return list(zip(offsets[:-1], offsets[1:]))
+
+
+AttentionFn = Callable[[torch.Tensor, PackedCells, float], torch.Tensor]
+
+
+def math_attention(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0) -> torch.Tensor:
+    """Reference attention, one cell at a time, softmax in fp32. ``qkv [T, 3, H, D]`` -> ``[T, H, D]``."""
+    q, k, v = qkv.unbind(1)
+    scale = q.shape[-1] ** -0.5
+    outputs = []
+    for start, end in cells.bounds:
+        qc, kc, vc = (x[start:end].transpose(0, 1) for x in (q, k, v))  # [H, L, D]
+        scores = (qc @ kc.transpose(-1, -2)).float() * scale
+        probs = F.dropout(torch.softmax(scores, dim=-1), dropout_p).to(vc.dtype)
+        outputs.append((probs @ vc).transpose(0, 1))
+    return torch.cat(outputs)
+
+
+def sdpa_attention(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0) -> torch.Tensor:
+    """PyTorch SDPA once per cell on head-major slices of the pack (module docstring says why)."""
+    q, k, v = qkv.permute(1, 2, 0, 3).contiguous().unsqueeze(1).unbind(0)  # each [1, H, T, D]
+    outputs = [F.scaled_dot_product_attention(q[..., start:end, :], k[..., start:end, :],
+                                              v[..., start:end, :], dropout_p=dropout_p)
+               for start, end in cells.bounds]
+    return torch.cat(outputs, dim=2)[0].transpose(0, 1)
+
+
+@functools.cache
+def _flash_varlen() -> Callable | None:
+    try:
+        from flash_attn import flash_attn_varlen_qkvpacked_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_qkvpacked_func
+
+
+def flash_attention(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0) -> torch.Tensor:
+    """flash-attn 2 on the packed tokens; no padding anywhere."""
+    varlen = _flash_varlen()
+    if varlen is None:
+        raise ConfigError("model.attention=flash but flash-attn is not installed", "config",
+                          "install it with pip install 'sc_fm[gpu]' on a CUDA machine, "
+                          "or set model.attention=auto")
+    if not qkv.is_cuda or qkv.dtype not in (torch.float16, torch.bfloat16):
+        raise ConfigError(f"model.attention=flash needs CUDA tensors in fp16/bf16, got {qkv.dtype} "
+                          f"on {qkv.device}", "config",
+                          "train with train.precision=bf16 on a GPU, or set model.attention=auto")
+    cu_seqlens = cells.cu_seqlens.to(torch.int32)
+    return varlen(qkv, cu_seqlens, cells.max_seqlen, dropout_p=dropout_p, causal=False)
+
+
+BACKENDS: dict[str, AttentionFn] = {"flash": flash_attention, "sdpa": sdpa_attention,
+                                    "math": math_attention}
+
+
+def select_backend(name: str, qkv: torch.Tensor) -> AttentionFn:
+    """The attention function for ``model.attention`` given where and in what dtype ``qkv`` lives."""
+    if name == "auto":
+        use_flash = (qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16)
+                     and _flash_varlen() is not None)
+        name = "flash" if use_flash else "sdpa"
+    return BACKENDS[name]
+
+
+class SelfAttention(nn.Module):
+    """Fused QKV projection, per-cell attention via the configured backend, output projection."""
+
+    def __init__(self, d_model: int, n_heads: int, backend: str, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.backend = backend
+        self.dropout = dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, cells: PackedCells) -> torch.Tensor:
+        n_tokens, d_model = x.shape
+        qkv = self.qkv(x).view(n_tokens, 3, self.n_heads, d_model // self.n_heads)
+        attend = select_backend(self.backend, qkv)
+        mixed = attend(qkv, cells, self.dropout if self.training else 0.0)
+        return self.out(mixed.reshape(n_tokens, d_model))

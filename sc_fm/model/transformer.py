@@ -1,0 +1,136 @@
+"""The masked-gene transformer: packed cells in, masked-gene and masked-value losses out.
+
+Reading order: embed tokens -> put condition tokens in front of each cell -> pre-norm blocks
+-> final norm -> drop the condition tokens -> heads. Initialisation (GPT-2 style): every
+Linear and Embedding weight ~ N(0, init_std), biases 0, norms 1; the last projection of
+each residual branch (attention output, MLP down) ~ N(0, init_std / sqrt(2 * n_layers)) so
+that the residual stream's variance does not grow with depth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from sc_fm.config import ModelConfig, model_preset
+from sc_fm.errors import ConfigError, InputDataError
+from sc_fm.model.attention import PackedCells
+from sc_fm.model.blocks import Block, make_norm
+from sc_fm.model.conditions import ConditionEmbedding, ConditionedPack, prepend_conditions
+from sc_fm.model.embeddings import TokenEmbedding
+from sc_fm.model.heads import GeneHead, ValueHead, pool_cells
+from sc_fm.model.io import load_weights, read_pretrained, write_pretrained
+
+VALUE_ENCODINGS = ("bin", "continuous")
+INPUT_KEYS = ("gene_ids", "values", "cu_seqlens", "max_seqlen", "condition_ids")
+TARGET_KEYS = ("labels", "target_values")
+
+
+def resolve_dimensions(config: ModelConfig) -> ModelConfig:
+    """A copy of ``config`` with unset dimensions taken from ``configs/model/SIZE.yaml``."""
+    preset = model_preset(config.size)
+    dims = {key: int(preset[key]) if getattr(config, key) is None else getattr(config, key)
+            for key in ("n_layers", "d_model", "n_heads", "d_ff")}
+    if dims["d_model"] % dims["n_heads"]:
+        raise ConfigError(f"model.d_model={dims['d_model']} is not divisible by model.n_heads="
+                          f"{dims['n_heads']}", "config", "choose n_heads dividing d_model")
+    return dataclasses.replace(config, **dims)
+
+
+def _require(batch: dict, keys: tuple[str, ...]) -> None:
+    missing = [key for key in keys if key not in batch]
+    if missing:
+        raise InputDataError(f"the batch has no {', '.join(missing)}", "model input",
+                             "build batches with CellTokenizer.mask_and_pack (with an rng for "
+                             "training)")
+
+
+class MaskedGeneTransformer(nn.Module):
+    """Pre-norm transformer encoder over packed cells with gene, value and cell-embedding heads."""
+
+    def __init__(self, config: ModelConfig, n_tokens: int, value_encoding: str, n_bins: int,
+                 condition_sizes: list[int]):
+        super().__init__()
+        if value_encoding not in VALUE_ENCODINGS:
+            raise ConfigError(f"value_encoding {value_encoding!r} is not one of {VALUE_ENCODINGS}",
+                              "model inputs", "use the tokenizer's model_inputs['value_encoding']")
+        config = resolve_dimensions(config)
+        self.config = config
+        self.init_args = {"n_tokens": n_tokens, "value_encoding": value_encoding, "n_bins": n_bins,
+                          "condition_sizes": list(condition_sizes)}
+        positional = (value_encoding == "continuous") if config.positional is None else config.positional
+        d = config.d_model
+        self.embedding = TokenEmbedding(n_tokens, d, value_encoding, n_bins, positional)
+        self.conditions = ConditionEmbedding(list(condition_sizes), d)
+        self.blocks = nn.ModuleList(
+            Block(d, config.n_heads, config.d_ff, config.norm, config.mlp, config.attention,
+                  config.dropout) for _ in range(config.n_layers))
+        self.norm = make_norm(config.norm, d)
+        self.gene_head = GeneHead(d, n_tokens, self.embedding.gene.weight if config.tie_embeddings else None)
+        self.value_head = ValueHead(d, value_encoding, n_bins)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            for residual_out in (block.attn.out, block.mlp.down):
+                nn.init.normal_(residual_out.weight, std=std / math.sqrt(2 * self.config.n_layers))
+
+    def _encode(self, batch: dict) -> tuple[torch.Tensor, PackedCells]:
+        """Final hidden states of the batch's own tokens ``[T, d]`` and their layout."""
+        _require(batch, INPUT_KEYS)
+        cells = PackedCells(batch["cu_seqlens"], int(batch["max_seqlen"]))
+        x = self.embedding(batch["gene_ids"], batch["values"], cells.position_in_cell)
+        if self.conditions.n_keys:
+            pack = prepend_conditions(x, self.conditions(batch["condition_ids"]), cells)
+        else:
+            pack = ConditionedPack(x, cells, torch.arange(len(x), device=x.device))
+        h = pack.x
+        use_checkpoint = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
+        for block in self.blocks:
+            h = checkpoint(block, h, pack.cells, use_reentrant=False) if use_checkpoint else block(h, pack.cells)
+        return self.norm(h)[pack.token_rows], cells
+
+    def hidden_states(self, batch: dict) -> torch.Tensor:
+        """Per-token output ``[T, d]`` aligned with ``batch["gene_ids"]`` (condition tokens removed)."""
+        return self._encode(batch)[0]
+
+    def embed(self, batch: dict) -> torch.Tensor:
+        """Cell embeddings ``[B, d]`` (``config.pooling``); unmasked batches are fine.
+
+        Gradient mode is the caller's: wrap in ``torch.inference_mode()`` for pure inference.
+        """
+        hidden, cells = self._encode(batch)
+        return pool_cells(hidden, cells.cu_seqlens, cells.cell_of_token, self.config.pooling)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Losses on the masked positions of a training batch, plus the cell embeddings."""
+        _require(batch, TARGET_KEYS)
+        hidden, cells = self._encode(batch)
+        gene_loss = self.gene_head.loss(hidden, batch["labels"])
+        value_loss = self.value_head.loss(hidden, batch["target_values"])
+        return {"loss": gene_loss + value_loss, "gene_loss": gene_loss, "value_loss": value_loss,
+                "cell_embedding": pool_cells(hidden, cells.cu_seqlens, cells.cell_of_token,
+                                             self.config.pooling)}
+
+    def save_pretrained(self, directory: str | Path, vocab=None, tokenizer=None) -> None:
+        """Weights, config and (when given) the vocabulary and tokenizer, for ``from_pretrained``."""
+        write_pretrained(self, directory, vocab, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "MaskedGeneTransformer":
+        """The model saved by ``save_pretrained``, on the CPU, in eval mode."""
+        config, init_args = read_pretrained(directory)
+        model = cls(config, **init_args)
+        load_weights(model, directory)
+        return model.eval()

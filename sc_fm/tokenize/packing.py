@@ -1,0 +1,89 @@
+"""The packed batch (cells back to back, ``cu_seqlens``) and views derived from it.
+
+Packed is the one true form (what varlen attention consumes); ``to_padded`` derives the
+``[B, L]`` view for backends that need one, and ``unpack`` the per-cell sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from sc_fm.tokenize.cells import TokenizedCells
+from sc_fm.tokenize.masking import HIDDEN_VALUE, IGNORE_LABEL, IGNORE_VALUE, MaskedTokens
+from sc_fm.vocab import PAD_ID
+
+TOKEN_KEYS = ("gene_ids", "values", "labels", "target_values")
+CELL_KEYS = ("condition_ids", "cell_index")
+
+
+def pack(cells: TokenizedCells, tokens: MaskedTokens, cell_index: Sequence[int]) -> dict:
+    """The batch dict of the model contract from flat tokens and their cells."""
+    if len(cell_index) != len(cells):
+        raise ValueError(f"{len(cell_index)} cell indices for {len(cells)} cells")
+    lengths = cells.lengths
+    return {
+        "gene_ids": torch.from_numpy(np.ascontiguousarray(tokens.gene_ids, np.int64)),
+        "values": torch.from_numpy(np.ascontiguousarray(tokens.values, np.float32)),
+        "cu_seqlens": torch.from_numpy(cells.offsets.astype(np.int32)),
+        "max_seqlen": int(lengths.max(initial=0)),
+        "condition_ids": torch.from_numpy(np.ascontiguousarray(cells.condition_ids, np.int64)),
+        "labels": torch.from_numpy(np.ascontiguousarray(tokens.labels, np.int64)),
+        "target_values": torch.from_numpy(np.ascontiguousarray(tokens.target_values, np.float32)),
+        "cell_index": torch.as_tensor(np.asarray(cell_index, np.int64)),
+    }
+
+
+def n_cells(batch: dict) -> int:
+    return len(batch["cu_seqlens"]) - 1
+
+
+def slice_batch(batch: dict, start: int, stop: int) -> dict:
+    """Cells ``[start, stop)`` of a packed batch, still packed."""
+    cu = batch["cu_seqlens"]
+    lo, hi = int(cu[start]), int(cu[stop])
+    out = {key: batch[key][lo:hi] for key in TOKEN_KEYS}
+    out.update({key: batch[key][start:stop] for key in CELL_KEYS})
+    out["cu_seqlens"] = cu[start: stop + 1] - lo
+    out["max_seqlen"] = int((out["cu_seqlens"][1:] - out["cu_seqlens"][:-1]).max()) if stop > start else 0
+    return out
+
+
+def concat_batches(batches: Sequence[dict]) -> dict:
+    """Packed batches joined in order into one."""
+    if len(batches) == 1:
+        return batches[0]
+    out = {key: torch.cat([b[key] for b in batches]) for key in TOKEN_KEYS + CELL_KEYS}
+    lengths = torch.cat([b["cu_seqlens"][1:] - b["cu_seqlens"][:-1] for b in batches])
+    out["cu_seqlens"] = torch.cat([torch.zeros(1, dtype=torch.int32),
+                                   torch.cumsum(lengths, 0).to(torch.int32)])
+    out["max_seqlen"] = max(int(b["max_seqlen"]) for b in batches)
+    return out
+
+
+def to_padded(batch: dict) -> dict:
+    """``[B, L]`` view: token keys padded (``<pad>``, hidden value, ignore targets) plus
+    ``padding_mask`` (bool ``[B, L]``, True at padding, as ``key_padding_mask`` in PyTorch)."""
+    cu = batch["cu_seqlens"].long()
+    lengths = cu[1:] - cu[:-1]
+    n, width = len(lengths), int(batch["max_seqlen"])
+    rows = torch.repeat_interleave(torch.arange(n), lengths)
+    cols = torch.arange(int(cu[-1])) - torch.repeat_interleave(cu[:-1], lengths)
+    fills = {"gene_ids": PAD_ID, "values": HIDDEN_VALUE, "labels": IGNORE_LABEL,
+             "target_values": IGNORE_VALUE}
+    out = {}
+    for key, fill in fills.items():
+        padded = torch.full((n, width), fill, dtype=batch[key].dtype)
+        padded[rows, cols] = batch[key]
+        out[key] = padded
+    out["padding_mask"] = torch.arange(width)[None, :] >= lengths[:, None]
+    out.update({key: batch[key] for key in CELL_KEYS})
+    return out
+
+
+def unpack(batch: dict) -> list[dict[str, torch.Tensor]]:
+    """Per-cell sequences of every token key (inverse of packing)."""
+    cu = batch["cu_seqlens"].tolist()
+    return [{key: batch[key][lo:hi] for key in TOKEN_KEYS} for lo, hi in zip(cu[:-1], cu[1:])]

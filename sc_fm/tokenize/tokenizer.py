@@ -1,0 +1,317 @@
+"""``CellTokenizer``: raw counts + cell metadata + corpus statistics -> tokens.
+
+A pure function of (cell row, cell metadata, normalisers, config, RNG), vectorised over
+blocks of cells:
+
+1. depth-normalise each cell to ``target_sum``;
+2. divide each gene by its normaliser (nonzero median for the cell's dataset/assay, or the
+   global one) -> ``score``;
+3. ``rank``: genes ordered by descending score, value ``log1p(score)``;
+   ``bin``: value = per-cell quantile bin of ``log1p(score)`` (1..n_bins-1), genes in random
+   order (gene order without an RNG);
+4. context: the top ``max_len - 1 - n_unexpressed`` genes (``top``), or that many sampled
+   uniformly from the expressed ones (``sample``), plus ``n_unexpressed`` unexpressed genes
+   (value 0), after ``<cls>``;
+5. condition ids per ``condition_keys`` (0 = ``<unk>``), dropped at ``condition_dropout``
+   during training; then masking and packing (``mask_and_pack``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sc_fm.config import TokenizerConfig, section_from_dict, to_dict
+from sc_fm.errors import ConfigError, InputDataError
+from sc_fm.store import GLOBAL_GROUP, CorpusStore
+from sc_fm.tokenize.cells import TokenizedCells
+from sc_fm.tokenize.encode import (descending_columns, positions, quantile_bins, random_columns,
+                                   sample_unexpressed)
+from sc_fm.tokenize.masking import HIDDEN_VALUE, mask_tokens, unmasked
+from sc_fm.tokenize.normalisers import (GLOBAL_VALUE, build_normalisers, load_normalisers,
+                                        save_normalisers)
+from sc_fm.tokenize.packing import pack
+from sc_fm.vocab import CLS_ID, N_SPECIAL, GeneVocab
+
+TOKENIZER_FORMAT = "sc_fm.tokenizer"
+TOKENIZER_VERSION = 1
+ROWS_PER_PASS = 256
+
+
+def check_config(config: TokenizerConfig) -> None:
+    """Ranges the type system cannot express, named by their config key."""
+    checks = [
+        (config.n_bins >= 3, "tokenizer.n_bins must be at least 3"),
+        (config.max_len >= 2, "tokenizer.max_len must be at least 2"),
+        (0 <= config.n_unexpressed <= config.max_len - 2,
+         "tokenizer.n_unexpressed must leave room for one expressed gene (0..max_len-2)"),
+        (0.0 <= config.condition_dropout < 1.0, "tokenizer.condition_dropout must be in [0, 1)"),
+        (0.0 < config.mask_ratio < 1.0, "tokenizer.mask_ratio must be in (0, 1)"),
+        (config.target_sum > 0, "tokenizer.target_sum must be positive"),
+        (config.min_group_cells >= 0, "tokenizer.min_group_cells must be >= 0"),
+    ]
+    for ok, what in checks:
+        if not ok:
+            raise ConfigError(what, "config")
+
+
+def _codes(values: Sequence[str | None], categories: list[str]) -> np.ndarray:
+    """Category position + 1 per value; 0 for None or an unknown value."""
+    return pd.Categorical(values, categories=categories).codes.astype(np.int64) + 1
+
+
+class CellTokenizer:
+    """See the module docstring; ``normalisers[group][value]`` are float32 ``[n_genes]``."""
+
+    def __init__(self, config: TokenizerConfig, vocab: GeneVocab,
+                 normalisers: dict[str, dict[str, np.ndarray]], condition_vocabs: dict[str, list[str]]):
+        check_config(config)
+        self.config = config
+        self.vocab = vocab
+        self.normalisers = normalisers
+        self.condition_vocabs = {key: list(values) for key, values in condition_vocabs.items()}
+        if GLOBAL_VALUE not in normalisers.get(GLOBAL_GROUP, {}):
+            raise InputDataError("normalisers lack the global group", "tokenizer",
+                                 "build the tokenizer with CellTokenizer.from_stores")
+        missing = [k for k in config.condition_keys if k not in self.condition_vocabs]
+        if missing:
+            raise ConfigError(f"no categories for condition key {missing[0]!r}", "tokenizer.condition_keys",
+                              f"use keys among {sorted(self.condition_vocabs)} or pass their categories")
+        self._group_values, table = self._normaliser_table()
+        self._inverse_table = 1.0 / table
+
+    def _normaliser_table(self) -> tuple[list[str], np.ndarray]:
+        """Row 0: the fallback (global medians, or ones for "none"); row i: group value i - 1."""
+        group = self.config.stats_group
+        n_genes = self.vocab.n_genes
+        fallback = self.normalisers[GLOBAL_GROUP][GLOBAL_VALUE]
+        if group == "none":
+            return [], np.ones((1, n_genes))
+        if group != GLOBAL_GROUP and group not in self.normalisers:
+            raise InputDataError(f"no normalisers for statistics group {group!r}", "tokenizer.stats_group",
+                                 f"use one of {sorted(self.normalisers)} or 'none'")
+        by_value = {} if group == GLOBAL_GROUP else self.normalisers[group]
+        values = sorted(by_value)
+        rows = [fallback] + [by_value[v] for v in values]
+        for value, row in zip(["global"] + values, rows):
+            if row.shape != (n_genes,):
+                raise InputDataError(f"normaliser {group}/{value} has shape {row.shape}, vocabulary has "
+                                     f"{n_genes} genes", "tokenizer", "rebuild the tokenizer from the store")
+        return values, np.stack(rows).astype(np.float64)
+
+    # ---- construction and persistence -------------------------------------------------
+    @classmethod
+    def from_stores(cls, config: TokenizerConfig, stores: Sequence[CorpusStore]) -> "CellTokenizer":
+        """Normalisers and condition categories from the stores (which must share a vocabulary)."""
+        if not stores:
+            raise ConfigError("no corpus stores given", "data.stores", "list at least one store path")
+        check_config(config)
+        vocab = stores[0].vocab
+        for store in stores:
+            check_vocabulary(store, vocab)
+        normalisers = build_normalisers(stores, config.stats_group, config.min_group_cells)
+        condition_vocabs = {}
+        for key in config.condition_keys:
+            found = sorted({c for s in stores for c in s.categories.get(key, [])})
+            if not any(key in s.categories for s in stores):
+                raise ConfigError(f"condition key {key!r} is not a cell metadata column of any store",
+                                  "tokenizer.condition_keys",
+                                  f"use columns among {sorted({c for s in stores for c in s.categories})}")
+            condition_vocabs[key] = found
+        return cls(config, vocab, normalisers, condition_vocabs)
+
+    def save(self, directory: str | Path) -> None:
+        """``tokenizer.json`` (config, categories, vocabulary hash), ``normalisers.npz``, ``vocab.tsv``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        index = save_normalisers(self.normalisers, directory / "normalisers.npz")
+        meta = {"format": TOKENIZER_FORMAT, "version": TOKENIZER_VERSION, "config": to_dict(self.config),
+                "vocab_hash": self.vocab.hash, "condition_vocabs": self.condition_vocabs,
+                "normalisers": index}
+        (directory / "tokenizer.json").write_text(json.dumps(meta, indent=1))
+        self.vocab.save(directory / "vocab.tsv")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "CellTokenizer":
+        directory = Path(directory)
+        path = directory / "tokenizer.json"
+        if not path.is_file():
+            raise InputDataError(f"no tokenizer.json in {directory}", str(directory),
+                                 "point at a tokenizer/ directory saved with CellTokenizer.save")
+        meta = json.loads(path.read_text())
+        if meta.get("format") != TOKENIZER_FORMAT or meta.get("version") != TOKENIZER_VERSION:
+            raise InputDataError(f"unsupported tokenizer format {meta.get('format')!r} version "
+                                 f"{meta.get('version')!r}", str(path), "re-save it with this sc_fm")
+        vocab = GeneVocab.load(directory / "vocab.tsv")
+        if vocab.hash != meta["vocab_hash"]:
+            raise InputDataError("vocab.tsv does not match the tokenizer's vocabulary hash", str(directory),
+                                 "restore the vocab.tsv saved with this tokenizer")
+        config = section_from_dict(TokenizerConfig, meta["config"])
+        normalisers = load_normalisers(directory / "normalisers.npz", meta["normalisers"])
+        return cls(config, vocab, normalisers, meta["condition_vocabs"])
+
+    @property
+    def model_inputs(self) -> dict:
+        """What the model needs to size its embeddings (condition sizes include ``<unk>``)."""
+        return {"n_tokens": self.vocab.n_tokens,
+                "value_encoding": "bin" if self.config.scheme == "bin" else "continuous",
+                "n_bins": self.config.n_bins,
+                "condition_sizes": [len(self.condition_vocabs[k]) + 1 for k in self.config.condition_keys]}
+
+    # ---- the cell -> tokens function ----------------------------------------------------
+    def encode_rows(self, indptr, indices, data, conditions: dict[str, Sequence[str | None]],
+                    normaliser_group_values: Sequence[str | None] | None = None,
+                    rng: np.random.Generator | None = None) -> TokenizedCells:
+        """Raw-count CSR rows (vocabulary space) -> unmasked cells.
+
+        ``conditions[key][row]`` is the row's category (a key left out means ``<unk>``);
+        ``normaliser_group_values[row]`` picks ``normalisers[stats_group][value]`` (None or an
+        unseen value -> global). ``rng`` None: deterministic (``top`` context, gene order for
+        ``bin``, no condition dropout).
+        """
+        indptr, indices, data = self._expressed_csr(indptr, indices, data)
+        n = len(indptr) - 1
+        if n > ROWS_PER_PASS:  # bound the padded sort matrices
+            group_values = normaliser_group_values
+            parts = []
+            for lo in range(0, n, ROWS_PER_PASS):
+                hi = min(lo + ROWS_PER_PASS, n)
+                a, b = int(indptr[lo]), int(indptr[hi])
+                parts.append(self.encode_rows(
+                    indptr[lo: hi + 1] - a, indices[a:b], data[a:b],
+                    {key: values[lo:hi] for key, values in conditions.items()},
+                    None if group_values is None else group_values[lo:hi], rng))
+            return TokenizedCells.concat(parts)
+        cfg = self.config
+        lengths = np.diff(indptr)
+        totals = np.add.reduceat(data, indptr[:-1], dtype=np.float64) if data.size else np.zeros(n)
+        depth_scale = cfg.target_sum / np.where(lengths > 0, totals, 1.0)  # reduceat: empty rows
+        table_rows = self._table_rows(normaliser_group_values, n)
+        inverse = self._inverse_normalisers(indices, table_rows, lengths)
+        score = data * np.repeat(depth_scale, lengths) * inverse
+        budget = cfg.max_len - 1 - cfg.n_unexpressed
+        chosen, counts = positions(indptr, self._select_expressed(indptr, score, budget, rng))
+        genes = indices[chosen]
+        if cfg.scheme == "bin":
+            values = quantile_bins(indptr, np.log1p(score), cfg.n_bins)[chosen].astype(np.float64)
+        else:
+            values = np.log1p(score[chosen])
+        if cfg.n_unexpressed:
+            extra, extra_kept = sample_unexpressed(indptr, indices, self.vocab.n_genes,
+                                                   cfg.n_unexpressed, rng)
+            genes, values, counts = _append_per_row(genes, values, counts, extra, extra_kept)
+        if cfg.scheme == "bin" and rng is not None:
+            sub_indptr = np.concatenate([[0], np.cumsum(counts)])
+            order, _ = positions(sub_indptr, random_columns(sub_indptr, rng))
+            genes, values = genes[order], values[order]
+        return self._with_cls(genes, values, counts, self._condition_ids(conditions, n, rng))
+
+    def _inverse_normalisers(self, indices: np.ndarray, table_rows: np.ndarray,
+                             lengths: np.ndarray) -> np.ndarray:
+        """1 / normaliser of each nonzero's gene in its cell's group."""
+        if not len(table_rows) or np.all(table_rows == table_rows[0]):
+            return self._inverse_table[table_rows[0] if len(table_rows) else 0][indices]
+        return np.take(self._inverse_table, np.repeat(table_rows * self.vocab.n_genes, lengths) + indices)
+
+    def _expressed_csr(self, indptr, indices, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validated CSR with explicit zeros removed."""
+        indptr = np.asarray(indptr, np.int64)
+        indices = np.asarray(indices)
+        data = np.asarray(data)
+        if indices.dtype.kind not in "iu":
+            raise InputDataError(f"gene indices must be integers, not {indices.dtype}", "encode_rows")
+        if len(indices) != len(data) or indptr[-1] != len(data):
+            raise InputDataError("CSR arrays disagree (indptr[-1], indices, data lengths)", "encode_rows")
+        if indices.size and (indices.min() < 0 or indices.max() >= self.vocab.n_genes):
+            raise InputDataError(f"gene index outside the vocabulary of {self.vocab.n_genes} genes",
+                                 "encode_rows", "map genes into the tokenizer's vocabulary first")
+        if data.size and (data.min() < 0 or (data.dtype.kind == "f" and not np.isfinite(data).all())):
+            raise InputDataError("counts must be finite and non-negative", "encode_rows",
+                                 "pass raw counts, not log-normalised or scaled values")
+        expressed = data > 0
+        if expressed.all():
+            return indptr, indices, data
+        kept = np.concatenate([[0], np.cumsum(expressed)])
+        return kept[indptr], indices[expressed], data[expressed]
+
+    def _table_rows(self, group_values, n: int) -> np.ndarray:
+        if group_values is None or not self._group_values:
+            return np.zeros(n, np.int64)
+        if len(group_values) != n:
+            raise ValueError(f"{len(group_values)} normaliser group values for {n} cells")
+        return _codes(group_values, self._group_values)
+
+    def _select_expressed(self, indptr: np.ndarray, score: np.ndarray, budget: int, rng) -> np.ndarray:
+        """Columns of the kept genes per row (``[n, <=budget]``, -1 pads): by descending score
+        for ``rank``; in gene order for ``bin`` (which reorders them randomly afterwards)."""
+        eligible = None
+        if self.config.context == "sample" and rng is not None:
+            picked, _ = positions(indptr, random_columns(indptr, rng, limit=budget))
+            eligible = np.zeros(len(score), bool)
+            eligible[picked] = True
+        cols = descending_columns(indptr, score, eligible, limit=budget)
+        if self.config.scheme == "bin":
+            cols = np.where(cols >= 0, cols, np.iinfo(np.int64).max)
+            cols.sort(axis=1)
+            cols[cols == np.iinfo(np.int64).max] = -1
+        return cols
+
+    def _condition_ids(self, conditions, n: int, rng) -> np.ndarray:
+        keys = self.config.condition_keys
+        ids = np.zeros((n, len(keys)), np.int64)
+        for j, key in enumerate(keys):
+            if key in conditions:
+                if len(conditions[key]) != n:
+                    raise ValueError(f"conditions[{key!r}] has {len(conditions[key])} values for {n} cells")
+                ids[:, j] = _codes(conditions[key], self.condition_vocabs[key])
+        if rng is not None and self.config.condition_dropout > 0:
+            ids[rng.random(ids.shape) < self.config.condition_dropout] = 0
+        return ids
+
+    @staticmethod
+    def _with_cls(genes, values, counts, condition_ids) -> TokenizedCells:
+        lengths = counts + 1
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        total = int(offsets[-1])
+        gene_ids = np.full(total, CLS_ID, np.int32)
+        token_values = np.full(total, HIDDEN_VALUE, np.float32)
+        body = np.ones(total, bool)
+        body[offsets[:-1]] = False
+        gene_ids[body] = genes + N_SPECIAL
+        token_values[body] = values
+        return TokenizedCells(gene_ids, token_values, offsets, condition_ids)
+
+    def mask_and_pack(self, cells: TokenizedCells | Sequence, rng: np.random.Generator | None,
+                      cell_index: Sequence[int]) -> dict:
+        """Masked (``rng`` given) or plain (``rng`` None, for embedding) packed batch."""
+        if not isinstance(cells, TokenizedCells):
+            cells = TokenizedCells.concat(list(cells))
+        if rng is None:
+            tokens = unmasked(cells.gene_ids, cells.values)
+        else:
+            tokens = mask_tokens(cells.gene_ids, cells.values, self.config.mask_mode,
+                                 self.config.mask_ratio, self.vocab.n_tokens, rng)
+        return pack(cells, tokens, cell_index)
+
+
+def check_vocabulary(store: CorpusStore, vocab: GeneVocab) -> None:
+    """A store's genes must mean the same tokens as the tokenizer's."""
+    if store.vocab_hash != vocab.hash:
+        raise InputDataError(f"store vocabulary {store.vocab_hash} differs from the tokenizer's "
+                             f"{vocab.hash} ({vocab.name})", str(store.path),
+                             "use stores prepared with one vocabulary (prepare.vocab) and the tokenizer "
+                             "built from them")
+
+
+def _append_per_row(genes, values, counts, extra, extra_kept):
+    """Per row, the selected genes then the unexpressed ones (value 0), row-major and flat."""
+    n = len(counts)
+    rows = np.concatenate([np.repeat(np.arange(n), counts), np.nonzero(extra_kept)[0]])
+    order = np.argsort(rows, kind="stable")
+    merged_genes = np.concatenate([genes, extra[extra_kept]])[order]
+    merged_values = np.concatenate([values, np.zeros(int(extra_kept.sum()))])[order]
+    return merged_genes, merged_values, counts + extra_kept.sum(axis=1)

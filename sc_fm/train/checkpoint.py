@@ -1,0 +1,126 @@
+"""Checkpoint directories: atomic publication, retention of the last K, discovery for resume.
+
+Every rank writes into ``checkpoints/.step_N.partial``; once all ranks are done, rank 0 renames
+it to ``checkpoints/step_N`` (a single atomic ``rename``), so a directory named ``step_N`` is
+always complete: a crash mid-write leaves only a hidden partial directory, ignored and
+cleared by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from sc_fm.errors import ConfigError
+from sc_fm.train.distributed import DistEnv, barrier
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CheckpointManager:
+    """Writes ``RUN_DIR/checkpoints/step_N/`` and keeps the newest ``keep_last`` of them."""
+
+    def __init__(self, run_dir: str | Path, keep_last: int, env: DistEnv):
+        self.root = Path(run_dir) / "checkpoints"
+        self.keep_last = keep_last
+        self.env = env
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = (_STEP_DIR.match(p.name) for p in self.root.iterdir() if p.is_dir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def path(self, step: int) -> Path:
+        return self.root / f"step_{step}"
+
+    def latest(self) -> Path | None:
+        steps = self.steps()
+        return self.path(steps[-1]) if steps else None
+
+    def save(self, step: int, write: Callable[[Path], None]) -> Path:
+        """Call ``write(tmp_dir)`` on every rank, then publish ``step_N`` atomically and prune."""
+        tmp = self.root / f".step_{step}.partial"
+        if self.env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        write(tmp)
+        barrier()
+        final = self.path(step)
+        if self.env.is_main:
+            if final.exists():  # the same step written again (e.g. resumed exactly at the end)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.root)
+            self._prune()
+        barrier()
+        return final
+
+    def _prune(self) -> None:
+        for step in self.steps()[:-self.keep_last]:
+            shutil.rmtree(self.path(step), ignore_errors=True)
+
+
+CONFIG_FILE = "config.yaml"
+TRAINER_STATE_FILE = "trainer_state.json"
+# Settings that may change when a run is resumed; every other setting must match the checkpoint.
+RESUMABLE_CHANGES = {"train.max_steps", "train.checkpoint_every", "train.keep_last", "train.log_every",
+                     "train.eval_every", "tracking", "eval", "prepare", "data.num_workers"}
+
+
+def rank_state_file(rank: int) -> str:
+    """Per-rank file with the step, RNG states and data-loader position."""
+    return f"rank_{rank}.pt"
+
+
+def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        if name in RESUMABLE_CHANGES:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _differences(a, b, f"{name}.")
+        elif a != b:
+            keys.append(name)
+    return keys
+
+
+def check_resumable(checkpoint: Path, config: dict, world_size: int) -> None:
+    """Refuse to resume with settings that would make it a different run."""
+    state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
+    if state["world_size"] != world_size:
+        raise ConfigError(f"checkpoint {checkpoint} was written by {state['world_size']} processes, this run "
+                          f"has {world_size}", "--resume",
+                          f"resume with {state['world_size']} processes (each rank resumes its own share of "
+                          f"the data), or start a new run directory")
+    saved = yaml.safe_load((checkpoint / CONFIG_FILE).read_text())
+    changed = _differences(saved, config)
+    if changed:
+        raise ConfigError(f"{changed[0]} differs from the checkpoint {checkpoint} (saved: "
+                          f"{_lookup(saved, changed[0])!r})", "--resume",
+                          f"resume with the saved value, or start a new run directory; only "
+                          f"{', '.join(sorted(RESUMABLE_CHANGES))} may change")
+
+
+def _lookup(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree

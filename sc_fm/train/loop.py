@@ -1,0 +1,267 @@
+"""The pretraining loop: stores -> tokenizer -> model -> engine -> steps -> checkpoints -> final.
+
+One optimizer step consumes ``accumulation`` micro-batches on every rank, so each step sees
+exactly ``train.global_batch_cells`` cells whatever the world size. Checkpoints hold the
+engine state, every rank's RNG states and loader position, so a resumed run continues the
+same sequence of batches and random draws as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from sc_fm.config import RunConfig, save_config, to_dict
+from sc_fm.errors import ConfigError
+from sc_fm.train.checkpoint import (CONFIG_FILE, TRAINER_STATE_FILE, CheckpointManager, check_resumable,
+                                    rank_state_file)
+from sc_fm.train.distributed import DistEnv, all_reduce_sum, barrier, init_process_group
+from sc_fm.train.engines import DeepSpeedEngine, PlainEngine, TrainEngine
+from sc_fm.train.guards import check_finite, out_of_memory_advice
+from sc_fm.train.plan import TrainPlan, make_plan
+from sc_fm.train.progress import ProgressBar, Throughput, flops_per_token, peak_flops
+from sc_fm.train.rng import capture_rng, restore_rng, seed_everything
+from sc_fm.train.tracking import RunTracker, flatten, system_info
+
+METRICS_FILE = "metrics.jsonl"
+FINAL_DIR = "final"
+
+
+def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
+    """Train ``cfg`` into ``run_dir``; returns ``RUN_DIR/final`` (a ``load_pretrained`` directory).
+
+    With ``resume`` the latest complete checkpoint in ``run_dir`` is continued (a fresh start
+    if there is none yet). Config errors are raised before any data or model is loaded.
+    """
+    env = DistEnv.from_env()
+    plan = make_plan(cfg, env)
+    run_dir = Path(run_dir)
+    checkpoints = CheckpointManager(run_dir, cfg.train.keep_last, env)
+    latest = checkpoints.latest() if resume else None
+    if not resume and checkpoints.steps():
+        raise ConfigError(f"{run_dir} already holds checkpoints", str(run_dir),
+                          "pass --resume to continue that run, or choose a new -o RUN_DIR")
+    if latest is not None:
+        check_resumable(latest, to_dict(cfg), env.world_size)
+    created = cfg.train.engine == "deepspeed" and init_process_group(env, plan.device)
+    try:
+        return Trainer(cfg, plan, run_dir, checkpoints, latest, resume).run()
+    finally:
+        # A lone process keeps its group: DeepSpeed caches it for later runs in the same process.
+        if created and env.world_size > 1:
+            dist.destroy_process_group()
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+class Trainer:
+    """One run's state: built in ``__init__``, advanced by ``run``."""
+
+    def __init__(self, cfg: RunConfig, plan: TrainPlan, run_dir: Path, checkpoints: CheckpointManager,
+                 latest: Path | None, resume: bool):
+        from sc_fm.data import build_train_loader, open_stores
+        from sc_fm.model import MaskedGeneTransformer, count_parameters
+        from sc_fm.tokenize import CellTokenizer
+
+        self.cfg, self.plan, self.env = cfg, plan, plan.env
+        self.run_dir, self.checkpoints, self.latest, self.resume = run_dir, checkpoints, latest, resume
+        stores = open_stores(cfg.data.stores)
+        if self.env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / CONFIG_FILE)
+        self.tokenizer = (CellTokenizer.load(latest / "tokenizer") if latest is not None
+                          else CellTokenizer.from_stores(cfg.tokenizer, stores))
+        seed_everything(cfg.train.seed)  # identical initial weights on every rank
+        self.model = MaskedGeneTransformer(cfg.model, **self.tokenizer.model_inputs)
+        self.n_parameters = count_parameters(self.model)
+        seed_everything(cfg.train.seed + 1 + self.env.rank)  # per-rank dropout draws
+        self.engine: TrainEngine = (
+            PlainEngine(self.model, cfg.train, plan.accumulation, plan.device, plan.precision)
+            if plan.deepspeed_config is None else
+            DeepSpeedEngine(self.model, cfg.train, plan.device, plan.precision, plan.deepspeed_config))
+        self.loader = build_train_loader(cfg, self.tokenizer, self.env.rank, self.env.world_size)
+        self.step = 0
+        if latest is not None:
+            self._restore(latest)
+        self.tracker = self._start_tracking() if self.env.is_main and cfg.tracking.enabled else None
+        self.evaluator = None
+        if cfg.train.eval_every > 0 and self.env.is_main:
+            from sc_fm.evaluate import PretrainEvaluator
+
+            self.evaluator = PretrainEvaluator(cfg.eval, self.tokenizer)
+        self.peak_flops = peak_flops(plan.device)
+
+    # ----------------------------------------------------------------------------------- run
+    def run(self) -> Path:
+        """Train to ``train.max_steps``, checkpointing on the way; returns the final directory."""
+        self._announce()
+        bar = ProgressBar(self.cfg.train.max_steps, self.step, self.env.is_main)
+        status = "FAILED"
+        try:
+            if self.evaluator is not None and self.step == 0 and self.tracker is not None:
+                self._log({f"baseline/{k}": v for k, v in self.evaluator.baseline_metrics.items()}, 0)
+            self._train(bar)
+            final = self._save_final()
+            status = "FINISHED"
+            return final
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            bar.close()
+            if self.tracker is not None:
+                self.tracker.finish(status)
+
+    def _train(self, bar: ProgressBar) -> None:
+        t = self.cfg.train
+        batches = iter(self.loader)
+        throughput = Throughput()
+        while self.step < t.max_steps:
+            lr = self.engine.lr
+            micro = [_to_device(next(batches), self.plan.device) for _ in range(self.plan.accumulation)]
+            with out_of_memory_advice(t.micro_batch_cells, self.cfg.tokenizer.max_len):
+                local = self.engine.train_step(micro)
+            metrics = self._reduce(local, micro, throughput, lr)
+            self.step += 1
+            check_finite(metrics, self.step, self.checkpoints.latest())
+            bar.update(metrics)
+            bar.advance()
+            if self.env.is_main:
+                self._record(metrics)
+            if self.step % t.checkpoint_every == 0 or self.step == t.max_steps:
+                self._save_checkpoint()
+            if t.eval_every and self.step % t.eval_every == 0:
+                self._evaluate()
+
+    def _reduce(self, local: dict[str, float], micro: list[dict], throughput: Throughput,
+                lr: float) -> dict[str, float]:
+        """Mean losses over ranks; tokens and cells summed over ranks; rates since the last step."""
+        tokens = sum(int(b["gene_ids"].numel()) for b in micro)
+        cells = sum(int(b["cell_index"].numel()) for b in micro)
+        totals = torch.tensor([local["loss"], local["gene_loss"], local["value_loss"], tokens, cells],
+                              dtype=torch.float64, device=self.plan.device)
+        totals = all_reduce_sum(totals).tolist()
+        world = self.env.world_size
+        throughput.add(int(totals[3]), int(totals[4]))
+        tokens_per_s, cells_per_s = throughput.rates()
+        metrics = {"loss": totals[0] / world, "gene_loss": totals[1] / world, "value_loss": totals[2] / world,
+                   "tokens_per_s": tokens_per_s, "cells_per_s": cells_per_s, "lr": lr,
+                   "grad_norm": local["grad_norm"]}
+        if self.peak_flops:
+            m = self.cfg.model
+            per_token = flops_per_token(self.n_parameters, m.n_layers, m.d_model, totals[3] / totals[4])
+            metrics["mfu"] = per_token * tokens_per_s / (self.peak_flops * world)
+        return metrics
+
+    def _record(self, metrics: dict[str, float]) -> None:
+        with open(self.run_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+        self._log(metrics, self.step)
+        if self.tracker is not None and self.step % self.cfg.train.log_every == 0:
+            self.tracker.flush()
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step)
+
+    def _evaluate(self) -> None:
+        """Run the evaluation hook on rank 0 without disturbing the training RNG streams."""
+        with self.engine.full_weights():
+            if self.evaluator is not None:
+                devices = [self.plan.device] if self.plan.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):
+                    self.model.eval()
+                    scores = self.evaluator(self.model)
+                    self.model.train()
+                self._log({f"eval/{k}": v for k, v in scores.items()}, self.step)
+        barrier()
+
+    # ---------------------------------------------------------------------- checkpoints
+    def _write_pretrained(self, directory: Path) -> None:
+        """Weights, vocabulary and tokenizer as a ``load_pretrained`` directory (rank 0 writes)."""
+        with self.engine.full_weights():
+            if self.env.is_main:
+                self.model.save_pretrained(directory, vocab=self.tokenizer.vocab, tokenizer=self.tokenizer)
+
+    def _write_checkpoint(self, directory: Path) -> None:
+        self.engine.save_state(directory)
+        torch.save({"step": self.step, "rng": capture_rng(), "loader": self.loader.state_dict()},
+                   directory / rank_state_file(self.env.rank))
+        self._write_pretrained(directory)
+        if self.env.is_main:
+            save_config(self.cfg, directory / CONFIG_FILE)
+            state = {"step": self.step, "world_size": self.env.world_size, "engine": self.cfg.train.engine,
+                     "accumulation": self.plan.accumulation, "precision": self.plan.precision}
+            (directory / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    def _save_checkpoint(self) -> None:
+        if self.tracker is not None:
+            self.tracker.flush()
+        self.checkpoints.save(self.step, self._write_checkpoint)
+
+    def _restore(self, checkpoint: Path) -> None:
+        self.engine.load_state(checkpoint)
+        state = torch.load(checkpoint / rank_state_file(self.env.rank), map_location="cpu",
+                           weights_only=False)  # our own file: RNG states include NumPy arrays
+        self.loader.load_state_dict(state["loader"])
+        restore_rng(state["rng"])
+        self.step = int(state["step"])
+        if self.env.is_main:
+            self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        """Drop per-step records written after the checkpoint by the interrupted run."""
+        path = self.run_dir / METRICS_FILE
+        if path.is_file():
+            lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            path.write_text("".join(f"{line}\n" for line in lines))
+
+    def _save_final(self) -> Path:
+        """``RUN_DIR/final``: written beside, then swapped in, and logged as an MLflow artifact."""
+        final = self.run_dir / FINAL_DIR
+        tmp = self.run_dir / f".{FINAL_DIR}.partial"
+        if self.env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        self._write_pretrained(tmp)
+        if self.env.is_main:
+            save_config(self.cfg, tmp / CONFIG_FILE)
+            if self.tracker is not None:
+                self.tracker.write_info(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            if self.tracker is not None:
+                self.tracker.flush()
+                self.tracker.log_artifacts(final, FINAL_DIR)
+        barrier()
+        return final
+
+    # -------------------------------------------------------------------------- tracking
+    def _start_tracking(self) -> RunTracker:
+        params = flatten(to_dict(self.cfg))
+        params.update({"run.world_size": str(self.env.world_size),
+                       "run.accumulation": str(self.plan.accumulation),
+                       "run.precision": self.plan.precision, "run.n_parameters": str(self.n_parameters)})
+        return RunTracker.start(self.cfg.tracking, self.run_dir, params, system_info(self.env.world_size),
+                                resume=self.resume)
+
+    def _announce(self) -> None:
+        if not self.env.is_main:
+            return
+        where = f"resuming at step {self.step} from {self.latest}" if self.latest else "starting at step 0"
+        print(f"scfm pretrain: {self.cfg.train.engine} engine, {self.env.world_size} process(es) on "
+              f"{self.plan.device.type}, {self.plan.precision}, {self.n_parameters:,} parameters, "
+              f"{self.cfg.train.global_batch_cells} cells/step = {self.cfg.train.micro_batch_cells} x "
+              f"{self.plan.accumulation} accumulation x {self.env.world_size}; {where}", file=sys.stderr)
+        if self.tracker is not None:
+            print(f"scfm pretrain: MLflow run {self.tracker.run_id} at {self.tracker.uri}", file=sys.stderr)

@@ -1,0 +1,165 @@
+"""CorpusDataset and TrainBatches: exact sharding, determinism, resume, filters, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sc_fm.config import DataConfig, RunConfig, TokenizerConfig
+from sc_fm.data import CorpusDataset, build_train_loader, open_stores
+from sc_fm.errors import ConfigError, InputDataError
+from sc_fm.tokenize import CellTokenizer
+from sc_fm.vocab import GeneVocab
+
+
+def small_data(**overrides) -> DataConfig:
+    return DataConfig(**{"block_cells": 64, "blocks_per_fetch": 2, "num_workers": 0, **overrides})
+
+
+def epoch_cells(store, world_size: int, num_workers: int, **data) -> list[list[int]]:
+    """Cell indices each rank reads in epoch 0, through a real DataLoader."""
+    per_rank = []
+    for rank in range(world_size):
+        ds = CorpusDataset([store], small_data(**data), ["dataset"], seed=3, rank=rank,
+                           world_size=world_size, epochs=1)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers)
+        per_rank.append([int(i) for block in loader for i in block.cell_index])
+    return per_rank
+
+
+@pytest.mark.parametrize("world_size,num_workers", [(1, 0), (1, 2), (2, 2), (3, 1), (4, 2)])
+def test_epoch_covers_every_cell_exactly_once(tiny_store, world_size, num_workers):
+    per_rank = epoch_cells(tiny_store, world_size, num_workers)
+    cells = sorted(i for rank in per_rank for i in rank)
+    assert cells == list(range(tiny_store.n_cells))
+    single = epoch_cells(tiny_store, world_size, 0)
+    assert per_rank == single  # worker count does not change the order
+
+
+def test_order_is_deterministic_and_shuffled(tiny_store):
+    a = epoch_cells(tiny_store, 1, 0)[0]
+    assert a == epoch_cells(tiny_store, 1, 0)[0]
+    ds = CorpusDataset([tiny_store], small_data(), seed=4, epochs=1)
+    assert a != [int(i) for block in ds for i in block.cell_index]
+    assert a != sorted(a)
+    same_seed = CorpusDataset([tiny_store], small_data(), seed=3, epochs=1)
+    first_fetch = a[: same_seed.fetches(0)[0].n_cells]
+    blocks = {(k, local // 64) for k, local in map(tiny_store.locate, first_fetch)}
+    assert len(blocks) == 2  # two whole blocks, mixed together
+    assert first_fetch != sorted(first_fetch)
+
+
+def test_fetch_rows_match_the_store(tiny_store):
+    ds = CorpusDataset([tiny_store], small_data(), ["dataset", "assay"], epochs=1)
+    block = next(iter(ds))
+    datasets = tiny_store.obs_values("dataset")
+    for row, cell in enumerate(block.cell_index[:20]):
+        k, local = tiny_store.locate(int(cell))
+        indptr, indices, data = tiny_store.read_rows(k, local, local + 1)
+        np.testing.assert_array_equal(block.counts[row].indices, indices)
+        np.testing.assert_array_equal(block.counts[row].data, data)
+        assert block.obs["dataset"][row] == datasets[cell]
+
+
+def test_filters_hold_out_datasets(tiny_store):
+    held_out = sorted(tiny_store.categories["dataset"])[0]
+    kept = epoch_cells(tiny_store, 2, 0, exclude={"dataset": [held_out]})
+    datasets = tiny_store.obs_values("dataset")
+    cells = sorted(i for rank in kept for i in rank)
+    assert cells == sorted(np.flatnonzero(datasets != held_out).tolist())
+    only = epoch_cells(tiny_store, 1, 0, include={"dataset": [held_out]})[0]
+    assert sorted(only) == np.flatnonzero(datasets == held_out).tolist()
+
+
+@pytest.mark.parametrize("filters,match", [
+    ({"include": {"tissue": ["x"]}}, "no store has a cell metadata column 'tissue'"),
+    ({"exclude": {"dataset": ["study_typo"]}}, "no value 'study_typo'"),
+    ({"include": {"dataset": ["study_0"]}, "exclude": {"dataset": ["study_0"]}}, "select no cells"),
+])
+def test_bad_filters_fail_before_reading(tiny_store, filters, match):
+    with pytest.raises(ConfigError, match=match):
+        CorpusDataset([tiny_store], small_data(**filters))
+
+
+def test_too_few_blocks_for_world_size(tiny_store):
+    with pytest.raises(ConfigError, match="cannot be shared by 8 ranks"):
+        CorpusDataset([tiny_store], small_data(block_cells=512), rank=0, world_size=8)
+
+
+def run_config(store, **train) -> RunConfig:
+    cfg = RunConfig()
+    cfg.data = small_data(stores=[str(store.path)])
+    cfg.train.micro_batch_cells = train.get("micro_batch_cells", 48)
+    cfg.train.seed = 5
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_store) -> CellTokenizer:
+    return CellTokenizer.from_stores(TokenizerConfig(max_len=64, stats_group="dataset"), [tiny_store])
+
+
+def same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
+
+
+def test_batches_have_exact_size_and_roll_over_epochs(tiny_store, tokenizer):
+    batches = build_train_loader(run_config(tiny_store), tokenizer)
+    seen = [next(batches) for _ in range(13)]  # 624 cells: past one epoch of 600
+    assert all(len(b["cell_index"]) == 48 and len(b["cu_seqlens"]) == 49 for b in seen)
+    first_epoch = torch.cat([b["cell_index"] for b in seen])[:600]
+    assert sorted(first_epoch.tolist()) == list(range(600))
+    assert batches.state_dict()["epoch"] == 1 and batches.state_dict()["offset"] == 24
+    assert all((b["labels"] != -100).any() for b in seen)
+
+
+def test_resume_mid_epoch_with_other_worker_count(tiny_store, tokenizer):
+    cfg = run_config(tiny_store)
+    cfg.data.num_workers = 2
+    reference = build_train_loader(cfg, tokenizer)
+    expected = [next(reference) for _ in range(16)]
+    first = build_train_loader(cfg, tokenizer)
+    for _ in range(5):
+        next(first)
+    state = json.loads(json.dumps(first.state_dict()))
+    cfg.data.num_workers = 0
+    resumed = build_train_loader(cfg, tokenizer)
+    resumed.load_state_dict(state)
+    assert all(same(next(resumed), expected[i]) for i in range(5, 16))
+
+
+def test_ranks_split_the_batches(tiny_store, tokenizer):
+    cfg = run_config(tiny_store, micro_batch_cells=50)
+    ranks = [build_train_loader(cfg, tokenizer, rank=r, world_size=2) for r in range(2)]
+    cells = [torch.cat([next(r)["cell_index"] for _ in range(5)]) for r in ranks]  # within epoch 0
+    assert not set(cells[0].tolist()) & set(cells[1].tolist())
+    with pytest.raises(ConfigError, match="world_size"):
+        other = build_train_loader(cfg, tokenizer)
+        other.load_state_dict(ranks[0].state_dict())
+
+
+def test_store_errors(tiny_store, tokenizer, tmp_path):
+    with pytest.raises(ConfigError, match="data.stores"):
+        open_stores([])
+    future = tmp_path / "future.zarr"
+    shutil.copytree(tiny_store.path, future)
+    meta = json.loads((future / "zarr.json").read_text())
+    meta["attributes"]["format_version"] = 99
+    (future / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(InputDataError, match="format version 99"):
+        build_train_loader(_cfg(future), tokenizer)
+    other_vocab = CellTokenizer(tokenizer.config, GeneVocab([f"ENSG{i:011d}" for i in range(300)]),
+                                {"global": {"all": np.ones(300, np.float32)},
+                                 "dataset": {}}, tokenizer.condition_vocabs)
+    with pytest.raises(InputDataError, match="differs from the tokenizer"):
+        build_train_loader(run_config(tiny_store), other_vocab)
+
+
+def _cfg(path) -> RunConfig:
+    cfg = RunConfig()
+    cfg.data = small_data(stores=[str(path)])
+    return cfg

@@ -1,0 +1,121 @@
+"""The benchmark harness tells good embeddings from bad ones, reproduces the published
+sc_mixology anchor, writes its report and logs it under the checkpoint's MLflow run."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sc_fm.config import EvalConfig, TrackingConfig
+from sc_fm.datasets import load_sc_mixology
+from sc_fm.errors import InputDataError
+from sc_fm.evaluate import compute_baselines, run_benchmark, scib_scores
+from sc_fm.evaluate.metrics import BATCH, BIO, KNN_ACCURACY, TOTAL
+from sc_fm.evaluate.report import markdown_table, verdict
+from sc_fm.evaluate.scoring import PCA, RANDOM, SCVI, check_evaluation_set
+from sc_fm.simulate import AtlasSpec, simulate_atlas
+
+# same 300 gene IDs as the tiny checkpoint's vocabulary; assay capture effects twice the default
+STRONG_BATCH_SPEC = AtlasSpec(n_cells=500, n_genes=300, n_studies=3, n_cell_types=4, seed=11, capture_sd=1.0,
+                              empty_fraction=0.0, low_quality_fraction=0.0)
+
+
+@pytest.fixture(scope="module")
+def strong_batch_atlas():
+    return simulate_atlas(STRONG_BATCH_SPEC)
+
+
+@pytest.fixture(scope="module")
+def tracked_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint inside a run directory with an MLflow run recorded in tracking.json."""
+    from sc_fm.train.tracking import RunTracker
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    shutil.copytree(tiny_checkpoint, run_dir / "final")
+    tracker = RunTracker.start(TrackingConfig(experiment="test"), run_dir, {}, {}, resume=False)
+    tracker.finish("FINISHED")
+    return run_dir / "final"
+
+
+@pytest.fixture(scope="module")
+def strong_batch_benchmark(strong_batch_atlas, tracked_checkpoint, tmp_path_factory):
+    adata = strong_batch_atlas
+    batch_signal = pd.get_dummies(adata.obs["dataset"]).to_numpy(np.float32)
+    batch_signal += np.random.default_rng(0).normal(0, 0.05, batch_signal.shape).astype(np.float32)
+    out = tmp_path_factory.mktemp("bench") / "report"
+    started = time.time()
+    result = run_benchmark(adata, "dataset", "cell_type", out, [tracked_checkpoint],
+                           EvalConfig(n_hvg=200), extra_embeddings={"Oracle latent": adata.obsm["X_latent"],
+                                                                    "Batch signal": batch_signal},
+                           progress=False)
+    return result, out, time.time() - started
+
+
+def test_metrics_rank_oracle_above_batch_signal_and_scvi_above_pca(strong_batch_benchmark):
+    table = strong_batch_benchmark[0].table
+    assert table.loc["Oracle latent", TOTAL] > table.loc["Batch signal", TOTAL] + 0.2
+    assert table.loc["Oracle latent", BIO] > table.loc["Batch signal", BIO]
+    assert table.loc[SCVI, BATCH] > table.loc[PCA, BATCH] + 0.1
+    assert table.loc["Oracle latent", KNN_ACCURACY] > 0.9
+    assert table.loc[RANDOM, BIO] < table.loc[PCA, BIO]  # the control conserves no biology
+    assert table.loc[RANDOM, KNN_ACCURACY] < 0.6
+
+
+def test_report_files_verdict_and_mlflow_run(strong_batch_benchmark, tracked_checkpoint):
+    from mlflow import MlflowClient
+
+    result, out, _ = strong_batch_benchmark
+    expected_rows = ["sc_fm-tiny", "Oracle latent", "Batch signal", PCA, SCVI, RANDOM]
+    csv = pd.read_csv(out / "results.csv", index_col=0)
+    assert list(csv.index) == expected_rows
+    assert {BIO, BATCH, TOTAL, "KBET", "iLISI", "cLISI", KNN_ACCURACY} <= set(csv.columns)
+    np.testing.assert_allclose(csv[TOTAL], 0.6 * csv[BIO] + 0.4 * csv[BATCH], atol=1e-9)
+    report = (out / "report.md").read_text()
+    assert result.verdict[0].startswith("sc_fm-tiny vs scVI: total ") and result.verdict[0] in report
+    assert "scib_metrics: 0.5.10" in report and "![UMAP" in report
+    assert (out / "umap.png").stat().st_size > 10_000 and (out / "results.md").is_file()
+    info = json.loads((tracked_checkpoint.parent / "tracking.json").read_text())
+    assert result.tracking["run_id"] == info["run_id"]
+    run = MlflowClient(info["tracking_uri"]).get_run(info["run_id"])
+    assert run.data.metrics["benchmark/scVI/Total"] == pytest.approx(result.table.loc[SCVI, TOTAL])
+
+
+def test_without_batch_column_batch_metrics_are_not_applicable(strong_batch_atlas):
+    adata = strong_batch_atlas
+    table = scib_scores({"Oracle": adata.obsm["X_latent"]}, adata.obs, None, "cell_type",
+                        adata.obsm["X_latent"])
+    assert math.isnan(table.loc["Oracle", BATCH])
+    assert table.loc["Oracle", TOTAL] == table.loc["Oracle", BIO] > 0.5
+    assert "n/a" in markdown_table(table)
+    line = verdict(table.rename(index={"Oracle": SCVI}).reindex([SCVI, SCVI]).set_axis([SCVI, "x"]), SCVI, ["x"])
+    assert line == ["x vs scVI: total {0:.2f} vs {0:.2f}, bio +0.00, batch n/a".format(table.loc["Oracle", TOTAL])]
+
+
+def test_bad_evaluation_sets_are_refused(strong_batch_atlas):
+    adata = strong_batch_atlas[:50].copy()
+    with pytest.raises(InputDataError, match="no column 'donor_id'"):
+        check_evaluation_set(adata, "donor_id", "cell_type", "eval.h5ad")
+    with pytest.raises(InputDataError, match="no column 'celltype'"):
+        check_evaluation_set(adata, "dataset", "celltype", "eval.h5ad")
+    adata.X = adata.X.astype(np.float32) * 0.5
+    with pytest.raises(InputDataError, match="not integers"):
+        check_evaluation_set(adata, "dataset", "cell_type", "eval.h5ad")
+
+
+@pytest.mark.slow
+def test_sc_mixology_anchor_pca_and_scvi_totals():
+    """Published scib-metrics 0.5.10 anchor on the real set: PCA ~0.670, scVI ~0.868 (+-0.03)."""
+    adata = load_sc_mixology()
+    assert adata.n_obs == 450 and set(adata.obs["batch"]) == {"celseq2", "dropseq"}
+    config = EvalConfig()
+    baselines = compute_baselines(adata, "batch", config)
+    table = scib_scores({k: v for k, v in baselines.embeddings.items() if k != RANDOM}, adata.obs, "batch",
+                        "cell_type", baselines.pre_integrated)
+    assert table.loc[PCA, TOTAL] == pytest.approx(0.670, abs=0.03)
+    assert table.loc[SCVI, TOTAL] == pytest.approx(0.868, abs=0.03)

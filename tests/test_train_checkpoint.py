@@ -1,0 +1,69 @@
+"""Checkpoint directories: atomic publication, keep-last-K, and refusal to resume a different run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sc_fm.config import RunConfig, save_config, to_dict
+from sc_fm.errors import ConfigError
+from sc_fm.train import CheckpointManager, DistEnv
+from sc_fm.train.checkpoint import CONFIG_FILE, TRAINER_STATE_FILE, check_resumable
+
+
+def _write(step: int):
+    def write(directory):
+        (directory / "payload.txt").write_text(str(step))
+    return write
+
+
+def test_keeps_last_k_and_finds_latest(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2, env=DistEnv())
+    assert manager.latest() is None
+    for step in (10, 20, 30):
+        path = manager.save(step, _write(step))
+        assert path == tmp_path / "checkpoints" / f"step_{step}"
+    assert manager.steps() == [20, 30]
+    assert (manager.latest() / "payload.txt").read_text() == "30"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_20", "step_30"]
+
+
+def test_failed_write_leaves_previous_checkpoint_and_no_visible_partial(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=3, env=DistEnv())
+    manager.save(5, _write(5))
+
+    def crash(directory):
+        (directory / "half").write_text("x")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        manager.save(10, crash)
+    assert manager.steps() == [5] and manager.latest().name == "step_5"
+    manager.save(10, _write(10))  # the stale partial directory is cleared and replaced
+    assert manager.steps() == [5, 10]
+    assert not (manager.latest() / "half").exists()
+    assert not list((tmp_path / "checkpoints").glob(".*"))
+
+
+def _checkpoint(tmp_path, cfg: RunConfig, world_size: int = 1):
+    ckpt = tmp_path / "step_4"
+    ckpt.mkdir()
+    save_config(cfg, ckpt / CONFIG_FILE)
+    (ckpt / TRAINER_STATE_FILE).write_text(json.dumps({"step": 4, "world_size": world_size}))
+    return ckpt
+
+
+def test_resume_allows_schedule_extension_but_not_a_different_model(tmp_path):
+    cfg = RunConfig()
+    ckpt = _checkpoint(tmp_path, cfg)
+    longer = RunConfig()
+    longer.train.max_steps = cfg.train.max_steps * 2
+    longer.tracking.uri = "http://elsewhere"
+    check_resumable(ckpt, to_dict(longer), world_size=1)
+    wider = RunConfig()
+    wider.model.d_model = 256
+    with pytest.raises(ConfigError, match="model.d_model differs"):
+        check_resumable(ckpt, to_dict(wider), world_size=1)
+    with pytest.raises(ConfigError, match="written by 1 processes, this run has 2"):
+        check_resumable(ckpt, to_dict(cfg), world_size=2)
