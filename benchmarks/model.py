@@ -186,7 +186,7 @@ def attention_layouts(cells: list[Cell], d_head: int, n_heads: int, block_diagon
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small run, under ~2 minutes on 2 cores")
-    parser.add_argument("--cells", type=int, default=None, help="cells in the pass (default 96; quick 32)")
+    parser.add_argument("--cells", type=int, default=None, help="cells in the pass (default 64; quick 32)")
     parser.add_argument("--batch-cells", type=int, default=None, help="cells per step (default 16; quick 8)")
     parser.add_argument("--max-len", type=int, default=None, help="tokens per cell cap (default 2048; quick 1024)")
     parser.add_argument("--size", default=None, help="model preset (default: small on CPU, base on CUDA)")
@@ -194,10 +194,14 @@ def main() -> None:
                         help="mean counts per cell (default 3000: median 1,300 genes; quick 1000: 550)")
     parser.add_argument("--n-genes", type=int, default=25_000)
     parser.add_argument("--peak-tflops", type=float, default=None, help="GPU peak bf16 TFLOP/s for MFU")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: all cores); 1 is steadier on a busy machine")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    n_cells = args.cells or (32 if args.quick else 96)
+    n_cells = args.cells or (32 if args.quick else 64)
     mean_depth = args.mean_depth or (1000.0 if args.quick else 3000.0)
     batch_cells = args.batch_cells or (8 if args.quick else 16)
     max_len = args.max_len or (1024 if args.quick else 2048)

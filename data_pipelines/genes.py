@@ -11,6 +11,7 @@ guides) are dropped and counted.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -38,12 +39,12 @@ class GeneMapping:
     n_non_gene_features: int
     n_duplicates: int  # source genes that share their vocabulary gene with an earlier one
 
-    @property
+    @cached_property
     def identity(self) -> bool:
         """Source columns are vocabulary positions already (a corpus vocabulary in source order)."""
         return bool(np.array_equal(self.columns, np.arange(len(self.columns))))
 
-    @property
+    @cached_property
     def order_preserving(self) -> bool:
         """Every column is kept and lands after the previous one: sorted rows stay sorted."""
         return bool(np.all(self.columns >= 0) and np.all(np.diff(self.columns) > 0))
@@ -94,8 +95,9 @@ def map_genes(genes: pd.DataFrame, vocab: GeneVocab, duplicate_rule: str, min_ov
     later = np.setdiff1d(order, order[first_pos])
     if len(later) and duplicate_rule == "error":
         examples = ", ".join(names[best_name][later[:3]])
-        raise InputDataError(f"duplicated genes: {len(later)} gene(s) map to a vocabulary gene already present (e.g. {examples})",
-                             label, "deduplicate the gene table, or set prepare.duplicate_genes to sum or first")
+        raise InputDataError(f"duplicated genes: {len(later)} gene(s) map to a vocabulary gene "
+                             f"already present (e.g. {examples})", label,
+                             "deduplicate the gene table, or set prepare.duplicate_genes to sum or first")
     columns = best_cols.copy()
     if duplicate_rule == "first":
         columns[later] = -1

@@ -24,9 +24,6 @@ from sc_fm.errors import InputDataError
 from sc_fm.store import ShardSequence
 from sc_fm.vocab import GeneVocab
 
-QC_FIGURES = ("n_counts", "n_genes", "mito_fraction")
-
-
 @dataclass
 class SourceTask:
     """Everything a worker needs to ingest one source, or the row range ``rows`` of it."""
@@ -109,7 +106,8 @@ def _ingest(task: SourceTask, reader: SourceReader) -> SourceResult:
     with _progress_bar(task, end - first) as bar:
         for start, block in reader.blocks(cfg.read_block_cells, first, end):
             stop = start + block.shape[0]
-            qc = cell_qc(block, mapping.mito, duplicated[start:stop], barcodes[start:stop], cfg.qc, spec.label)
+            qc = cell_qc(block, mapping.mito, duplicated[start:stop], barcodes[start:stop], cfg.qc,
+                         spec.label)
             for reason, n in qc.drops.items():
                 drops[reason] += n
             kept = to_vocabulary(block if qc.keep.all() else block[qc.keep], mapping, vocab.n_genes)

@@ -37,7 +37,8 @@ def merge_stores(parts: list[str | Path], output: str | Path, append: bool = Fal
     first = stores[0]
     for store in stores[1:]:
         if store.vocab_hash != first.vocab_hash:
-            raise InputDataError(f"vocabulary {store.vocab_hash} differs from {first.path}'s {first.vocab_hash}",
+            raise InputDataError(f"vocabulary {store.vocab_hash} differs from {first.path}'s "
+                                 f"{first.vocab_hash}",
                                  str(store.path), "ingest every part with the same prepare.vocab")
         if sorted(store.stats_groups) != sorted(first.stats_groups):
             raise InputDataError(f"statistics groups {store.stats_groups} differ from {first.path}'s "
@@ -54,9 +55,11 @@ def merge_stores(parts: list[str | Path], output: str | Path, append: bool = Fal
             renamed = {}
             for k, info in enumerate(store.shards):
                 renamed[info.name] = f"{writer.shard_prefix(i)}{k:05d}"
-                shutil.copytree(store.path / "shards" / info.name, writer.stage_dir / "shards" / renamed[info.name])
+                shutil.copytree(store.path / "shards" / info.name,
+                                writer.stage_dir / "shards" / renamed[info.name])
                 writer.register_shard(renamed[info.name], info.n_cells, info.nnz, info.source)
             merge_grouped(totals, _grouped_stats(store), first.n_genes)
-            rows += [{**row, "shards": [renamed[name] for name in row.get("shards", [])]} for row in store.manifest]
+            rows += [{**row, "shards": [renamed[name] for name in row.get("shards", [])]}
+                     for row in store.manifest]
         writer.commit(totals, rows)
     return PrepareSummary(CorpusStore(output), rows, time.perf_counter() - began)

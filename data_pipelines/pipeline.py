@@ -103,17 +103,18 @@ def prepare(sources: list[SourceSpec | str | Path], output: str | Path, config: 
     specs = expand_sources(list(sources))
     output = Path(output)
     vocab = resolve_vocab(config.vocab, specs, output if append else None)
-    with StoreWriter(output, vocab, append=append, codec=config.codec, chunk_cells=config.chunk_cells) as writer, \
-            ThreadPoolExecutor(max_workers=1) as hasher:
+    writer = StoreWriter(output, vocab, append=append, codec=config.codec, chunk_cells=config.chunk_cells)
+    with writer, ThreadPoolExecutor(max_workers=1) as hasher:
         totals: Grouped = writer.existing_stats()
         groups = [g for g in totals if g != GLOBAL_GROUP] if writer.old else list(config.stats_groups)
         tasks = []
         for i, spec in enumerate(specs):
             for rows in _row_ranges(spec, vocab, config.shard_cells):
                 position = len(tasks) % config.workers if config.workers > 1 else None
-                tasks.append(SourceTask(i, spec, writer.stage_dir, writer.shard_prefix(len(tasks)), vocab, config,
-                                        groups, rows, progress, position))
-        checksums = [hasher.submit(source_checksum, Path(s.path)) if s.path is not None else None for s in specs]
+                tasks.append(SourceTask(i, spec, writer.stage_dir, writer.shard_prefix(len(tasks)), vocab,
+                                        config, groups, rows, progress, position))
+        checksums = [hasher.submit(source_checksum, Path(s.path)) if s.path is not None else None
+                     for s in specs]
         results = _run_tasks(tasks, config.workers)
         totals.setdefault(GLOBAL_GROUP, {"all": GeneStatsAccumulator(vocab.n_genes)})
         for task, result in zip(tasks, results):

@@ -61,8 +61,9 @@ def cell_qc(block: sp.csr_matrix, mito: np.ndarray, duplicated: np.ndarray, barc
     positive = data > 0
     n_genes = np.diff(block.indptr) if positive.all() else row_sums(block.indptr, positive).astype(np.int64)
     clean = sp.csr_matrix((data, block.indices, block.indptr), shape=block.shape)
-    n_counts = clean @ np.ones(block.shape[1])
-    mito_counts = clean @ mito.astype(np.float64)
+    # totals and mitochondrial counts in one pass: a mat-vec with [all genes, mito genes]
+    sums = clean @ np.column_stack([np.ones(block.shape[1]), mito]).astype(np.float64)
+    n_counts, mito_counts = sums[:, 0], sums[:, 1]
     mito_fraction = np.divide(mito_counts, n_counts, out=np.zeros_like(n_counts), where=n_counts > 0)
     never = np.zeros(block.shape[0], dtype=bool)
     failed = {

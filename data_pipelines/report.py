@@ -13,10 +13,12 @@ def drops_text(drops: dict[str, int]) -> str:
 
 def sources_table(rows: list[dict]) -> str:
     """One line per source: cells read and kept, drops by reason, genes mapped, shards."""
-    header = ("dataset", "format", "read", "kept", "genes mapped", "unmapped", "shards", "dropped (reason=cells)")
+    header = ("dataset", "format", "read", "kept", "genes mapped", "unmapped", "shards",
+              "dropped (reason=cells)")
     lines = [header]
     for row in rows:
-        lines.append((str(row["dataset"]), str(row["format"]), f"{row['cells_read']:,}", f"{row['cells_kept']:,}",
+        lines.append((str(row["dataset"]), str(row["format"]), f"{row['cells_read']:,}",
+                      f"{row['cells_kept']:,}",
                       f"{row['genes_mapped']:,}/{row['genes_in_source']:,}", f"{row['unmapped_genes']:,}",
                       str(len(row["shards"])), drops_text(row["drops"])))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -54,8 +56,8 @@ def info_text(info: dict) -> str:
         f"({info['nnz'] / max(info['n_cells'], 1):,.0f} nonzero genes per cell)",
         f"genes       {info['n_genes']:,} (vocabulary {info['vocab_name']}, hash {info['vocab_hash']})",
         f"shards      {info['n_shards']}",
-        f"metadata    " + ", ".join(f"{c} ({n})" for c, n in info["obs_columns"].items()),
-        f"statistics  " + ", ".join(info["stats_groups"]),
+        "metadata    " + ", ".join(f"{c} ({n})" for c, n in info["obs_columns"].items()),
+        "statistics  " + ", ".join(info["stats_groups"]),
         f"QC drops    {drops_text(info['qc_drops'])}",
         "",
         sources_table(info["sources"]) if info["sources"] else "(no sources recorded)",

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sc_fm.config import read_yaml
+import yaml
+
 from sc_fm.errors import ConfigError, InputDataError
 
 SOURCE_LIST_SUFFIXES = (".yaml", ".yml")
@@ -85,10 +86,8 @@ def _spec_from_entry(entry: Any, base: Path, where: str) -> SourceSpec:
 def read_source_list(path: Path) -> list[SourceSpec]:
     """Sources of a YAML source list (``sources: [...]`` or a bare list)."""
     try:
-        import yaml
-
         raw = yaml.safe_load(path.read_text())
-    except Exception as err:  # noqa: BLE001 - any parse failure is the same user error
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"cannot read source list ({err})", str(path), "fix the YAML syntax") from err
     if isinstance(raw, dict):
         raw = raw.get("sources")

@@ -55,4 +55,6 @@ def merge_grouped(into: Grouped, part: Grouped, n_genes: int) -> None:
     for group, by_value in part.items():
         target = into.setdefault(group, {})
         for value, acc in by_value.items():
-            target.setdefault(value, GeneStatsAccumulator(n_genes)).merge(acc)
+            if value not in target:
+                target[value] = GeneStatsAccumulator(n_genes)
+            target[value].merge(acc)

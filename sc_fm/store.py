@@ -476,7 +476,7 @@ class ShardSequence:
                 self._current = ShardAppender(self.root, self._name(), codec=self.codec,
                                               chunk_cells=self.chunk_cells)
             take = min(n - pos, self.shard_cells - self._current.n_cells)
-            rows = matrix[pos: pos + take]
+            rows = matrix if take == n else matrix[pos: pos + take]
             self._current.append(rows.indptr, rows.indices, rows.data,
                                  {c: v[pos: pos + take] for c, v in obs.items()},
                                  {c: v[pos: pos + take] for c, v in obs_num.items()})

@@ -82,7 +82,9 @@ class GeneVocab:
         """Vocabulary index of each name (Ensembl ID with or without version, or symbol); -1 if unknown."""
         out = np.full(len(names), -1, dtype=np.int64)
         for j, name in enumerate(names):
-            key = strip_version(str(name))
+            key = str(name).strip()
+            if "." in key:  # the regex only where a version suffix can be
+                key = strip_version(key)
             idx = self._index.get(key)
             if idx is None:
                 idx = self._symbol_index.get(key.upper())

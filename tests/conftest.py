@@ -39,7 +39,7 @@ def tiny_checkpoint(tiny_store, tmp_path_factory):
     from sc_fm.model import MaskedGeneTransformer
     from sc_fm.tokenize import CellTokenizer
 
-    cfg = load_config(overrides=["tokenizer.max_len=64", "model.size=tiny"])
+    cfg = load_config(overrides=["tokenizer.max_len=64", "model.size=tiny", "model.pooling=mean"])
     tokenizer = CellTokenizer.from_stores(cfg.tokenizer, [tiny_store])
     torch.manual_seed(0)
     model = MaskedGeneTransformer(cfg.model, **tokenizer.model_inputs)

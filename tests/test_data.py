@@ -163,3 +163,25 @@ def _cfg(path) -> RunConfig:
     cfg = RunConfig()
     cfg.data = small_data(stores=[str(path)])
     return cfg
+
+
+def test_several_stores_are_numbered_in_order(tiny_store):
+    per_rank = [[int(i) for block in CorpusDataset([tiny_store, tiny_store], small_data(), seed=1, rank=r,
+                                                   world_size=2, epochs=1) for i in block.cell_index]
+                for r in range(2)]
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(2 * tiny_store.n_cells))
+
+
+def test_stores_with_different_vocabularies_are_refused(tiny_store, tmp_path):
+    from sc_fm.stats import GeneStatsAccumulator
+    from sc_fm.store import GLOBAL_GROUP, StoreWriter
+
+    vocab = GeneVocab([f"ENSG{i:011d}" for i in range(5)])
+    x = np.ones((2, 5), np.int32)
+    acc = GeneStatsAccumulator(5)
+    with StoreWriter(tmp_path / "other.zarr", vocab) as writer:
+        writer.add_shard(np.array([0, 5, 10]), np.tile(np.arange(5), 2), x.ravel(), {}, {}, "other")
+        acc.update(np.array([0, 5, 10]), np.tile(np.arange(5), 2), x.ravel())
+        writer.commit({GLOBAL_GROUP: {"all": acc}}, [])
+    with pytest.raises(InputDataError, match="vocabulary .* differs"):
+        open_stores([str(tiny_store.path), str(tmp_path / "other.zarr")])

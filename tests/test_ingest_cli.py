@@ -74,7 +74,8 @@ def test_bad_override_and_missing_store(scfm, h5ad, tmp_path):
 
 def test_config_file_sets_prepare_section(scfm, h5ad, tmp_path):
     config = tmp_path / "prep.yaml"
-    config.write_text("prepare:\n  shard_cells: 7\n  qc: {min_genes: 1, min_counts: 1, max_mito_fraction: null}\n")
+    config.write_text("prepare:\n  shard_cells: 7\n"
+                      "  qc: {min_genes: 1, min_counts: 1, max_mito_fraction: null}\n")
     assert scfm("prepare", h5ad, "-o", tmp_path / "s.zarr", "--config", config, "--quiet")[0] == 0
     info = json.loads(scfm("info", tmp_path / "s.zarr", "--json")[1])
     assert info["n_shards"] == int(np.ceil(60 / 7))

@@ -15,7 +15,6 @@ from data_pipelines import SourceSpec, prepare
 from sc_fm.config import PrepareConfig, QCConfig
 from sc_fm.errors import InputDataError
 from sc_fm.simulate import AtlasSpec, simulate_atlas
-from sc_fm.stats import depth_normalise
 from sc_fm.vocab import default_vocab
 from test_ingest_formats import (assert_same_matrix, expected_in_vocab, human_atlas, permissive,
                                  store_matrix)

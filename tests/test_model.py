@@ -86,7 +86,7 @@ def test_sdpa_matches_math_reference(value_encoding):
 
 def padded_attention(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0) -> torch.Tensor:
     """What a padded model (BERT) computes: ``[B, L_max]`` slots, padded keys masked out."""
-    n_cells, width = len(cells.bounds), cells.max_seqlen
+    n_cells, width = len(cells.split_sizes), cells.max_seqlen
     rows, cols = cells.cell_of_token, cells.position_in_cell
     padded = qkv.new_zeros(n_cells, width, *qkv.shape[1:]).index_put((rows, cols), qkv)
     q, k, v = padded.permute(2, 0, 3, 1, 4).unbind(0)
@@ -260,6 +260,8 @@ def test_bad_inputs_raise_specific_errors():
     batch = pack(make_cells(LENGTHS, "bin"))
     with pytest.raises(InputDataError, match="labels"):
         build("bin")({key: value for key, value in batch.items() if key != "labels"})
+    with pytest.raises(InputDataError, match="1 condition columns, the model 2"):
+        build("bin").embed({**batch, "condition_ids": batch["condition_ids"][:, :1]})
     model = build("bin", attention="flash")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="flash"):

@@ -155,6 +155,14 @@ def test_pack_unpack_and_padded_view():
     assert batch["cell_index"].tolist() == list(range(100, 112))
 
 
+def test_take_reorders_whole_cells():
+    cells = encode(make_tokenizer(max_len=30), random_counts(6, seed=15))
+    taken = cells.take(np.array([4, 0, 4]))
+    for got, want in zip(taken, [cells[4], cells[0], cells[4]]):
+        np.testing.assert_array_equal(got.gene_ids, want.gene_ids)
+        np.testing.assert_array_equal(got.values, want.values)
+
+
 def test_list_of_cells_packs_like_flat_cells():
     tok = make_tokenizer(max_len=30)
     cells = encode(tok, random_counts(6, seed=9))

@@ -122,3 +122,14 @@ def test_launchers_dry_run(script, env, expected):
                          check=True)
     assert expected in out.stdout
     assert out.stdout.rstrip().endswith("pretrain --config c.yaml -o run")
+
+
+def test_out_of_memory_names_the_settings_to_change():
+    from sc_fm.train import TrainingError
+    from sc_fm.train.guards import out_of_memory_advice
+
+    with pytest.raises(TrainingError, match="train.micro_batch_cells=64") as err:
+        with out_of_memory_advice(micro_batch_cells=64, max_len=2048):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+    assert "model.activation_checkpointing=true" in err.value.message
+    assert "zero3" in err.value.message

@@ -27,14 +27,15 @@ from sc_fm.store import CorpusStore
 
 @dataclass
 class CellBlock:
-    """Cells of one fetch (after the shuffle): raw counts CSR in vocabulary space + metadata."""
+    """Raw cells of a fetch (shuffled, from ``read``) or of one block (storage order, from
+    ``read_blocks``): counts CSR in vocabulary space plus metadata."""
 
     counts: sp.csr_matrix  # [n, n_genes]
     obs: dict[str, np.ndarray]  # column -> category string per cell (None where missing)
     cell_index: np.ndarray  # int64 [n], global (stores numbered in order)
     epoch: int
     fetch: int
-    start: int  # offset of the first cell in this rank's epoch sequence
+    start: int  # offset in this rank's epoch sequence of the fetch's first (remaining) cell
 
     def __len__(self) -> int:
         return self.counts.shape[0]
@@ -78,10 +79,6 @@ class CorpusDataset(torch.utils.data.IterableDataset):
     def fetches(self, epoch: int) -> list[Fetch]:
         return epoch_fetches(self.blocks, self.seed, epoch, self.rank, self.world_size,
                              self.config.blocks_per_fetch)
-
-    def epoch_cells(self, epoch: int) -> int:
-        """Cells this rank reads in ``epoch`` (ranks differ by at most a few blocks)."""
-        return sum(f.n_cells for f in self.fetches(epoch))
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed,

@@ -54,10 +54,13 @@ class PackedCells:
         return torch.arange(len(self.cell_of_token), device=starts.device) - starts[self.cell_of_token]
 
     @functools.cached_property
-    def bounds(self) -> list[tuple[int, int]]:
-        """``(start, end)`` of every cell, as Python ints (one device sync per batch)."""
-        offsets = self.cu_seqlens.tolist()
-        return list(zip(offsets[:-1], offsets[1:]))
+    def split_sizes(self) -> list[int]:
+        """Cell lengths as Python ints for ``torch.split`` (one device sync per batch).
+
+        ``split`` rather than slicing: its backward is one concatenation, where the backward of
+        each slice would write a zero-filled gradient of the whole pack.
+        """
+        return self.lengths.tolist()
 
 
 AttentionFn = Callable[[torch.Tensor, PackedCells, float], torch.Tensor]
@@ -65,11 +68,10 @@ AttentionFn = Callable[[torch.Tensor, PackedCells, float], torch.Tensor]
 
 def math_attention(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0) -> torch.Tensor:
     """Reference attention, one cell at a time, softmax in fp32. ``qkv [T, 3, H, D]`` -> ``[T, H, D]``."""
-    q, k, v = qkv.unbind(1)
-    scale = q.shape[-1] ** -0.5
+    scale = qkv.shape[-1] ** -0.5
     outputs = []
-    for start, end in cells.bounds:
-        qc, kc, vc = (x[start:end].transpose(0, 1) for x in (q, k, v))  # [H, L, D]
+    for cell in qkv.split(cells.split_sizes):
+        qc, kc, vc = cell.permute(1, 2, 0, 3).unbind(0)  # each [H, L, D]
         scores = (qc @ kc.transpose(-1, -2)).float() * scale
         probs = F.dropout(torch.softmax(scores, dim=-1), dropout_p).to(vc.dtype)
         outputs.append((probs @ vc).transpose(0, 1))
@@ -78,10 +80,9 @@ def math_attention(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0
 
 def sdpa_attention(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0) -> torch.Tensor:
     """PyTorch SDPA once per cell on head-major slices of the pack (module docstring says why)."""
-    q, k, v = qkv.permute(1, 2, 0, 3).contiguous().unsqueeze(1).unbind(0)  # each [1, H, T, D]
-    outputs = [F.scaled_dot_product_attention(q[..., start:end, :], k[..., start:end, :],
-                                              v[..., start:end, :], dropout_p=dropout_p)
-               for start, end in cells.bounds]
+    heads_major = qkv.permute(1, 2, 0, 3).contiguous().unsqueeze(2)  # [3, H, 1, T, D]
+    outputs = [F.scaled_dot_product_attention(*cell.transpose(1, 2).unbind(0), dropout_p=dropout_p)
+               for cell in heads_major.split(cells.split_sizes, dim=3)]  # each [1, H, L, D]
     return torch.cat(outputs, dim=2)[0].transpose(0, 1)
 
 

@@ -42,10 +42,10 @@ class ContinuousValueEmbedding(nn.Module):
 
 def sinusoidal_positions(positions: torch.Tensor, d_model: int) -> torch.Tensor:
     """The fixed sin/cos encoding of Vaswani et al.; no parameters, no length limit."""
-    half = d_model // 2
+    half = (d_model + 1) // 2
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device) / half)
     angles = positions.float().unsqueeze(-1) * freqs
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)[..., :d_model]
 
 
 class TokenEmbedding(nn.Module):

@@ -31,8 +31,8 @@ VOCAB_FILE = "vocab.tsv"
 TOKENIZER_DIR = "tokenizer"
 
 
-def write_pretrained(model: nn.Module, directory: str | Path, vocab: GeneVocab | None = None,
-                     tokenizer=None) -> None:
+def write_pretrained(model: MaskedGeneTransformer, directory: str | Path, vocab: GeneVocab | None = None,
+                     tokenizer: CellTokenizer | None = None) -> None:
     """Save ``model`` (which has ``config`` and ``init_args``), and the vocabulary/tokenizer if given."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

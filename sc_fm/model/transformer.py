@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -25,6 +26,10 @@ from sc_fm.model.conditions import ConditionEmbedding, ConditionedPack, prepend_
 from sc_fm.model.embeddings import TokenEmbedding
 from sc_fm.model.heads import GeneHead, ValueHead, pool_cells
 from sc_fm.model.io import load_weights, read_pretrained, write_pretrained
+from sc_fm.vocab import GeneVocab
+
+if TYPE_CHECKING:
+    from sc_fm.tokenize import CellTokenizer
 
 VALUE_ENCODINGS = ("bin", "continuous")
 INPUT_KEYS = ("gene_ids", "values", "cu_seqlens", "max_seqlen", "condition_ids")
@@ -89,6 +94,11 @@ class MaskedGeneTransformer(nn.Module):
     def _encode(self, batch: dict) -> tuple[torch.Tensor, PackedCells]:
         """Final hidden states of the batch's own tokens ``[T, d]`` and their layout."""
         _require(batch, INPUT_KEYS)
+        n_condition_columns = batch["condition_ids"].shape[1]
+        if n_condition_columns != self.conditions.n_keys:
+            raise InputDataError(f"the batch has {n_condition_columns} condition columns, the model "
+                                 f"{self.conditions.n_keys}", "model input",
+                                 "tokenize with the tokenizer saved beside the model")
         cells = PackedCells(batch["cu_seqlens"], int(batch["max_seqlen"]))
         x = self.embedding(batch["gene_ids"], batch["values"], cells.position_in_cell)
         if self.conditions.n_keys:
@@ -99,7 +109,7 @@ class MaskedGeneTransformer(nn.Module):
         use_checkpoint = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             h = checkpoint(block, h, pack.cells, use_reentrant=False) if use_checkpoint else block(h, pack.cells)
-        return self.norm(h)[pack.token_rows], cells
+        return self.norm(h[pack.token_rows]), cells
 
     def hidden_states(self, batch: dict) -> torch.Tensor:
         """Per-token output ``[T, d]`` aligned with ``batch["gene_ids"]`` (condition tokens removed)."""
@@ -123,7 +133,8 @@ class MaskedGeneTransformer(nn.Module):
                 "cell_embedding": pool_cells(hidden, cells.cu_seqlens, cells.cell_of_token,
                                              self.config.pooling)}
 
-    def save_pretrained(self, directory: str | Path, vocab=None, tokenizer=None) -> None:
+    def save_pretrained(self, directory: str | Path, vocab: GeneVocab | None = None,
+                        tokenizer: CellTokenizer | None = None) -> None:
         """Weights, config and (when given) the vocabulary and tokenizer, for ``from_pretrained``."""
         write_pretrained(self, directory, vocab, tokenizer)
 

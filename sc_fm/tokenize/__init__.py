@@ -1,8 +1,7 @@
 """Cells -> tokens: normalisation, rank/bin encodings, condition tokens, masking, packing."""
 
 from sc_fm.tokenize.cells import TokenizedCell, TokenizedCells
-from sc_fm.tokenize.packing import concat_batches, slice_batch, to_padded, unpack
+from sc_fm.tokenize.packing import to_padded, unpack
 from sc_fm.tokenize.tokenizer import CellTokenizer, check_vocabulary
 
-__all__ = ["CellTokenizer", "TokenizedCell", "TokenizedCells", "check_vocabulary", "concat_batches",
-           "slice_batch", "to_padded", "unpack"]
+__all__ = ["CellTokenizer", "TokenizedCell", "TokenizedCells", "check_vocabulary", "to_padded", "unpack"]

@@ -48,11 +48,10 @@ def descending_columns(indptr: np.ndarray, score: np.ndarray, valid: np.ndarray 
     return _columns_by_key(indptr, np.uint32(0xFFFFFFFF) - bits, valid, limit)
 
 
-def random_columns(indptr: np.ndarray, rng: np.random.Generator, valid: np.ndarray | None = None,
-                   limit: int | None = None) -> np.ndarray:
+def random_columns(indptr: np.ndarray, rng: np.random.Generator, limit: int | None = None) -> np.ndarray:
     """Per row, columns of the nonzeros in a uniformly random order."""
     keys = rng.integers(0, 2**32 - 1, size=int(indptr[-1]), dtype=np.uint32)
-    return _columns_by_key(indptr, keys, valid, limit)
+    return _columns_by_key(indptr, keys, None, limit)
 
 
 def positions(indptr: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +81,8 @@ def quantile_bins(indptr: np.ndarray, values: np.ndarray, n_bins: int) -> np.nda
     t = virtual - lo
     a = np.take_along_axis(ordered, lo, axis=1)
     b = np.take_along_axis(ordered, hi, axis=1)
-    edges = np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)  # NumPy's _lerp
+    with np.errstate(invalid="ignore"):  # empty rows: inf - inf, overwritten below
+        edges = np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)  # NumPy's _lerp
     edges[lengths == 0] = 0.0
     # one sorted search over all rows: shift row r by r * span so that rows never overlap
     span = float(values.max()) + 1.0

@@ -36,33 +36,6 @@ def pack(cells: TokenizedCells, tokens: MaskedTokens, cell_index: Sequence[int])
     }
 
 
-def n_cells(batch: dict) -> int:
-    return len(batch["cu_seqlens"]) - 1
-
-
-def slice_batch(batch: dict, start: int, stop: int) -> dict:
-    """Cells ``[start, stop)`` of a packed batch, still packed."""
-    cu = batch["cu_seqlens"]
-    lo, hi = int(cu[start]), int(cu[stop])
-    out = {key: batch[key][lo:hi] for key in TOKEN_KEYS}
-    out.update({key: batch[key][start:stop] for key in CELL_KEYS})
-    out["cu_seqlens"] = cu[start: stop + 1] - lo
-    out["max_seqlen"] = int((out["cu_seqlens"][1:] - out["cu_seqlens"][:-1]).max()) if stop > start else 0
-    return out
-
-
-def concat_batches(batches: Sequence[dict]) -> dict:
-    """Packed batches joined in order into one."""
-    if len(batches) == 1:
-        return batches[0]
-    out = {key: torch.cat([b[key] for b in batches]) for key in TOKEN_KEYS + CELL_KEYS}
-    lengths = torch.cat([b["cu_seqlens"][1:] - b["cu_seqlens"][:-1] for b in batches])
-    out["cu_seqlens"] = torch.cat([torch.zeros(1, dtype=torch.int32),
-                                   torch.cumsum(lengths, 0).to(torch.int32)])
-    out["max_seqlen"] = max(int(b["max_seqlen"]) for b in batches)
-    return out
-
-
 def to_padded(batch: dict) -> dict:
     """``[B, L]`` view: token keys padded (``<pad>``, hidden value, ignore targets) plus
     ``padding_mask`` (bool ``[B, L]``, True at padding, as ``key_padding_mask`` in PyTorch)."""

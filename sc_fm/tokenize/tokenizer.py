@@ -175,22 +175,25 @@ class CellTokenizer:
         """
         indptr, indices, data = self._expressed_csr(indptr, indices, data)
         n = len(indptr) - 1
-        if n > ROWS_PER_PASS:  # bound the padded sort matrices
-            group_values = normaliser_group_values
-            parts = []
-            for lo in range(0, n, ROWS_PER_PASS):
-                hi = min(lo + ROWS_PER_PASS, n)
-                a, b = int(indptr[lo]), int(indptr[hi])
-                parts.append(self.encode_rows(
-                    indptr[lo: hi + 1] - a, indices[a:b], data[a:b],
-                    {key: values[lo:hi] for key, values in conditions.items()},
-                    None if group_values is None else group_values[lo:hi], rng))
-            return TokenizedCells.concat(parts)
+        group_values = normaliser_group_values
+        parts = []
+        for lo in range(0, max(n, 1), ROWS_PER_PASS):  # bounds the padded sort matrices
+            hi = min(lo + ROWS_PER_PASS, n)
+            a, b = int(indptr[lo]), int(indptr[hi])
+            parts.append(self._encode_block(
+                indptr[lo: hi + 1] - a, indices[a:b], data[a:b],
+                {key: values[lo:hi] for key, values in conditions.items()},
+                None if group_values is None else group_values[lo:hi], rng))
+        return parts[0] if len(parts) == 1 else TokenizedCells.concat(parts)
+
+    def _encode_block(self, indptr, indices, data, conditions, group_values, rng) -> TokenizedCells:
+        """``encode_rows`` on validated rows, all at once."""
         cfg = self.config
+        n = len(indptr) - 1
         lengths = np.diff(indptr)
-        totals = np.add.reduceat(data, indptr[:-1], dtype=np.float64) if data.size else np.zeros(n)
+        totals = np.add.reduceat(data, indptr[:-1], dtype=np.float64) if n and data.size else np.zeros(n)
         depth_scale = cfg.target_sum / np.where(lengths > 0, totals, 1.0)  # reduceat: empty rows
-        table_rows = self._table_rows(normaliser_group_values, n)
+        table_rows = self._table_rows(group_values, n)
         inverse = self._inverse_normalisers(indices, table_rows, lengths)
         score = data * np.repeat(depth_scale, lengths) * inverse
         budget = cfg.max_len - 1 - cfg.n_unexpressed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -16,11 +16,15 @@ class TrainingError(ScFmError):
     """Training stopped for a reason the user can act on (divergence, out of memory)."""
 
 
-def check_finite(metrics: dict[str, float], step: int, last_checkpoint: Path | None) -> None:
-    """Stop on a NaN/Inf loss before anything is saved, so the last good checkpoint stays intact."""
+def check_finite(metrics: dict[str, float], step: int, latest_checkpoint: Callable[[], Path | None]) -> None:
+    """Stop on a NaN/Inf loss before anything is saved, so the last good checkpoint stays intact.
+
+    ``latest_checkpoint`` is only called on failure (it lists the checkpoint directory).
+    """
     bad = [k for k in ("loss", "gene_loss", "value_loss") if not math.isfinite(metrics[k])]
     if not bad:
         return
+    last_checkpoint = latest_checkpoint()
     kept = (f"the last good checkpoint is {last_checkpoint} (resume from it with --resume)"
             if last_checkpoint else "no checkpoint had been written yet")
     raise TrainingError(f"{bad[0]} became {metrics[bad[0]]} at step {step}; training stopped and {kept}",

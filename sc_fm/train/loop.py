@@ -92,12 +92,12 @@ class Trainer:
         self.step = 0
         if latest is not None:
             self._restore(latest)
-        self.tracker = self._start_tracking() if self.env.is_main and cfg.tracking.enabled else None
         self.evaluator = None
         if cfg.train.eval_every > 0 and self.env.is_main:
             from sc_fm.evaluate import PretrainEvaluator
 
             self.evaluator = PretrainEvaluator(cfg.eval, self.tokenizer)
+        self.tracker = self._start_tracking() if self.env.is_main and cfg.tracking.enabled else None
         self.peak_flops = peak_flops(plan.device)
 
     # ----------------------------------------------------------------------------------- run
@@ -132,7 +132,7 @@ class Trainer:
                 local = self.engine.train_step(micro)
             metrics = self._reduce(local, micro, throughput, lr)
             self.step += 1
-            check_finite(metrics, self.step, self.checkpoints.latest())
+            check_finite(metrics, self.step, self.checkpoints.latest)
             bar.update(metrics)
             bar.advance()
             if self.env.is_main:
@@ -174,14 +174,20 @@ class Trainer:
             self.tracker.log_metrics(metrics, step)
 
     def _evaluate(self) -> None:
-        """Run the evaluation hook on rank 0 without disturbing the training RNG streams."""
-        with self.engine.full_weights():
-            if self.evaluator is not None:
-                devices = [self.plan.device] if self.plan.device.type == "cuda" else []
-                with torch.random.fork_rng(devices=devices):
-                    self.model.eval()
-                    scores = self.evaluator(self.model)
-                    self.model.train()
+        """Score a copy of the current weights on rank 0, outside the training RNG streams.
+
+        A standalone copy keeps evaluation away from the engine's module (ZeRO hooks, train
+        mode), so evaluation cannot change what training does next.
+        """
+        devices = [self.plan.device] if self.plan.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            with self.engine.full_weights():
+                snapshot = None
+                if self.evaluator is not None:
+                    snapshot = type(self.model)(self.cfg.model, **self.tokenizer.model_inputs)
+                    snapshot.load_state_dict(self.model.state_dict())
+            if snapshot is not None:
+                scores = self.evaluator(snapshot.to(self.plan.device).eval())
                 self._log({f"eval/{k}": v for k, v in scores.items()}, self.step)
         barrier()
 

@@ -1,0 +1,99 @@
+"""Fine-tuning: high held-out accuracy on separable simulated types, predictions in .obs,
+donor-grouped splits, reloadable checkpoints, frozen encoder in linear-probe mode, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import anndata
+import numpy as np
+import pytest
+import torch
+
+from sc_fm.cli import main
+from sc_fm.errors import InputDataError
+from sc_fm.evaluate import load_checkpoint
+from sc_fm.finetune import (PREDICTION_KEY, SPLIT_KEY, FinetuneConfig, finetune, group_split, load_finetuned,
+                            predict, reverse_gradient, tokenise_all)
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_checkpoint, tiny_atlas, tmp_path_factory):
+    adata = tiny_atlas.copy()
+    config = FinetuneConfig(label_key="cell_type", split_key="donor", batch_key="dataset", epochs=4, lr=1e-3,
+                            head_lr=3e-3, val_fraction=0.2, adversarial_weight=0.1)
+    out = tmp_path_factory.mktemp("ft") / "ft"
+    result = finetune(load_checkpoint(tiny_checkpoint), adata, out, config, progress=False)
+    return result, adata, config
+
+
+def test_full_finetune_reaches_high_held_out_accuracy(finetuned):
+    result, adata, _ = finetuned
+    assert result.accuracy > 0.9 and result.macro_f1 > 0.85
+    assert result.n_val + result.n_train == adata.n_obs and result.n_val >= 0.2 * adata.n_obs
+    val = adata.obs[SPLIT_KEY] == "validation"
+    assert (adata.obs.loc[val, PREDICTION_KEY] == adata.obs.loc[val, "cell_type"]).mean() == pytest.approx(
+        result.accuracy)
+    # whole donors are held out
+    assert not set(adata.obs.loc[val, "donor"]) & set(adata.obs.loc[~val, "donor"])
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_finetuned_directory_reloads_to_the_same_predictions(finetuned):
+    result, adata, config = finetuned
+    classifier, tokenizer, classes = load_finetuned(result.directory)
+    _, cells = tokenise_all(tokenizer, adata, config.batch_key, 0.5, "t")
+    predicted = np.asarray(classes)[predict(classifier, tokenizer, cells, 64).argmax(axis=1)]
+    np.testing.assert_array_equal(predicted, adata.obs[PREDICTION_KEY].to_numpy())
+    assert load_checkpoint(result.directory).name == "sc_fm-tiny"  # usable by embed / benchmark
+
+
+def test_linear_probe_keeps_the_encoder_frozen(tiny_checkpoint, tiny_atlas, tmp_path):
+    pretrained = load_checkpoint(tiny_checkpoint)
+    before = {k: v.clone() for k, v in pretrained.model.state_dict().items()}
+    adata = tiny_atlas[:200].copy()
+    config = FinetuneConfig(label_key="cell_type", mode="linear", epochs=1)
+    finetune(pretrained, adata, tmp_path / "probe", config, progress=False)
+    for key, value in pretrained.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_group_split_and_gradient_reversal(tiny_atlas):
+    val = group_split(tiny_atlas.obs, "dataset", "cell_type", 0.3, seed=1)
+    held = set(tiny_atlas.obs.loc[val, "dataset"])
+    assert len(held) == 1 and set(tiny_atlas.obs.loc[~val, "dataset"]).isdisjoint(held)
+    random_val = group_split(tiny_atlas.obs, None, "cell_type", 0.25, seed=1)
+    assert random_val.sum() == pytest.approx(0.25 * tiny_atlas.n_obs, abs=4)
+    np.testing.assert_array_equal(random_val, group_split(tiny_atlas.obs, None, "cell_type", 0.25, seed=1))
+    x = torch.ones(3, requires_grad=True)
+    reverse_gradient(x, 0.5).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), -0.5))
+
+
+def test_cli_finetune_writes_predictions_and_tracks(tiny_checkpoint, tiny_atlas, tmp_path, capsys):
+    path = tmp_path / "in.h5ad"
+    tiny_atlas[:240].copy().write_h5ad(path)
+    out = tmp_path / "ft"
+    assert main(["finetune", str(tiny_checkpoint), str(path), "--label-key", "cell_type", "-o", str(out),
+                 "--epochs", "1", "--mode", "linear"]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "MLflow:" in printed
+    predictions = anndata.read_h5ad(out / "predictions.h5ad")
+    assert PREDICTION_KEY in predictions.obs and predictions.n_obs == 240
+    info = json.loads((out / "tracking.json").read_text())
+    from mlflow import MlflowClient
+
+    metrics = MlflowClient(info["tracking_uri"]).get_run(info["run_id"]).data.metrics
+    assert {"val_accuracy", "val_macro_f1", "train_loss"} <= set(metrics)
+
+
+def test_bad_finetune_input(tiny_checkpoint, tiny_atlas, tmp_path, capsys):
+    pretrained = load_checkpoint(tiny_checkpoint)
+    adata = tiny_atlas[:50].copy()
+    with pytest.raises(InputDataError, match="no column 'celltype'"):
+        finetune(pretrained, adata, tmp_path / "a", FinetuneConfig(label_key="celltype"), progress=False)
+    with pytest.raises(InputDataError, match="needs batch labels"):
+        finetune(pretrained, adata, tmp_path / "b", FinetuneConfig(label_key="cell_type", adversarial_weight=1.0),
+                 progress=False)
+    with pytest.raises(InputDataError, match="single value"):
+        group_split(adata.obs.assign(one="x"), "one", "cell_type", 0.2, 0)
