@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from sc_fm.config import PrepareConfig
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.stats import GeneStatsAccumulator
 from sc_fm.store import GLOBAL_GROUP, CorpusStore, StoreWriter
+from sc_fm.vocab import GeneVocab
 
 STREAMING_SUFFIXES = (".h5ad", ".h5")
 
@@ -67,21 +69,20 @@ def check_prepare_config(cfg: PrepareConfig) -> None:
                           "list only metadata columns, e.g. [dataset, assay]")
 
 
-def _run_tasks(tasks: list[SourceTask], workers: int) -> list[SourceResult]:
+def _run_tasks(tasks: list[SourceTask], workers: int) -> Iterator[SourceResult]:
+    """Results in task order, each as soon as it and those before it are done."""
     if workers <= 1 or len(tasks) <= 1:
-        return [ingest_source(task) for task in tasks]
+        yield from map(ingest_source, tasks)
+        return
     context = multiprocessing.get_context("spawn")  # no inherited locks or threads from the caller
     executor = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context)
     try:
-        results = list(executor.map(ingest_source, tasks))
-    except BaseException:
+        yield from executor.map(ingest_source, tasks)
+    finally:
         executor.shutdown(wait=True, cancel_futures=True)
-        raise
-    executor.shutdown(wait=True)
-    return results
 
 
-def _row_ranges(spec: SourceSpec, vocab, part_cells: int) -> list[tuple[int, int] | None]:
+def _row_ranges(spec: SourceSpec, vocab: GeneVocab, part_cells: int) -> list[tuple[int, int] | None]:
     """Row ranges of a source to ingest as separate tasks (``[None]``: the source whole)."""
     if spec.path is None or Path(spec.path).suffix.lower() not in STREAMING_SUFFIXES:
         return [None]
@@ -115,14 +116,15 @@ def prepare(sources: list[SourceSpec | str | Path], output: str | Path, config: 
                                         config, groups, rows, progress, position))
         checksums = [hasher.submit(source_checksum, Path(s.path)) if s.path is not None else None
                      for s in specs]
-        results = _run_tasks(tasks, config.workers)
         totals.setdefault(GLOBAL_GROUP, {"all": GeneStatsAccumulator(vocab.n_genes)})
-        for task, result in zip(tasks, results):
+        parts: list[list[SourceResult]] = [[] for _ in specs]
+        for task, result in zip(tasks, _run_tasks(tasks, config.workers)):
             for name, n_cells, nnz in result.shards:
                 writer.register_shard(name, n_cells, nnz, task.spec.dataset)
             merge_grouped(totals, result.stats, vocab.n_genes)
-        rows = [source_manifest(spec, [r for t, r in zip(tasks, results) if t.index == i],
-                                checksums[i].result() if checksums[i] else None)
+            result.stats = {}  # merged: a task's statistics are large, keep only the running totals
+            parts[task.index].append(result)
+        rows = [source_manifest(spec, parts[i], checksums[i].result() if checksums[i] else None)
                 for i, spec in enumerate(specs)]
         if not writer.old and not any(r["cells_kept"] for r in rows):
             drops = "; ".join(f"{r['dataset']}: {drops_text(r['drops'])}" for r in rows)

@@ -148,12 +148,13 @@ def test_skip_records_bad_cells_instead(tmp_path):
     assert summary.store.n_cells == 38
 
 
-def test_failure_in_a_later_source_leaves_no_store(tmp_path):
-    good = h5ad_with(tmp_path, lambda a: None)
-    bad = tmp_path / "bad2.h5ad"
-    shutil.copy(h5ad_with(tmp_path, negative), bad)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_failure_in_a_later_source_leaves_no_store(workers, tmp_path):
+    good = tmp_path / "good.h5ad"
+    shutil.copy(h5ad_with(tmp_path, lambda a: None), good)
+    bad = h5ad_with(tmp_path, negative)
     with pytest.raises(InputDataError, match="negative"):
-        prepare([good, SourceSpec(path=bad)], tmp_path / "s.zarr", permissive(), progress=False)
+        prepare([good, SourceSpec(path=bad)], tmp_path / "s.zarr", permissive(workers=workers), progress=False)
     assert_no_store(tmp_path / "s.zarr")
 
 

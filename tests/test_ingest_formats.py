@@ -188,3 +188,17 @@ def test_sc_mixology_count_tables_round_trip(tmp_path):
         offset += int(keep.sum())
     assert store.n_cells == offset
     assert set(store.obs_values("assay")) == {"cel-seq2", "drop-seq"}
+
+
+def test_non_gene_features_are_left_out(tmp_path):
+    """An antibody-capture feature named like a gene symbol must not become that gene."""
+    adata = human_atlas(n_cells=30, n_genes=20)
+    write_10x_mtx(adata, tmp_path / "tenx")
+    features = pd.read_csv(tmp_path / "tenx" / "features.tsv.gz", sep="\t", header=None)
+    features.iloc[-1] = ["CD3_TotalSeqB", "CD3E", "Antibody Capture"]
+    features.to_csv(tmp_path / "tenx" / "features.tsv.gz", sep="\t", header=False, index=False)
+    summary = prepare([tmp_path / "tenx"], tmp_path / "s.zarr", permissive(), progress=False)
+    row = summary.sources[0]
+    assert row["non_gene_features"] == 1 and row["genes_mapped"] == 19 and row["unmapped_genes"] == 0
+    kept = sp.csr_matrix(adata.X)[:, :19]
+    assert_same_matrix(store_matrix(summary.store), expected_in_vocab(kept, list(adata.var_names[:19])))

@@ -18,9 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["full", "linear"], default="full",
                         help="full fine-tune, or linear probe on the frozen encoder")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate")
-    parser.add_argument("--head-lr", type=float, default=1e-3)
-    parser.add_argument("--batch-cells", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-5, help="encoder learning rate (full mode)")
+    parser.add_argument("--head-lr", type=float, default=1e-2)
+    parser.add_argument("--batch-cells", type=int, default=16)
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--adversarial-weight", type=float, default=0.0,
                         help="> 0 adds the batch-adversarial integration objective (needs --batch-key)")

@@ -109,6 +109,9 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
     val = group_split(adata.obs, config.split_key, config.label_key, config.val_fraction, config.seed)
     train_rows = np.flatnonzero(~val)
     classifier = CellClassifier(pretrained.model, len(classes), len(batches))
+    with torch.no_grad():
+        classifier.standardize.fit(torch.cat([pretrained.model.embed(_batch(tokenizer, cells, rows))
+                                              for rows in np.array_split(train_rows, max(len(train_rows) // 64, 1))]))
     optimizer = _optimizer(classifier, config)
     history = []
     for epoch in tqdm(range(config.epochs), desc="fine-tuning", disable=not progress):
@@ -124,7 +127,7 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(rows)
+            total += float(loss.detach()) * len(rows)
         history.append({"epoch": epoch + 1, "train_loss": total / max(len(order), 1)})
     predicted = np.asarray(classes)[predict(classifier, tokenizer, cells, config.batch_cells).argmax(axis=1)]
     adata.obs[PREDICTION_KEY] = predicted
@@ -138,7 +141,7 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
 def _heads(classifier: CellClassifier) -> nn.ModuleDict:
     """The modules saved beside the encoder (the encoder itself is a pretrained directory)."""
     adversary = {"adversary": classifier.adversary} if classifier.adversary is not None else {}
-    return nn.ModuleDict({"head": classifier.head, **adversary})
+    return nn.ModuleDict({"standardize": classifier.standardize, "head": classifier.head, **adversary})
 
 
 def track_finetune(result: "FinetuneResult", config: FinetuneConfig) -> dict[str, str]:

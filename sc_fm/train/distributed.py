@@ -85,11 +85,14 @@ def init_process_group(env: DistEnv, device: torch.device) -> bool:
     DeepSpeed needs a process group even for one process; a bare run gets a private
     loopback rendezvous so that it never collides with another run on the machine.
     """
+    if env.world_size == 1:  # DeepSpeed reads these even for one process
+        for key in ("RANK", "LOCAL_RANK"):
+            os.environ.setdefault(key, "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
     if dist.is_initialized():
         return False
     if "MASTER_ADDR" not in os.environ and env.world_size == 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-                          RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
     return True
