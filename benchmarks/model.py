@@ -251,8 +251,7 @@ def main() -> None:
         print(f"{name:<28} {real_tokens / secs:10,.0f} tokens/s  ({secs:.2f} s for {real_tokens} tokens)")
 
     if device.type == "cpu":
-        attention_layouts(cells[:batch_cells], c.d_model // c.n_heads, c.n_heads,
-                          block_diagonal=not args.quick)
+        attention_layouts(cells[:8], c.d_model // c.n_heads, c.n_heads, block_diagonal=not args.quick)
     else:
         name = torch.cuda.get_device_name()
         peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)

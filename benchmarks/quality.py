@@ -40,8 +40,8 @@ def main() -> int:
         size = demo.QUICK if args.quick else demo.FULL
         checkpoint = demo.pretrain(work, demo.build_corpus(work, size, progress=False), size)
     pretrain_s = time.perf_counter() - began
-    result = run_benchmark(load_sc_mixology(), "batch", "cell_type", work / "report", [checkpoint], EvalConfig(),
-                           track=False, progress=False)
+    result = run_benchmark(load_sc_mixology(), "batch", "cell_type", work / "report", [checkpoint],
+                           EvalConfig(), track=False, progress=False)
     table = result.table
     print(table[[BIO, BATCH, TOTAL, KNN_ACCURACY]].round(3).to_string())
     for method, anchor in ANCHORS.items():
@@ -50,9 +50,11 @@ def main() -> int:
     print(f"pretraining {pretrain_s:.0f} s, benchmark {time.perf_counter() - began - pretrain_s:.0f} s; "
           f"report {result.report}")
     model = table.index[0]
-    for name, reference, column in (("total_vs_scvi", "scVI", TOTAL), ("total_vs_pca", "PCA (unintegrated)", TOTAL),
-                                    ("knn_accuracy_vs_scvi", "scVI", KNN_ACCURACY)):
-        print(f"result: {name} ratio={table.loc[model, column] / table.loc[reference, column]:.3f} target=1.0")
+    figures = (("total_vs_scvi", "scVI", TOTAL), ("total_vs_pca", "PCA (unintegrated)", TOTAL),
+               ("knn_accuracy_vs_scvi", "scVI", KNN_ACCURACY))
+    for name, reference, column in figures:
+        ratio = table.loc[model, column] / table.loc[reference, column]
+        print(f"result: {name} ratio={ratio:.3f} target=1.0")
     return 0
 
 

@@ -90,10 +90,10 @@ def test_too_few_blocks_for_world_size(tiny_store):
         CorpusDataset([tiny_store], small_data(block_cells=512), rank=0, world_size=8)
 
 
-def run_config(store, **train) -> RunConfig:
+def run_config(store_path, micro_batch_cells: int = 48) -> RunConfig:
     cfg = RunConfig()
-    cfg.data = small_data(stores=[str(store.path)])
-    cfg.train.micro_batch_cells = train.get("micro_batch_cells", 48)
+    cfg.data = small_data(stores=[str(store_path)])
+    cfg.train.micro_batch_cells = micro_batch_cells
     cfg.train.seed = 5
     return cfg
 
@@ -108,7 +108,7 @@ def same(a: dict, b: dict) -> bool:
 
 
 def test_batches_have_exact_size_and_roll_over_epochs(tiny_store, tokenizer):
-    batches = build_train_loader(run_config(tiny_store), tokenizer)
+    batches = build_train_loader(run_config(tiny_store.path), tokenizer)
     seen = [next(batches) for _ in range(13)]  # 624 cells: past one epoch of 600
     assert all(len(b["cell_index"]) == 48 and len(b["cu_seqlens"]) == 49 for b in seen)
     first_epoch = torch.cat([b["cell_index"] for b in seen])[:600]
@@ -118,7 +118,7 @@ def test_batches_have_exact_size_and_roll_over_epochs(tiny_store, tokenizer):
 
 
 def test_resume_mid_epoch_with_other_worker_count(tiny_store, tokenizer):
-    cfg = run_config(tiny_store)
+    cfg = run_config(tiny_store.path)
     cfg.data.num_workers = 2
     reference = build_train_loader(cfg, tokenizer)
     expected = [next(reference) for _ in range(16)]
@@ -133,7 +133,7 @@ def test_resume_mid_epoch_with_other_worker_count(tiny_store, tokenizer):
 
 
 def test_ranks_split_the_batches(tiny_store, tokenizer):
-    cfg = run_config(tiny_store, micro_batch_cells=50)
+    cfg = run_config(tiny_store.path, micro_batch_cells=50)
     ranks = [build_train_loader(cfg, tokenizer, rank=r, world_size=2) for r in range(2)]
     cells = [torch.cat([next(r)["cell_index"] for _ in range(5)]) for r in ranks]  # within epoch 0
     assert not set(cells[0].tolist()) & set(cells[1].tolist())
@@ -151,18 +151,12 @@ def test_store_errors(tiny_store, tokenizer, tmp_path):
     meta["attributes"]["format_version"] = 99
     (future / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(InputDataError, match="format version 99"):
-        build_train_loader(_cfg(future), tokenizer)
+        build_train_loader(run_config(future), tokenizer)
     other_vocab = CellTokenizer(tokenizer.config, GeneVocab([f"ENSG{i:011d}" for i in range(300)]),
                                 {"global": {"all": np.ones(300, np.float32)},
                                  "dataset": {}}, tokenizer.condition_vocabs)
     with pytest.raises(InputDataError, match="differs from the tokenizer"):
-        build_train_loader(run_config(tiny_store), other_vocab)
-
-
-def _cfg(path) -> RunConfig:
-    cfg = RunConfig()
-    cfg.data = small_data(stores=[str(path)])
-    return cfg
+        build_train_loader(run_config(tiny_store.path), other_vocab)
 
 
 def test_several_stores_are_numbered_in_order(tiny_store):

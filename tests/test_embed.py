@@ -39,9 +39,9 @@ def test_embedding_equals_model_forward_and_is_deterministic(tiny_checkpoint, ti
     pretrained = load_checkpoint(tiny_checkpoint)
     adata = tiny_atlas[:70].copy()
     mapping = map_genes(adata.var_names, pretrained.tokenizer.vocab, 0.5, "test")
-    first = embed_counts(pretrained.model, pretrained.tokenizer, adata, mapping, batch_cells=16, block_cells=32,
-                         progress=False)
-    second = embed_counts(pretrained.model, pretrained.tokenizer, adata, mapping, batch_cells=64, progress=False)
+    model, tokenizer = pretrained.model, pretrained.tokenizer
+    first = embed_counts(model, tokenizer, adata, mapping, batch_cells=16, block_cells=32, progress=False)
+    second = embed_counts(model, tokenizer, adata, mapping, batch_cells=64, progress=False)
     assert first.shape == (70, pretrained.model.config.d_model)
     np.testing.assert_array_equal(first, embed_counts(pretrained.model, pretrained.tokenizer, adata, mapping,
                                                       batch_cells=16, block_cells=32, progress=False))
@@ -99,19 +99,20 @@ def test_cli_embed_adds_only_x_scfm(tiny_checkpoint, input_h5ad, tmp_path, capsy
     np.testing.assert_array_equal(after.obsm["X_latent"], before.obsm["X_latent"])
     assert after.uns["note"]["kept"] == 1
     assert "300/300 genes (100.0%)" in capsys.readouterr().out
-    fixed = embed_h5ad(tiny_checkpoint, input_h5ad, tmp_path / "dropped.h5ad", batch_key="dataset", progress=False)
+    fixed = embed_h5ad(tiny_checkpoint, input_h5ad, tmp_path / "dropped.h5ad", batch_key="dataset",
+                       progress=False)
     dropped = anndata.read_h5ad(fixed.output).obsm["X_scfm"]
     assert not np.allclose(dropped, after.obsm["X_scfm"])  # a fixed condition token changes the embedding
 
 
 def test_low_gene_overlap_states_overlap_and_threshold(tiny_checkpoint, tiny_atlas, tmp_path, capsys):
     adata = tiny_atlas[:20].copy()
-    adata.var_names = [f"GENE{i}" if i >= 30 else g for i, g in enumerate(adata.var_names)]
+    adata.var_names = [f"GENE{i}" if i >= 20 else g for i, g in enumerate(adata.var_names)]
     path = tmp_path / "foreign.h5ad"
     adata.write_h5ad(path)
     assert main(["embed", str(tiny_checkpoint), str(path), "-o", str(tmp_path / "o.h5ad")]) == 2
     err = capsys.readouterr().err
-    assert "30 of 300 genes (10.0%)" in err and "threshold is 50%" in err and "Fix:" in err
+    assert "20 of 300 genes (6.7%)" in err and "threshold is 10%" in err and "Fix:" in err
 
 
 @pytest.mark.parametrize("transform, message", [
@@ -147,6 +148,7 @@ def test_incompatible_checkpoint_is_refused(tiny_checkpoint, input_h5ad, tmp_pat
     other = tmp_path / "other"
     shutil.copytree(tiny_checkpoint, other)
     shutil.copy(other / "tokenizer" / "vocab.tsv", other / "vocab.tsv")
-    (other / "vocab.tsv").write_text((other / "vocab.tsv").read_text().replace("ENSG99000000000", "ENSG99999999999"))
+    text = (other / "vocab.tsv").read_text()
+    (other / "vocab.tsv").write_text(text.replace("ENSG99000000000", "ENSG99999999999"))
     assert main(["embed", str(other), str(input_h5ad), "-o", str(tmp_path / "o.h5ad")]) == 2
     assert "vocabulary" in capsys.readouterr().err

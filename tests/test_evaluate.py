@@ -93,8 +93,10 @@ def test_without_batch_column_batch_metrics_are_not_applicable(strong_batch_atla
     assert math.isnan(table.loc["Oracle", BATCH])
     assert table.loc["Oracle", TOTAL] == table.loc["Oracle", BIO] > 0.5
     assert "n/a" in markdown_table(table)
-    line = verdict(table.rename(index={"Oracle": SCVI}).reindex([SCVI, SCVI]).set_axis([SCVI, "x"]), SCVI, ["x"])
-    assert line == ["x vs scVI: total {0:.2f} vs {0:.2f}, bio +0.00, batch n/a".format(table.loc["Oracle", TOTAL])]
+    twins = pd.concat([table, table]).set_axis([SCVI, "x"])
+    total = table.loc["Oracle", TOTAL]
+    expected = f"x vs scVI: total {total:.2f} vs {total:.2f}, bio +0.00, batch n/a"
+    assert verdict(twins, SCVI, ["x"]) == [expected]
 
 
 def test_bad_evaluation_sets_are_refused(strong_batch_atlas):
@@ -119,3 +121,34 @@ def test_sc_mixology_anchor_pca_and_scvi_totals():
                         "cell_type", baselines.pre_integrated)
     assert table.loc[PCA, TOTAL] == pytest.approx(0.670, abs=0.03)
     assert table.loc[SCVI, TOTAL] == pytest.approx(0.868, abs=0.03)
+
+
+def test_pretrain_evaluator_scores_baselines_once_and_the_model_on_each_call(strong_batch_atlas, tiny_checkpoint,
+                                                                           tmp_path):
+    from sc_fm.evaluate import PretrainEvaluator, load_checkpoint
+
+    path = tmp_path / "eval.h5ad"
+    strong_batch_atlas[:300].copy().write_h5ad(path)
+    config = EvalConfig(h5ad=str(path), batch_key="dataset", label_key="cell_type", n_hvg=200, scvi_epochs=20,
+                        scvi_kl_warmup_epochs=10)
+    pretrained = load_checkpoint(tiny_checkpoint)
+    evaluator = PretrainEvaluator(config, pretrained.tokenizer)
+    baseline = evaluator.baseline_metrics
+    assert {f"{m}/{k}" for m in ("pca", "scvi") for k in ("bio", "batch", "total", "knn_accuracy")} <= set(baseline)
+    scores = evaluator(pretrained.model)
+    assert set(scores) == {"bio", "batch", "total", "knn_accuracy", "logreg_accuracy"}
+    assert scores["total"] == pytest.approx(0.6 * scores["bio"] + 0.4 * scores["batch"])
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    assert evaluator(pretrained.model) == scores  # same weights, same scores
+
+
+def test_cli_benchmark_refuses_missing_columns_before_any_training(strong_batch_atlas, tmp_path, capsys):
+    from sc_fm.cli import main
+
+    path = tmp_path / "cells.h5ad"
+    strong_batch_atlas[:40].copy().write_h5ad(path)
+    assert main(["benchmark", str(path), "--batch-key", "protocol", "--label-key", "cell_type",
+                 "-o", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "no column 'protocol' in .obs" in err and "--batch-key" in err
+    assert not (tmp_path / "r").exists()

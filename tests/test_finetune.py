@@ -91,7 +91,7 @@ def test_bad_finetune_input(tiny_checkpoint, tiny_atlas, tmp_path, capsys):
     with pytest.raises(InputDataError, match="no column 'celltype'"):
         finetune(pretrained, adata, tmp_path / "a", FinetuneConfig(label_key="celltype"), progress=False)
     with pytest.raises(InputDataError, match="needs batch labels"):
-        finetune(pretrained, adata, tmp_path / "b", FinetuneConfig(label_key="cell_type", adversarial_weight=1.0),
-                 progress=False)
+        finetune(pretrained, adata, tmp_path / "b",
+                 FinetuneConfig(label_key="cell_type", adversarial_weight=1.0), progress=False)
     with pytest.raises(InputDataError, match="single value"):
         group_split(adata.obs.assign(one="x"), "one", "cell_type", 0.2, 0)

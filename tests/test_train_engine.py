@@ -43,6 +43,7 @@ def single_process(monkeypatch):
         monkeypatch.delenv(key, raising=False)
 
 
+@pytest.mark.slow
 def test_plain_and_zero_stages_agree_on_first_steps(tiny_store, tmp_path):
     runs = {}
     for name in ("plain", "zero1", "zero2", "zero3"):

@@ -13,8 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="obs column of batches; without it batch metrics are reported as not applicable")
     parser.add_argument("--label-key", required=True, help="obs column of cell types")
     parser.add_argument("-o", "--output", required=True, help="report directory")
-    parser.add_argument("--scvi-epochs", type=int, default=None, help="scVI epochs (default: eval.scvi_epochs)")
-    parser.add_argument("--min-gene-overlap", type=float, default=0.5,
+    parser.add_argument("--scvi-epochs", type=int, default=None,
+                        help="scVI epochs (default: eval.scvi_epochs)")
+    parser.add_argument("--min-gene-overlap", type=float, default=0.1,
                         help="minimum fraction of the input's genes found in a checkpoint's vocabulary")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")

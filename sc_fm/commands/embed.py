@@ -27,9 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="obs column whose batches get their own gene normalisers "
                              "(when the checkpoint's tokenizer is batch-aware); default: global normalisers")
     parser.add_argument("--condition", action="append", default=[], metavar="KEY=VALUE",
-                        help="fix a condition token for all cells (repeatable); conditions not given are dropped")
-    parser.add_argument("--min-gene-overlap", type=float, default=0.5,
-                        help="minimum fraction of the input's genes found in the vocabulary (default 0.5)")
+                        help="fix a condition token for all cells (repeatable); "
+                             "conditions not given are dropped")
+    parser.add_argument("--min-gene-overlap", type=float, default=0.1,
+                        help="minimum fraction of the input's genes found in the vocabulary "
+                             "(default 0.1, as prepare.min_gene_overlap)")
     parser.add_argument("--batch-cells", type=int, default=64, help="cells per model forward (default 64)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 

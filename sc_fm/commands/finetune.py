@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fine-tuned directory (a pretrained directory plus the head); the input with "
                              "predictions is written there as predictions.h5ad")
     parser.add_argument("--split-key", default=None,
-                        help="obs column (donor, batch) whose groups are held out for validation; default random")
+                        help="obs column (donor, batch) whose groups are held out for validation; "
+                             "default: a random split")
     parser.add_argument("--batch-key", default=None, help="obs column of batches (normalisers, adversary)")
     parser.add_argument("--mode", choices=["full", "linear"], default="full",
                         help="full fine-tune, or linear probe on the frozen encoder")
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--adversarial-weight", type=float, default=0.0,
                         help="> 0 adds the batch-adversarial integration objective (needs --batch-key)")
-    parser.add_argument("--min-gene-overlap", type=float, default=0.5)
+    parser.add_argument("--min-gene-overlap", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 
@@ -43,13 +44,14 @@ def run(args: argparse.Namespace) -> int:
     config = FinetuneConfig(label_key=args.label_key, split_key=args.split_key, batch_key=args.batch_key,
                             mode=args.mode, epochs=args.epochs, batch_cells=args.batch_cells, lr=args.lr,
                             head_lr=args.head_lr, val_fraction=args.val_fraction,
-                            adversarial_weight=args.adversarial_weight, min_gene_overlap=args.min_gene_overlap,
-                            seed=args.seed)
+                            adversarial_weight=args.adversarial_weight,
+                            min_gene_overlap=args.min_gene_overlap, seed=args.seed)
     result = finetune(load_checkpoint(args.checkpoint), adata, args.output, config, where=args.input)
     predictions = Path(args.output) / "predictions.h5ad"
     adata.write_h5ad(predictions)
     print(f"held-out cells: {result.n_val}; accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f}")
-    print(f"fine-tuned checkpoint: {result.directory}; predictions in .obs['scfm_prediction'] of {predictions}")
+    print(f"fine-tuned checkpoint: {result.directory}; "
+          f"predictions in .obs['scfm_prediction'] of {predictions}")
     if not args.no_tracking:
         info = track_finetune(result, config)
         print(f"MLflow: {info['tracking_uri']} (run {info['run_id']})")

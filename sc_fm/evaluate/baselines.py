@@ -12,7 +12,7 @@ import numpy as np
 from sc_fm.config import EvalConfig
 
 
-def baseline_view(adata, batch_key: str | None, n_hvg: int) -> "anndata.AnnData":  # noqa: F821
+def baseline_view(adata, batch_key: str | None, n_hvg: int):
     """Counts layer + log1p(normalised) ``X`` over ``n_hvg`` batch-aware HVGs (a copy)."""
     import scanpy as sc
 

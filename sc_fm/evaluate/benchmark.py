@@ -42,7 +42,7 @@ def checkpoint_embeddings(adata, checkpoints: list[str | Path], batch_key: str |
 
 def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | Path,
                   checkpoints: list[str | Path] = (), config: EvalConfig | None = None,
-                  extra_embeddings: dict[str, np.ndarray] | None = None, min_gene_overlap: float = 0.5,
+                  extra_embeddings: dict[str, np.ndarray] | None = None, min_gene_overlap: float = 0.1,
                   track: bool = True, progress: bool = True, where: str = "input") -> BenchmarkResult:
     """Score every embedding, write the report into ``out_dir`` and log it to MLflow."""
     config = config or EvalConfig()

@@ -30,7 +30,8 @@ def load_checkpoint(path: str | Path) -> Pretrained:
 
     path = Path(path)
     model, vocab, tokenizer = load_pretrained(path)
-    if tokenizer.vocab.hash != vocab.hash or tokenizer.model_inputs["n_tokens"] != model.init_args["n_tokens"]:
+    n_tokens = model.init_args["n_tokens"]
+    if tokenizer.vocab.hash != vocab.hash or tokenizer.model_inputs["n_tokens"] != n_tokens:
         raise InputDataError(f"the tokenizer's vocabulary ({tokenizer.vocab.hash}) is not the model's "
                              f"({vocab.hash})", str(path),
                              "use a directory written by one pretraining run (RUN_DIR/final)")

@@ -74,7 +74,8 @@ def fixed_conditions(tokenizer: CellTokenizer, conditions: dict[str, str] | None
 
 
 def inference_tokenizer(tokenizer: CellTokenizer, adata, mapping: GeneMapping, batch_key: str | None,
-                        block_cells: int = 1024, where: str = "input") -> tuple[CellTokenizer, np.ndarray | None]:
+                        block_cells: int = 1024,
+                        where: str = "input") -> tuple[CellTokenizer, np.ndarray | None]:
     """The tokenizer to embed ``adata`` with, and each cell's normaliser group value (None: global).
 
     Batch-aware tokenizers get the input's per-batch normalisers when ``batch_key`` is given."""

@@ -50,8 +50,9 @@ def map_genes(var_names, vocab: GeneVocab, min_overlap: float, where: str) -> Ge
     if mapping.overlap < min_overlap:
         example = ", ".join(names[:3])
         raise InputDataError(
-            f"only {mapping.n_mapped} of {mapping.n_input} genes ({mapping.overlap:.1%}) are in the checkpoint's "
-            f"vocabulary ({vocab.name}, {vocab.n_genes} genes); the threshold is {min_overlap:.0%}", where,
+            f"only {mapping.n_mapped} of {mapping.n_input} genes ({mapping.overlap:.1%}) are in the "
+            f"checkpoint's vocabulary ({vocab.name}, {vocab.n_genes} genes); "
+            f"the threshold is {min_overlap:.0%}", where,
             f"use var_names with Ensembl IDs or symbols of the vocabulary (got e.g. {example}), "
             "or lower --min-gene-overlap")
     return mapping

@@ -36,7 +36,8 @@ def open_backed(path: str | Path):
     try:
         return anndata.read_h5ad(path, backed="r")
     except (OSError, KeyError, ValueError) as err:
-        raise InputDataError(f"not a readable h5ad file ({err})", str(path), "pass an AnnData .h5ad file") from err
+        raise InputDataError(f"not a readable h5ad file ({err})", str(path),
+                             "pass an AnnData .h5ad file") from err
 
 
 def write_obsm(path: Path, key: str, values: np.ndarray) -> None:
@@ -53,7 +54,7 @@ def write_obsm(path: Path, key: str, values: np.ndarray) -> None:
 
 def embed_h5ad(checkpoint: str | Path, input_path: str | Path, output_path: str | Path,
                batch_key: str | None = None, conditions: dict[str, str] | None = None,
-               min_gene_overlap: float = 0.5, block_cells: int = 1024, batch_cells: int = 64,
+               min_gene_overlap: float = 0.1, block_cells: int = 1024, batch_cells: int = 64,
                progress: bool = True) -> EmbedSummary:
     """Embed ``input_path`` with ``checkpoint`` into ``output_path`` (may equal the input)."""
     pretrained = load_checkpoint(checkpoint)

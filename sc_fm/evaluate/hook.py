@@ -18,7 +18,7 @@ from sc_fm.tokenize import CellTokenizer
 
 _KEYS = {BIO: "bio", BATCH: "batch", TOTAL: "total", KNN_ACCURACY: "knn_accuracy",
          LOGREG_ACCURACY: "logreg_accuracy"}
-MIN_GENE_OVERLAP = 0.5
+MIN_GENE_OVERLAP = 0.1
 
 
 def load_evaluation_set(config: EvalConfig):
@@ -31,7 +31,8 @@ def load_evaluation_set(config: EvalConfig):
 
 
 def _named(scores, prefix: str = "") -> dict[str, float]:
-    return {f"{prefix}{short}": float(scores[col]) for col, short in _KEYS.items() if np.isfinite(scores[col])}
+    return {f"{prefix}{short}": float(scores[col]) for col, short in _KEYS.items()
+            if np.isfinite(scores[col])}
 
 
 class PretrainEvaluator:
@@ -46,8 +47,9 @@ class PretrainEvaluator:
         self.tokenizer, self.groups = inference_tokenizer(tokenizer, self.adata, self.mapping,
                                                           eval_config.batch_key, where=where)
         self.baselines = compute_baselines(self.adata, eval_config.batch_key, eval_config)
-        self.baseline_table = score_embeddings(self.baselines.embeddings, self.adata.obs, eval_config.batch_key,
-                                               eval_config.label_key, self.baselines.pre_integrated, eval_config)
+        self.baseline_table = score_embeddings(self.baselines.embeddings, self.adata.obs,
+                                               eval_config.batch_key, eval_config.label_key,
+                                               self.baselines.pre_integrated, eval_config)
 
     @property
     def baseline_metrics(self) -> dict[str, float]:

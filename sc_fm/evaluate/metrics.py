@@ -37,7 +37,8 @@ class ScibSettings:
     def describe(self) -> dict[str, str]:
         import scib_metrics
 
-        out = {k: ", ".join(v) if isinstance(v, tuple) else str(v) for k, v in dataclasses.asdict(self).items()}
+        out = {k: ", ".join(v) if isinstance(v, tuple) else str(v)
+               for k, v in dataclasses.asdict(self).items()}
         return {"scib_metrics": scib_metrics.__version__, **out}
 
 
@@ -56,7 +57,8 @@ def scib_scores(embeddings: dict[str, np.ndarray], obs: pd.DataFrame, batch_key:
     holder.obsm["X_pre"] = np.asarray(pre_integrated, np.float32)
     for name, emb in embeddings.items():
         holder.obsm[name] = np.asarray(emb, np.float32)
-    bio = BioConservation(**{f.name: f.name in settings.bio_metrics for f in dataclasses.fields(BioConservation)})
+    bio = BioConservation(**{f.name: f.name in settings.bio_metrics
+                             for f in dataclasses.fields(BioConservation)})
     has_batch = batch_key != _PLACEHOLDER_BATCH
     batch = (BatchCorrection(**{f.name: f.name in settings.batch_metrics
                                 for f in dataclasses.fields(BatchCorrection)}) if has_batch else None)

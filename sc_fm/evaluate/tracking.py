@@ -12,7 +12,8 @@ from sc_fm.config import TrackingConfig
 
 
 def find_tracking_info(checkpoint: str | Path) -> dict | None:
-    """``tracking.json`` of a checkpoint: in it, or in its run directory (``final/``, ``checkpoints/step_N/``)."""
+    """``tracking.json`` of a checkpoint: in it, or in its run directory (from ``final/`` or
+    ``checkpoints/step_N/``)."""
     directory = Path(checkpoint).resolve()
     for candidate in (directory, directory.parent, directory.parent.parent):
         path = candidate / "tracking.json"

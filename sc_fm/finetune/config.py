@@ -19,5 +19,5 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     val_fraction: float = 0.2
     adversarial_weight: float = 0.0  # > 0: batch-adversarial integration objective (needs batch_key)
-    min_gene_overlap: float = 0.5
+    min_gene_overlap: float = 0.1
     seed: int = 0

@@ -30,7 +30,8 @@ def group_split(obs: pd.DataFrame, split_key: str | None, label_key: str, val_fr
     names = np.unique(groups)
     if len(names) < 2:
         raise InputDataError(f".obs[{split_key!r}] has a single value, so no group can be held out",
-                             "--split-key", "split by a column with several donors or batches, or leave it out")
+                             "--split-key",
+                             "split by a column with several donors or batches, or leave it out")
     sizes = pd.Series(groups).value_counts()
     held: list[str] = []
     for name in rng.permutation(names)[:-1]:

@@ -67,9 +67,10 @@ def predict(classifier: CellClassifier, tokenizer: CellTokenizer, cells: Tokeniz
             batch_cells: int) -> np.ndarray:
     """Class probabilities ``[n, n_classes]`` for every cell."""
     classifier.eval()
-    out = [torch.softmax(classifier(_batch(tokenizer, cells, np.arange(lo, min(lo + batch_cells, len(cells)))))
-                         ["logits"], dim=-1).numpy()
-           for lo in range(0, len(cells), batch_cells)]
+    out = []
+    for lo in range(0, len(cells), batch_cells):
+        rows = np.arange(lo, min(lo + batch_cells, len(cells)))
+        out.append(torch.softmax(classifier(_batch(tokenizer, cells, rows))["logits"], dim=-1).numpy())
     return np.concatenate(out)
 
 
@@ -100,18 +101,21 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
     _check(adata, config, where)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    tokenizer, cells = tokenise_all(pretrained.tokenizer, adata, config.batch_key, config.min_gene_overlap, where)
+    tokenizer, cells = tokenise_all(pretrained.tokenizer, adata, config.batch_key, config.min_gene_overlap,
+                                    where)
     labels = adata.obs[config.label_key].astype(str).to_numpy()
     classes = sorted(set(labels))
     y = torch.as_tensor(np.searchsorted(classes, labels))
     batches = sorted(set(adata.obs[config.batch_key].astype(str))) if config.adversarial_weight > 0 else []
-    b = torch.as_tensor(np.searchsorted(batches, adata.obs[config.batch_key].astype(str))) if batches else None
+    b = (torch.as_tensor(np.searchsorted(batches, adata.obs[config.batch_key].astype(str)))
+         if batches else None)
     val = group_split(adata.obs, config.split_key, config.label_key, config.val_fraction, config.seed)
     train_rows = np.flatnonzero(~val)
     classifier = CellClassifier(pretrained.model, len(classes), len(batches))
     with torch.no_grad():
+        blocks = np.array_split(train_rows, max(len(train_rows) // 64, 1))
         classifier.standardize.fit(torch.cat([pretrained.model.embed(_batch(tokenizer, cells, rows))
-                                              for rows in np.array_split(train_rows, max(len(train_rows) // 64, 1))]))
+                                              for rows in blocks]))
     optimizer = _optimizer(classifier, config)
     history = []
     for epoch in tqdm(range(config.epochs), desc="fine-tuning", disable=not progress):
@@ -123,7 +127,8 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
             out = classifier(_batch(tokenizer, cells, rows))
             loss = nn.functional.cross_entropy(out["logits"], y[rows])
             if b is not None:
-                loss = loss + config.adversarial_weight * nn.functional.cross_entropy(out["batch_logits"], b[rows])
+                adversary_loss = nn.functional.cross_entropy(out["batch_logits"], b[rows])
+                loss = loss + config.adversarial_weight * adversary_loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -154,7 +159,8 @@ def track_finetune(result: "FinetuneResult", config: FinetuneConfig) -> dict[str
                                tags={"sc_fm.kind": "finetune"}, resume=False)
     for record in result.history:
         tracker.log_metrics({"train_loss": record["train_loss"]}, record["epoch"])
-    tracker.log_metrics({"val_accuracy": result.accuracy, "val_macro_f1": result.macro_f1}, len(result.history))
+    tracker.log_metrics({"val_accuracy": result.accuracy, "val_macro_f1": result.macro_f1},
+                        len(result.history))
     tracker.finish("FINISHED")
     return tracker.info
 

@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 
 from sc_fm.config import TrainConfig
+from sc_fm.train.deepspeed_config import uses_cpu_offload
 from sc_fm.train.schedule import build_scheduler
 
 ENGINE_STATE_FILE = "engine_state.pt"
@@ -132,9 +133,8 @@ class DeepSpeedEngine:
         self.model = model.to(device)
         self.device = device
         self.precision = precision
-        zero = deepspeed_config.get("zero_optimization", {})
-        self.zero_stage = int(zero.get("stage", 0))
-        if zero.get("offload_optimizer", {}).get("device") == "cpu":
+        self.zero_stage = int(deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+        if uses_cpu_offload(deepspeed_config):
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             optimizer = DeepSpeedCPUAdam(param_groups(model, train.weight_decay), lr=train.lr,
