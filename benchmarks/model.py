@@ -188,7 +188,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small run, under ~2 minutes on 2 cores")
     parser.add_argument("--cells", type=int, default=None, help="cells in the pass (default 64; quick 32)")
     parser.add_argument("--batch-cells", type=int, default=None, help="cells per step (default 16; quick 8)")
-    parser.add_argument("--max-len", type=int, default=None, help="tokens per cell cap (default 2048; quick 1024)")
+    parser.add_argument("--max-len", type=int, default=None,
+                        help="tokens per cell cap (default 2048; quick 1024)")
     parser.add_argument("--size", default=None, help="model preset (default: small on CPU, base on CUDA)")
     parser.add_argument("--mean-depth", type=float, default=None,
                         help="mean counts per cell (default 3000: median 1,300 genes; quick 1000: 550)")
@@ -244,7 +245,8 @@ def main() -> None:
                   for g in batches_idx]
         slots = sum(b["input_ids"].numel() for b in padded)
         print(f"BERT {name} batches: {slots} slots, {1 - real_tokens / slots:.0%} padding")
-        runs[f"BERT padded, {name}"] = TrainingRun(copy.deepcopy(bert), padded, lambda m, b: m(**b).loss, device)
+        runs[f"BERT padded, {name}"] = TrainingRun(copy.deepcopy(bert), padded,
+                                                   lambda m, b: m(**b).loss, device)
     race(runs)
     seconds = {name: run.seconds for name, run in runs.items()}
     for name, secs in seconds.items():
@@ -259,6 +261,8 @@ def main() -> None:
         if peak:
             print(f"MFU = model FLOPs / (time x peak) = {flops:.3e} / ({seconds['sc_fm packed']:.3f} s x "
                   f"{peak:.0f} TFLOP/s) = {flops / seconds['sc_fm packed'] / (peak * 1e12):.1%}")
+        else:
+            print(f"MFU: peak FLOP/s of {name} unknown; pass --peak-tflops")
     best_bert = min(v for k, v in seconds.items() if k.startswith("BERT"))
     print(f"result: model_train_tokens_per_s ratio={best_bert / seconds['sc_fm packed']:.2f} target=1.5")
 

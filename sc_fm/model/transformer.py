@@ -108,7 +108,10 @@ class MaskedGeneTransformer(nn.Module):
         h = pack.x
         use_checkpoint = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            h = checkpoint(block, h, pack.cells, use_reentrant=False) if use_checkpoint else block(h, pack.cells)
+            if use_checkpoint:
+                h = checkpoint(block, h, pack.cells, use_reentrant=False)
+            else:
+                h = block(h, pack.cells)
         return self.norm(h[pack.token_rows]), cells
 
     def hidden_states(self, batch: dict) -> torch.Tensor:
