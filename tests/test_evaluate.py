@@ -57,6 +57,7 @@ def strong_batch_benchmark(strong_batch_atlas, tracked_checkpoint, tmp_path_fact
     return result, out, time.time() - started
 
 
+@pytest.mark.slow
 def test_metrics_rank_oracle_above_batch_signal_and_scvi_above_pca(strong_batch_benchmark):
     table = strong_batch_benchmark[0].table
     assert table.loc["Oracle latent", TOTAL] > table.loc["Batch signal", TOTAL] + 0.2
@@ -67,6 +68,7 @@ def test_metrics_rank_oracle_above_batch_signal_and_scvi_above_pca(strong_batch_
     assert table.loc[RANDOM, KNN_ACCURACY] < 0.6
 
 
+@pytest.mark.slow
 def test_report_files_verdict_and_mlflow_run(strong_batch_benchmark, tracked_checkpoint):
     from mlflow import MlflowClient
 
@@ -123,6 +125,7 @@ def test_sc_mixology_anchor_pca_and_scvi_totals():
     assert table.loc[SCVI, TOTAL] == pytest.approx(0.868, abs=0.03)
 
 
+@pytest.mark.slow
 def test_pretrain_evaluator_scores_baselines_once_and_the_model_on_each_call(strong_batch_atlas, tiny_checkpoint,
                                                                            tmp_path):
     from sc_fm.evaluate import PretrainEvaluator, load_checkpoint

@@ -31,14 +31,12 @@ def check_evaluation_set(adata, batch_key: str | None, label_key: str, where: st
     require_counts(stored_values(adata.X), where)
 
 
-def compute_baselines(adata, batch_key: str | None, config: EvalConfig, with_scvi: bool = True) -> Baselines:
-    """PCA on batch-aware HVGs, scVI (when ``with_scvi``) and a random control on ``adata``'s cells."""
+def compute_baselines(adata, batch_key: str | None, config: EvalConfig) -> Baselines:
+    """PCA on batch-aware HVGs, scVI and a random control on ``adata``'s cells."""
     view = baseline_view(adata, batch_key, config.n_hvg)
     pca = pca_embedding(view, config.n_pcs, config.seed)
-    embeddings = {PCA: pca}
-    if with_scvi:
-        embeddings[SCVI] = scvi_embedding(view, batch_key, config)
-    embeddings[RANDOM] = random_embedding(adata.n_obs, config.scvi_latent, config.seed)
+    embeddings = {PCA: pca, SCVI: scvi_embedding(view, batch_key, config),
+                  RANDOM: random_embedding(adata.n_obs, config.scvi_latent, config.seed)}
     return Baselines(embeddings, pca)
 
 

@@ -3,15 +3,18 @@
 Per-nonzero work stays in flat CSR arrays; only row sorts use a padded ``[cells, max_nnz]``
 matrix of ``uint64`` keys that carry their own column in the low 32 bits. NumPy sorts those
 with SIMD (the fastest row sort it offers), ties resolve by column (gene order, so results are
-deterministic), and excluded entries and padding sort last. Columns come back as ``[n, w]``
-matrices with -1 after the last valid entry of each row.
+deterministic), and excluded entries and padding sort last; a top-``k`` is a SIMD partition
+and a sort of ``k`` columns only. Selections come back as flat nonzero positions (row-major)
+and a count per row.
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-_LOW32 = np.uint64(0xFFFFFFFF)
+_LOW, _HIGH = (0, 1) if sys.byteorder == "little" else (1, 0)  # uint32 halves of a uint64
 _EXCLUDED = np.uint32(0xFFFFFFFF)  # top half of a key that sorts after every real key
 
 
@@ -19,55 +22,66 @@ def row_of_nonzeros(indptr: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
 
 
-def _columns_by_key(indptr: np.ndarray, key32: np.ndarray, valid: np.ndarray | None,
-                    limit: int | None) -> np.ndarray:
-    """Per row, the first ``limit`` columns of the valid nonzeros by ascending ``key32``
-    (< 2**32 - 1); -1 after the last one."""
-    lengths = np.diff(indptr)
-    width = int(lengths.max(initial=0))
-    present = np.arange(width)[None, :] < lengths[:, None]
+def top_positions(indptr: np.ndarray, key32: np.ndarray, valid: np.ndarray | None,
+                  limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the first ``limit`` valid nonzeros by ascending ``key32`` (< 2**32 - 1), ties
+    by column: their flat positions (row-major, in that order) and their count per row.
+
+    Keys carry their column in the low 32 bits (unique within a row, so the order is
+    total); when a row is longer than ``limit`` only its first ``limit`` keys are sorted,
+    after a (SIMD) partition that selects exactly those keys.
+    """
     if valid is not None:
         key32 = np.where(valid, key32, _EXCLUDED)
-    keys = np.full(present.shape, np.iinfo(np.uint64).max, np.uint64)
-    keys[present] = key32.astype(np.uint64) << np.uint64(32)
-    keys |= np.arange(width, dtype=np.uint64)[None, :]
+    lengths = np.diff(indptr)
+    n, width = len(lengths), int(lengths.max(initial=0))
+    # [n, width] uint64 keys built from two uint32 halves: the column below, key32 above (excluded entries and padding: all ones, so they sort last)
+    halves = np.empty((n, width, 2), np.uint32)
+    halves[:, :, _LOW] = np.arange(width, dtype=np.uint32)[None, :]
+    high = halves[:, :, _HIGH]
+    high.fill(_EXCLUDED)
+    high[np.arange(width)[None, :] < lengths[:, None]] = key32
+    keys = halves.view(np.uint64).reshape(n, width)
+    if limit is not None and limit < width:
+        keys.partition(limit - 1, axis=1)
+        keys = keys[:, :limit].copy()
     keys.sort(axis=1)
-    head = keys[:, :limit]
-    cols = (head & _LOW32).astype(np.int64)
-    cols[(head >> np.uint64(32)) == _EXCLUDED] = -1
-    return cols
+    halves = keys.view(np.uint32).reshape(*keys.shape, 2)
+    ok = halves[:, :, _HIGH] != _EXCLUDED
+    cols = halves[:, :, _LOW].astype(np.int64)
+    cols += indptr[:-1, None]
+    return cols[ok], ok.sum(axis=1)
 
 
-def descending_columns(indptr: np.ndarray, score: np.ndarray, valid: np.ndarray | None = None,
-                       limit: int | None = None) -> np.ndarray:
-    """Per row, columns of the nonzeros by descending positive ``score``.
+def descending_positions(indptr: np.ndarray, score: np.ndarray, valid: np.ndarray | None = None,
+                         limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``top_positions`` by descending positive ``score``.
 
     Positive float32 bit patterns order like the floats, so the key is their complement.
     """
     bits = np.ascontiguousarray(score, dtype=np.float32).view(np.uint32)
-    return _columns_by_key(indptr, np.uint32(0xFFFFFFFF) - bits, valid, limit)
+    return top_positions(indptr, np.invert(bits), valid, limit)
 
 
-def random_columns(indptr: np.ndarray, rng: np.random.Generator, limit: int | None = None) -> np.ndarray:
-    """Per row, columns of the nonzeros in a uniformly random order."""
+def random_positions(indptr: np.ndarray, rng: np.random.Generator,
+                     limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``top_positions`` in a uniformly random order."""
     keys = rng.integers(0, 2**32 - 1, size=int(indptr[-1]), dtype=np.uint32)
-    return _columns_by_key(indptr, keys, None, limit)
+    return top_positions(indptr, keys, None, limit)
 
 
-def positions(indptr: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flat nonzero positions of the valid ``cols`` (row-major) and their count per row."""
-    valid = cols >= 0
-    return (indptr[:-1, None] + cols)[valid], valid.sum(axis=1)
+def quantile_bins(indptr: np.ndarray, values: np.ndarray, n_bins: int, at: np.ndarray,
+                  at_rows: np.ndarray, rank: np.ndarray | None = None) -> np.ndarray:
+    """scGPT value binning: per row, ``digitize(v, quantile(row, linspace(0, 1, n_bins - 1)))``,
+    for the nonzeros at flat positions ``at`` (in rows ``at_rows``).
 
-
-def quantile_bins(indptr: np.ndarray, values: np.ndarray, n_bins: int) -> np.ndarray:
-    """scGPT value binning: per row, ``digitize(v, quantile(row, linspace(0, 1, n_bins - 1)))``.
-
-    Returns bins in ``1..n_bins-1`` per nonzero, matching NumPy's ``quantile`` (linear
-    method) and ``digitize`` row by row.
+    Returns bins in ``1..n_bins-1``, matching NumPy's ``quantile`` (linear method) and
+    ``digitize`` row by row. ``rank``, a guess of each ``at``'s position in its sorted row,
+    lets most bins be read from a count over the sorted rows; a guess is used only where the
+    sorted row holds exactly that value there, the rest are searched for.
     """
     if values.size == 0:
-        return np.zeros(0, np.int64)
+        return np.zeros(len(at), np.int64)
     lengths = np.diff(indptr)
     n = len(lengths)
     present = np.arange(int(lengths.max()))[None, :] < lengths[:, None]
@@ -84,12 +98,32 @@ def quantile_bins(indptr: np.ndarray, values: np.ndarray, n_bins: int) -> np.nda
     with np.errstate(invalid="ignore"):  # empty rows: inf - inf, overwritten below
         edges = np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)  # NumPy's _lerp
     edges[lengths == 0] = 0.0
-    # one sorted search over all rows: shift row r by r * span so that rows never overlap
+    # rows never overlap once row r is shifted by r * span: one sorted array for all rows
     span = float(values.max()) + 1.0
     shift = np.arange(n, dtype=np.float64) * span
-    rows = row_of_nonzeros(indptr)
-    found = np.searchsorted((edges + shift[:, None]).ravel(), values + shift[rows], side="right")
-    return found - rows * (n_bins - 1)
+    shifted_edges = (edges + shift[:, None]).ravel()
+    out = np.empty(len(at), np.int64)
+    hit = np.zeros(len(at), bool)
+    if rank is not None and len(at):
+        sorted_values = ordered[present]
+        guess = indptr[:-1][at_rows] + rank
+        hit = sorted_values[guess] == values[at]
+        sorted_values += np.repeat(shift, lengths)
+        first = np.searchsorted(sorted_values, shifted_edges, side="left")
+        steps = np.diff(first, prepend=0, append=len(values))
+        if np.any(steps < 0):  # edges out of order by rounding: search for every bin instead
+            hit[:] = False
+        if hit.any():
+            # bin of sorted position i = edges <= its value = edges whose first position with a
+            # value >= them is <= i: a cumulative count of those first positions
+            below = np.repeat(np.arange(len(first) + 1), steps)
+            out[hit] = below[guess[hit]] - at_rows[hit] * (n_bins - 1)
+    miss = np.flatnonzero(~hit)
+    if len(miss):
+        rows = at_rows[miss]
+        found = np.searchsorted(shifted_edges, values[at[miss]] + shift[rows], side="right")
+        out[miss] = found - rows * (n_bins - 1)
+    return out
 
 
 def sample_unexpressed(indptr: np.ndarray, indices: np.ndarray, n_genes: int, k: int,

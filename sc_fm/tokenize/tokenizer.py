@@ -29,7 +29,7 @@ from sc_fm.config import TokenizerConfig, section_from_dict, to_dict
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.store import GLOBAL_GROUP, CorpusStore
 from sc_fm.tokenize.cells import TokenizedCells
-from sc_fm.tokenize.encode import (descending_columns, positions, quantile_bins, random_columns,
+from sc_fm.tokenize.encode import (descending_positions, quantile_bins, random_positions,
                                    sample_unexpressed)
 from sc_fm.tokenize.masking import HIDDEN_VALUE, mask_tokens, unmasked
 from sc_fm.tokenize.normalisers import (GLOBAL_VALUE, build_normalisers, load_normalisers,
@@ -191,27 +191,53 @@ class CellTokenizer:
         cfg = self.config
         n = len(indptr) - 1
         lengths = np.diff(indptr)
-        totals = np.add.reduceat(data, indptr[:-1], dtype=np.float64) if n and data.size else np.zeros(n)
-        depth_scale = cfg.target_sum / np.where(lengths > 0, totals, 1.0)  # reduceat: empty rows
-        table_rows = self._table_rows(group_values, n)
-        inverse = self._inverse_normalisers(indices, table_rows, lengths)
-        score = data * np.repeat(depth_scale, lengths) * inverse
+        score = self._scores(indptr, indices, data, self._table_rows(group_values, n))
         budget = cfg.max_len - 1 - cfg.n_unexpressed
-        chosen, counts = positions(indptr, self._select_expressed(indptr, score, budget, rng))
-        genes = indices[chosen]
+        eligible = None
+        if cfg.context == "sample" and rng is not None:
+            picked, _ = random_positions(indptr, rng, limit=budget)
+            eligible = np.zeros(len(score), bool)
+            eligible[picked] = True
+        chosen, counts = descending_positions(indptr, score, eligible, limit=budget)  # by score
         if cfg.scheme == "bin":
-            values = quantile_bins(indptr, np.log1p(score), cfg.n_bins)[chosen].astype(np.float64)
+            chosen_rows = np.repeat(np.arange(n), counts)
+            rank = None  # ascending rank in the row: exact up to float32 ties of the score
+            if eligible is None:
+                rank = (lengths - 1 + np.cumsum(counts) - counts)[chosen_rows] - np.arange(len(chosen))
+            bins = quantile_bins(indptr, np.log1p(score), cfg.n_bins, chosen, chosen_rows, rank)
+            kept = np.zeros(len(score), bool)  # the chosen nonzeros in gene (column) order
+            kept[chosen] = True
+            by_position = np.empty(len(score))
+            by_position[chosen] = bins
+            chosen = np.flatnonzero(kept)
+            values = by_position[chosen]
         else:
             values = np.log1p(score[chosen])
+        genes = indices[chosen]
         if cfg.n_unexpressed:
             extra, extra_kept = sample_unexpressed(indptr, indices, self.vocab.n_genes,
                                                    cfg.n_unexpressed, rng)
             genes, values, counts = _append_per_row(genes, values, counts, extra, extra_kept)
         if cfg.scheme == "bin" and rng is not None:
-            sub_indptr = np.concatenate([[0], np.cumsum(counts)])
-            order, _ = positions(sub_indptr, random_columns(sub_indptr, rng))
+            order, _ = random_positions(np.concatenate([[0], np.cumsum(counts)]), rng)
             genes, values = genes[order], values[order]
         return self._with_cls(genes, values, counts, self._condition_ids(conditions, n, rng))
+
+    def _scores(self, indptr, indices, data, table_rows) -> np.ndarray:
+        """Depth-normalised counts over their gene normalisers (float64, one per nonzero)."""
+        lengths = np.diff(indptr)
+        totals = np.zeros(len(lengths))
+        nonempty = lengths > 0
+        if data.size:  # reduceat over non-empty rows only: an empty row would read its neighbour
+            starts = indptr[:-1] if nonempty.all() else indptr[:-1][nonempty]
+            if data.dtype.kind == "i" or (data.dtype.kind == "u" and data.dtype.itemsize < 8):  # exact
+                totals[nonempty] = np.add.reduceat(data, starts, dtype=np.int64)
+            else:
+                totals[nonempty] = np.add.reduceat(data, starts, dtype=np.float64)
+        depth_scale = self.config.target_sum / np.where(nonempty, totals, 1.0)
+        score = np.multiply(data, np.repeat(depth_scale, lengths), dtype=np.float64)
+        score *= self._inverse_normalisers(indices, table_rows, lengths)
+        return score
 
     def _inverse_normalisers(self, indices: np.ndarray, table_rows: np.ndarray,
                              lengths: np.ndarray) -> np.ndarray:
@@ -247,21 +273,6 @@ class CellTokenizer:
         if len(group_values) != n:
             raise ValueError(f"{len(group_values)} normaliser group values for {n} cells")
         return _codes(group_values, self._group_values)
-
-    def _select_expressed(self, indptr: np.ndarray, score: np.ndarray, budget: int, rng) -> np.ndarray:
-        """Columns of the kept genes per row (``[n, <=budget]``, -1 pads): by descending score
-        for ``rank``; in gene order for ``bin`` (which reorders them randomly afterwards)."""
-        eligible = None
-        if self.config.context == "sample" and rng is not None:
-            picked, _ = positions(indptr, random_columns(indptr, rng, limit=budget))
-            eligible = np.zeros(len(score), bool)
-            eligible[picked] = True
-        cols = descending_columns(indptr, score, eligible, limit=budget)
-        if self.config.scheme == "bin":
-            cols = np.where(cols >= 0, cols, np.iinfo(np.int64).max)
-            cols.sort(axis=1)
-            cols[cols == np.iinfo(np.int64).max] = -1
-        return cols
 
     def _condition_ids(self, conditions, n: int, rng) -> np.ndarray:
         keys = self.config.condition_keys
