@@ -38,7 +38,7 @@ def mask_tokens(gene_ids: np.ndarray, values: np.ndarray, mode: str, ratio: floa
     """Apply the masking rule of ``mode`` ("bert" or "value") to flat tokens."""
     selected = (rng.random(gene_ids.shape, dtype=np.float32) < ratio) & (gene_ids >= N_SPECIAL)
     at = np.flatnonzero(selected)
-    out = unmasked(gene_ids.copy(), values.copy())
+    out = unmasked(gene_ids.astype(np.int64), values.copy())  # int64: what the packed batch holds
     if mode == "value":
         out.target_values[at] = values[at]
         out.values[at] = HIDDEN_VALUE
