@@ -24,45 +24,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
+from memory import PeakRSS  # benchmarks/memory.py, beside this script
+
 
 GENES = 20_000
 MEAN_DEPTH = 9_000.0  # ~2,000 nonzero genes per cell after the simulator's thinning
 CODECS = ("blosc-lz4-bitshuffle", "blosc-zstd", "zstd")
 CHUNKS = (256, 1024, 4096)
-
-
-class PeakRSS:
-    """Samples the summed RSS of this process and its children every ``every_s`` seconds."""
-
-    def __init__(self, every_s: float = 0.05):
-        self.every_s, self.peak = every_s, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            self._stop.wait(self.every_s)
-
-    def __enter__(self) -> "PeakRSS":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _own_peak_rss() -> int:

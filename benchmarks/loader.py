@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ from sc_fm.data import CorpusDataset, TrainBatches, tokenizer_columns
 from sc_fm.simulate import AtlasSpec, write_atlas_h5ad
 from sc_fm.store import CorpusStore
 from sc_fm.tokenize import CellTokenizer
+
+from memory import PeakRSS  # benchmarks/memory.py, beside this script
 
 SOURCE_BLOCK = 1024  # cells; distinct source blocks per batch measure how well a loader mixes
 OBS_COLUMNS = ("dataset", "assay", "donor")
@@ -66,36 +67,6 @@ def tree_cpu_seconds() -> dict[int, float]:
         except psutil.Error:
             pass
     return out
-
-
-class PeakRSS:
-    """Samples the summed RSS of this process and its children (workers) in a thread."""
-
-    def __init__(self, every_s: float = 0.2):
-        self.every_s = every_s
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            self._stop.wait(self.every_s)
-
-    def __enter__(self) -> "PeakRSS":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 class Tokenise:
