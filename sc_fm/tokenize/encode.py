@@ -11,11 +11,31 @@ and a count per row.
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
 
 _LOW, _HIGH = (0, 1) if sys.byteorder == "little" else (1, 0)  # uint32 halves of a uint64
 _EXCLUDED = np.uint32(0xFFFFFFFF)  # top half of a key that sorts after every real key
+
+
+_SCRATCH = threading.local()
+_SCRATCH_MAX_BYTES = 32 << 20  # larger passes allocate as usual
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised array that this thread reuses from call to call (never returned to
+    callers): a fresh multi-MB array costs a page fault per 4 kB every time glibc has handed
+    the last one back to the kernel, which was about a quarter of the tokeniser's time."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    if size * dtype.itemsize > _SCRATCH_MAX_BYTES:
+        return np.empty(shape, dtype)
+    buffer = getattr(_SCRATCH, name, None)
+    if buffer is None or buffer.size < size or buffer.dtype != dtype:
+        buffer = np.empty(size, dtype)
+        setattr(_SCRATCH, name, buffer)
+    return buffer[:size].reshape(shape)
 
 
 def row_of_nonzeros(indptr: np.ndarray) -> np.ndarray:
@@ -35,8 +55,9 @@ def top_positions(indptr: np.ndarray, key32: np.ndarray, valid: np.ndarray | Non
         key32 = np.where(valid, key32, _EXCLUDED)
     lengths = np.diff(indptr)
     n, width = len(lengths), int(lengths.max(initial=0))
-    # [n, width] uint64 keys built from two uint32 halves: the column below, key32 above (excluded entries and padding: all ones, so they sort last)
-    halves = np.empty((n, width, 2), np.uint32)
+    # [n, width] uint64 keys built from two uint32 halves: the column below, key32 above
+    # (excluded entries and padding: all ones, so they sort last)
+    halves = _scratch("keys", (n, width, 2), np.uint32)
     halves[:, :, _LOW] = np.arange(width, dtype=np.uint32)[None, :]
     high = halves[:, :, _HIGH]
     high.fill(_EXCLUDED)
@@ -59,8 +80,8 @@ def descending_positions(indptr: np.ndarray, score: np.ndarray, valid: np.ndarra
 
     Positive float32 bit patterns order like the floats, so the key is their complement.
     """
-    bits = np.ascontiguousarray(score, dtype=np.float32).view(np.uint32)
-    return top_positions(indptr, np.invert(bits), valid, limit)
+    keys = score.astype(np.float32).view(np.uint32)
+    return top_positions(indptr, np.invert(keys, out=keys), valid, limit)
 
 
 def random_positions(indptr: np.ndarray, rng: np.random.Generator,
@@ -85,7 +106,8 @@ def quantile_bins(indptr: np.ndarray, values: np.ndarray, n_bins: int, at: np.nd
     lengths = np.diff(indptr)
     n = len(lengths)
     present = np.arange(int(lengths.max()))[None, :] < lengths[:, None]
-    ordered = np.full(present.shape, np.inf)
+    ordered = _scratch("ordered", present.shape, np.float64)
+    ordered.fill(np.inf)
     ordered[present] = values
     ordered.sort(axis=1)
     last = np.maximum(lengths, 1)[:, None] - 1

@@ -29,7 +29,7 @@ from sc_fm.config import TokenizerConfig, section_from_dict, to_dict
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.store import GLOBAL_GROUP, CorpusStore
 from sc_fm.tokenize.cells import TokenizedCells
-from sc_fm.tokenize.encode import (descending_positions, quantile_bins, random_positions,
+from sc_fm.tokenize.encode import (_scratch, descending_positions, quantile_bins, random_positions,
                                    sample_unexpressed)
 from sc_fm.tokenize.masking import HIDDEN_VALUE, mask_tokens, unmasked
 from sc_fm.tokenize.normalisers import (GLOBAL_VALUE, build_normalisers, load_normalisers,
@@ -207,7 +207,7 @@ class CellTokenizer:
             bins = quantile_bins(indptr, np.log1p(score), cfg.n_bins, chosen, chosen_rows, rank)
             kept = np.zeros(len(score), bool)  # the chosen nonzeros in gene (column) order
             kept[chosen] = True
-            by_position = np.empty(len(score))
+            by_position = _scratch("bins", (len(score),), np.float64)
             by_position[chosen] = bins
             chosen = np.flatnonzero(kept)
             values = by_position[chosen]
@@ -235,7 +235,8 @@ class CellTokenizer:
             else:
                 totals[nonempty] = np.add.reduceat(data, starts, dtype=np.float64)
         depth_scale = self.config.target_sum / np.where(nonempty, totals, 1.0)
-        score = np.multiply(data, np.repeat(depth_scale, lengths), dtype=np.float64)
+        score = np.repeat(depth_scale, lengths)  # then (count * depth factor) * 1 / normaliser
+        np.multiply(data, score, out=score)
         score *= self._inverse_normalisers(indices, table_rows, lengths)
         return score
 
