@@ -42,7 +42,7 @@ class DemoSize:
     scvi_epochs: int
 
 
-FULL = DemoSize(sim_cells=6000, sim_genes=4000, max_steps=300, scvi_epochs=150)
+FULL = DemoSize(sim_cells=6000, sim_genes=4000, max_steps=150, scvi_epochs=150)
 QUICK = DemoSize(sim_cells=1500, sim_genes=4000, max_steps=20, scvi_epochs=30)
 
 
