@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	rm -rf demo_out  # each demo starts from a fresh corpus, run and MLflow database
 	$(PY) -m sc_fm.demo --out demo_out
 
 test: $(STAMP)
