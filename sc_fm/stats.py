@@ -42,9 +42,6 @@ class GeneStats:
     nonzero_median: np.ndarray
     hist: np.ndarray
 
-    def mean_norm(self) -> np.ndarray:
-        return self.sum_norm / max(self.n_cells, 1)
-
 
 class GeneStatsAccumulator:
     """Streaming accumulator; ``update`` with CSR blocks in vocabulary space, ``merge``, ``finish``."""

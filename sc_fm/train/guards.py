@@ -41,6 +41,6 @@ def out_of_memory_advice(micro_batch_cells: int, max_len: int) -> Iterator[None]
         raise TrainingError(
             f"the accelerator ran out of memory with train.micro_batch_cells={micro_batch_cells} "
             f"and tokenizer.max_len={max_len}", "training",
-            f"halve train.micro_batch_cells (accumulation grows so train.global_batch_cells stays "
-            f"the same), shorten tokenizer.max_len, set model.activation_checkpointing=true, or use "
-            f"train.deepspeed_config=configs/deepspeed/zero3.yaml or zero3-offload.yaml") from err
+            "halve train.micro_batch_cells (accumulation grows so train.global_batch_cells stays "
+            "the same), shorten tokenizer.max_len, set model.activation_checkpointing=true, or use "
+            "train.deepspeed_config=configs/deepspeed/zero3.yaml or zero3-offload.yaml") from err
