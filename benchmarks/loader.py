@@ -56,17 +56,21 @@ class Measured:
     peak_rss_gib: float
 
 
-def tree_cpu_seconds() -> dict[int, float]:
-    """User + system CPU seconds of this process and each child, by pid."""
-    out = {}
+def tree_cpu_seconds() -> float:
+    """User + system CPU seconds of this process tree, including children that have ended.
+
+    A process's ``children_*`` times hold its reaped children: DataLoader workers that end
+    inside the timed window (the peers restart theirs every epoch) are counted too.
+    """
+    total = 0.0
     me = psutil.Process()
     for proc in [me, *me.children(recursive=True)]:
         try:
             times = proc.cpu_times()
-            out[proc.pid] = times.user + times.system
+            total += times.user + times.system + times.children_user + times.children_system
         except psutil.Error:
             pass
-    return out
+    return total
 
 
 class Tokenise:
@@ -181,7 +185,7 @@ def measure(name: str, make: Callable[[], Iterator[dict]], dataset_codes: np.nda
             blocks.append(len(np.unique(index // SOURCE_BLOCK)))
             datasets.append(len(np.unique(dataset_codes[index])))
         elapsed = time.perf_counter() - began
-        cpu = sum(t - cpu_before.get(pid, 0.0) for pid, t in tree_cpu_seconds().items())
+        cpu = tree_cpu_seconds() - cpu_before
         del batches
     out = Measured(name, cells / elapsed, cells / cpu, float(np.mean(blocks)), float(np.mean(datasets)),
                    rss.peak / 2**30)

@@ -1,8 +1,9 @@
 """``prepare``: sources in, one complete corpus store out (or nothing at all).
 
 Work is split into tasks: one per source, and a source that streams from disk (h5ad CSR or
-dense, 10x HDF5) larger than ``prepare.shard_cells`` gets one task per ``shard_cells`` rows,
-so a single large atlas also uses every worker. ``prepare.workers`` processes run the tasks,
+dense, 10x HDF5) larger than ``prepare.shard_cells`` is cut into the fewest equal row ranges
+of at most ``shard_cells`` rows, one task (and one shard) each, so a single large atlas also
+uses every worker. ``prepare.workers`` processes run the tasks,
 each writing its own shards into the staging store, while the parent hashes the source
 files; the parent then merges statistics in task order (so any number of workers gives the
 same store) and commits. Any error aborts the writer, which removes every staged
@@ -59,7 +60,7 @@ class PrepareSummary:
 
 def check_prepare_config(cfg: PrepareConfig) -> None:
     """Range checks the types cannot express."""
-    for key in ("shard_cells", "chunk_cells", "read_block_cells", "workers"):
+    for key in ("shard_cells", "chunk_cells", "read_block_cells", "read_block_nnz", "workers"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"prepare.{key}={getattr(cfg, key)} must be at least 1", "config")
     if not 0.0 <= cfg.min_gene_overlap <= 1.0:
@@ -93,7 +94,8 @@ def _row_ranges(spec: SourceSpec, vocab: GeneVocab, part_cells: int) -> list[tup
         reader.close()
     if not streams or n <= part_cells:
         return [None]
-    return [(start, min(start + part_cells, n)) for start in range(0, n, part_cells)]
+    size = -(-n // -(-n // part_cells))  # equal parts of at most part_cells: workers finish together
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 def prepare(sources: list[SourceSpec | str | Path], output: str | Path, config: PrepareConfig,

@@ -14,7 +14,6 @@ import scipy.sparse as sp
 
 from sc_fm.config import QCConfig
 from sc_fm.errors import InputDataError
-from sc_fm.stats import row_sums
 
 DROP_REASONS = ("nonfinite", "negative", "duplicate_barcode", "empty", "min_counts", "max_counts",
                 "min_genes", "max_mito_fraction")
@@ -31,14 +30,6 @@ class CellQC:
     mito_fraction: np.ndarray  # float64 [cells]
 
 
-def _rows_with(block: sp.csr_matrix, bad_values: np.ndarray) -> np.ndarray:
-    flags = np.zeros(block.shape[0], dtype=bool)
-    if bad_values.any():
-        rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
-        flags[rows[bad_values]] = True
-    return flags
-
-
 def _refuse(kind: str, rows: np.ndarray, barcodes: np.ndarray, label: str, key: str) -> InputDataError:
     examples = ", ".join(str(b) for b in barcodes[rows][:3])
     return InputDataError(f"{kind} values in {rows.sum()} cell(s) (e.g. {examples})", label,
@@ -48,24 +39,20 @@ def _refuse(kind: str, rows: np.ndarray, barcodes: np.ndarray, label: str, key: 
 def cell_qc(block: sp.csr_matrix, mito: np.ndarray, duplicated: np.ndarray, barcodes: np.ndarray,
             qc: QCConfig, label: str) -> CellQC:
     """Apply the QC rules to a cells x source-genes block of raw counts."""
-    nonfinite = _rows_with(block, ~np.isfinite(block.data)) if block.data.dtype.kind == "f" \
-        else np.zeros(block.shape[0], dtype=bool)
-    negative = _rows_with(block, block.data < 0)
+    from sc_fm.kernels import cell_qc_figures
+
+    n_cells = block.shape[0]
+    n_counts, mito_counts = np.zeros(n_cells), np.zeros(n_cells)
+    n_genes = np.zeros(n_cells, dtype=np.int64)
+    nonfinite, negative = np.zeros(n_cells, dtype=bool), np.zeros(n_cells, dtype=bool)
+    cell_qc_figures(block.indptr, block.indices, block.data, mito, n_counts, mito_counts, n_genes,
+                    nonfinite, negative)
     if nonfinite.any() and qc.on_nonfinite == "error":
         raise _refuse("non-finite (NaN/Inf)", nonfinite, barcodes, label, "on_nonfinite")
     if negative.any() and qc.on_negative == "error":
         raise _refuse("negative", negative, barcodes, label, "on_negative")
-    data = block.data
-    if nonfinite.any():
-        data = np.where(np.isfinite(data), data, 0)
-    positive = data > 0
-    n_genes = np.diff(block.indptr) if positive.all() else row_sums(block.indptr, positive).astype(np.int64)
-    clean = sp.csr_matrix((data, block.indices, block.indptr), shape=block.shape)
-    # totals and mitochondrial counts in one pass: a mat-vec with [all genes, mito genes]
-    sums = clean @ np.column_stack([np.ones(block.shape[1]), mito]).astype(np.float64)
-    n_counts, mito_counts = sums[:, 0], sums[:, 1]
     mito_fraction = np.divide(mito_counts, n_counts, out=np.zeros_like(n_counts), where=n_counts > 0)
-    never = np.zeros(block.shape[0], dtype=bool)
+    never = np.zeros(n_cells, dtype=bool)
     failed = {
         "nonfinite": nonfinite,
         "negative": negative,
@@ -77,7 +64,7 @@ def cell_qc(block: sp.csr_matrix, mito: np.ndarray, duplicated: np.ndarray, barc
         "max_mito_fraction": (mito_fraction > qc.max_mito_fraction if qc.max_mito_fraction is not None
                               else never),
     }
-    keep = np.ones(block.shape[0], dtype=bool)
+    keep = np.ones(n_cells, dtype=bool)
     drops = {}
     for reason in DROP_REASONS:
         hit = failed[reason] & keep

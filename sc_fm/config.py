@@ -48,7 +48,10 @@ class PrepareConfig:
     shard_cells: int = 65536
     chunk_cells: int = 1024
     codec: Literal["blosc-lz4-bitshuffle", "blosc-zstd", "zstd"] = "blosc-lz4-bitshuffle"
-    read_block_cells: int = 2048  # cells per read block: bounds peak memory (~0.5 GB at 2k genes/cell)
+    # a read block holds at most this many cells and, where the source stores a row pointer
+    # (h5ad CSR, 10x h5), this many nonzeros: together they bound peak memory (docs/ingest.md)
+    read_block_cells: int = 2048
+    read_block_nnz: int = 2_097_152
     workers: int = 1
     stats_groups: list[str] = field(default_factory=lambda: ["dataset", "assay"])
     qc: QCConfig = field(default_factory=QCConfig)
@@ -59,10 +62,12 @@ class DataConfig:
     """Which cells stream into training, and how they are shuffled."""
 
     stores: list[str] = field(default_factory=list)
-    block_cells: int = 1024  # contiguous cells read together (one compressed chunk)
+    # contiguous cells read together; blosc stores decode only the part of a chunk a block
+    # needs, so blocks smaller than a chunk cost no more per cell (docs/data.md)
+    block_cells: int = 512
     # blocks (randomly chosen) read by one worker task and shuffled together: the shuffle
-    # buffer holds block_cells * blocks_per_fetch cells
-    blocks_per_fetch: int = 8
+    # buffer holds block_cells * blocks_per_fetch cells; a batch mixes about this many blocks
+    blocks_per_fetch: int = 16
     num_workers: int = 2
     include: dict[str, list[str]] = field(default_factory=dict)  # obs column -> allowed values
     exclude: dict[str, list[str]] = field(default_factory=dict)  # obs column -> removed values

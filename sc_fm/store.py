@@ -22,9 +22,12 @@ and a failed append leaves the store as it was.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,26 +75,48 @@ def _write_array(group: zarr.Group, name: str, values: np.ndarray, chunk: int, c
         arr[:] = values
 
 
-def _is_integral(data: np.ndarray) -> bool:
-    return data.dtype.kind in "iu" or data.size == 0 or bool(np.all(np.mod(data, 1) == 0))
+def _as_integer_counts(data: np.ndarray) -> np.ndarray | None:
+    """``data`` as int32 when every value is a whole number that fits, else None.
+
+    One cast and one comparison: cheaper than testing ``value % 1`` and then casting anyway.
+    """
+    if data.dtype.kind in "iu":
+        return data.astype(np.int32, copy=False)
+    with np.errstate(invalid="ignore"):
+        whole = data.astype(np.int32)
+    return whole if np.array_equal(whole, data) else None
 
 
 class _ChunkAlignedArray:
     """A growing 1-D Zarr array written only in whole chunks (no read-modify-write of a
-    partial chunk); the tail waits in memory until the next append or ``close``."""
+    partial chunk); the tail waits in memory until the next append or ``close``.
+
+    Whole chunks are written straight from the appended array: only the chunk that joins the
+    old tail to the new values is assembled in memory.
+    """
 
     def __init__(self, group: zarr.Group, name: str, dtype, chunk: int, codec):
         self.group, self.name, self.chunk, self.codec = group, name, max(1, chunk), codec
         self.array = group.create_array(name, shape=(0,), dtype=dtype, chunks=(self.chunk,),
                                         compressors=codec)
-        self.pending: list[np.ndarray] = []
-        self.n_pending = 0
+        self.tail = np.zeros(0, dtype=dtype)
 
     def append(self, values: np.ndarray) -> None:
-        self.pending.append(values.astype(self.array.dtype, copy=False))
-        self.n_pending += len(values)
-        if self.n_pending >= self.chunk:
-            self._flush(whole_chunks_only=True)
+        values = values.astype(self.array.dtype, copy=False)
+        n_whole = (len(self.tail) + len(values)) // self.chunk * self.chunk
+        if n_whole == 0:
+            self.tail = np.concatenate([self.tail, values])
+            return
+        start = self.array.shape[0]
+        self.array.resize((start + n_whole,))
+        joined = self.chunk - len(self.tail) if len(self.tail) else 0  # values completing the tail
+        if joined:
+            self.array[start: start + self.chunk] = np.concatenate([self.tail, values[:joined]])
+            start += self.chunk
+        used = n_whole - len(self.tail)
+        if used > joined:
+            self.array[start: start + used - joined] = values[joined:used]
+        self.tail = values[used:].copy()
 
     def widen(self, dtype) -> None:
         """Rewrite what is written so far with a wider dtype (integer counts meeting a float)."""
@@ -101,23 +126,15 @@ class _ChunkAlignedArray:
                                              chunks=(self.chunk,), compressors=self.codec)
         if len(written):
             self.array[:] = written
-        self.pending = [p.astype(dtype) for p in self.pending]
+        self.tail = self.tail.astype(dtype)
 
     def close(self) -> None:
-        self._flush(whole_chunks_only=False)
-
-    def _flush(self, whole_chunks_only: bool) -> None:
-        if not self.pending:
-            return
-        values = np.concatenate(self.pending)
-        n = (len(values) // self.chunk) * self.chunk if whole_chunks_only else len(values)
-        if n:
+        """Write the last, partial chunk."""
+        if len(self.tail):
             start = self.array.shape[0]
-            self.array.resize((start + n,))
-            self.array[start:] = values[:n]
-        rest = values[n:]
-        self.pending = [rest] if len(rest) else []
-        self.n_pending = len(rest)
+            self.array.resize((start + len(self.tail),))
+            self.array[start:] = self.tail
+            self.tail = self.tail[:0]
 
 
 class ShardAppender:
@@ -148,16 +165,17 @@ class ShardAppender:
         n = len(indptr) - 1
         if np.any(indices < 0):
             raise ValueError("shard indices must be vocabulary positions (>= 0)")
+        whole = _as_integer_counts(data)
         if self._data is None:
             chunk = self.chunk_cells * max(int(indptr[-1]) // max(n, 1), 1)
-            dtype = np.int32 if _is_integral(data) else np.float32
+            dtype = np.int32 if whole is not None else np.float32
             self._indices = _ChunkAlignedArray(self.group, "indices", np.int32, chunk, self.codec)
             self._data = _ChunkAlignedArray(self.group, "data", dtype, chunk, self.codec)
-        elif self._data.array.dtype == np.int32 and not _is_integral(data):
+        elif self._data.array.dtype == np.int32 and whole is None:
             self._data.widen(np.float32)
         self._indptr.append(self.nnz + indptr[1:].astype(np.int64))
         self._indices.append(indices)
-        self._data.append(data)
+        self._data.append(data if whole is None else whole)
         for col, values in obs.items():
             self._obs.setdefault(col, []).append(np.asarray(values, dtype=object))
         for col, values in obs_num.items():
@@ -227,6 +245,8 @@ class CorpusStore:
         self.categories: dict[str, list[str]] = attrs.get("categories", {})
         self._vocab: GeneVocab | None = None
         self._shard_groups: dict[int, zarr.Group] = {}
+        self._readers: dict[tuple[int, str], SliceReader] = {}
+        self._obs_categories: dict[tuple[int, str], list[str] | None] = {}
 
     @property
     def n_cells(self) -> int:
@@ -264,15 +284,30 @@ class CorpusStore:
     def read_rows(self, k: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows ``[start, stop)`` of shard ``k`` as CSR (indptr from 0, indices, data).
 
-        Reads the contiguous slice of ``indices``/``data``: whole compressed chunks, no per-cell
+        Reads the contiguous slice of ``indices``/``data`` (see ``SliceReader``): no per-cell
         random access.
         """
-        group = self.shard(k)
-        indptr = group["indptr"][start: stop + 1]
+        indptr = self._slices(k, "indptr")(start, stop + 1)
         lo, hi = int(indptr[0]), int(indptr[-1])
-        indices = group["indices"][lo:hi] if hi > lo else np.zeros(0, np.int32)
-        data = group["data"][lo:hi] if hi > lo else np.zeros(0, group["data"].dtype)
-        return indptr - lo, indices, data
+        return indptr - lo, self._slices(k, "indices")(lo, hi), self._slices(k, "data")(lo, hi)
+
+    def shard_obs(self, k: int, column: str, start: int, stop: int) -> tuple[np.ndarray, list[str]] | None:
+        """Codes (-1 missing) and categories of ``column`` for rows ``[start, stop)`` of shard
+        ``k``; None where the shard lacks the column. Array handles and categories are opened
+        once per shard: opening them per call (metadata reads) cost more than the codes."""
+        if (k, column) not in self._obs_categories:
+            obs = self.shard(k)["obs"]
+            self._obs_categories[k, column] = (list(obs[column].attrs["categories"])
+                                               if column in obs else None)
+        categories = self._obs_categories[k, column]
+        if categories is None:
+            return None
+        return self._slices(k, f"obs/{column}")(start, stop), categories
+
+    def _slices(self, k: int, name: str) -> SliceReader:
+        if (k, name) not in self._readers:
+            self._readers[k, name] = SliceReader(self.shard(k)[name])
+        return self._readers[k, name]
 
     def obs_codes(self, column: str) -> np.ndarray:
         """Global categorical codes of ``column`` for every cell (-1 where missing)."""
@@ -319,6 +354,89 @@ class CorpusStore:
             node = self.root[f"stats/v{self.attrs['stats_version']}/{group}/{key}"]
             out[value] = GeneStats(int(node.attrs["n_cells"]), *(node[f][:] for f in _STATS_FIELDS))
         return out
+
+
+@functools.cache
+def _blosc() -> ctypes.CDLL | None:
+    """c-blosc as numcodecs ships it (its extension exports the C API), or None where it does
+    not. The functions used keep no global state (safe in threads): ``blosc_getitem`` decodes a
+    range of a frame, touching only the blosc blocks (~512 kB) that hold it;
+    ``blosc_decompress_ctx`` a whole frame; ``blosc_cbuffer_validate`` checks a header first."""
+    try:
+        import numcodecs.blosc
+
+        lib = ctypes.CDLL(numcodecs.blosc.__file__)
+        frame, out, size, int_ = ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int
+        lib.blosc_getitem.argtypes = (frame, int_, int_, out)
+        lib.blosc_decompress_ctx.argtypes = (frame, out, size, int_)
+        lib.blosc_cbuffer_validate.argtypes = (frame, size, ctypes.POINTER(size))
+    except (ImportError, OSError, AttributeError):
+        return None
+    for function in (lib.blosc_getitem, lib.blosc_decompress_ctx, lib.blosc_cbuffer_validate):
+        function.restype = ctypes.c_int
+    return lib
+
+
+class SliceReader:
+    """``reader(lo, hi)``: elements ``[lo, hi)`` of a 1-D store array.
+
+    A loader block (``data.block_cells`` rows) rarely lines up with the chunks, which hold
+    about ``chunk_cells`` rows sized from nonzeros, so it usually straddles two; through zarr
+    that decodes both whole chunks (~2x the needed work) plus per-call overhead (event loop,
+    copies). Chunks that are plain blosc frames in local files are instead decoded straight
+    into the result, and of a partly needed chunk only the blosc blocks that hold the range.
+    Any other layout (codecs, store kind, byte order) reads through zarr.
+    """
+
+    def __init__(self, array: zarr.Array):
+        self.array = array
+        self.chunk = int(array.chunks[0])
+        self.directory = self._direct_directory(array, self.chunk)
+
+    @staticmethod
+    def _direct_directory(array: zarr.Array, chunk: int) -> Path | None:
+        from zarr.codecs import BloscCodec, BytesCodec
+        from zarr.storage import LocalStore
+
+        codecs = getattr(array.metadata, "codecs", ())  # Zarr v2 metadata has none
+        plain = (array.ndim == 1 and chunk < 2**31 and isinstance(array.store, LocalStore)
+                 and sys.byteorder == "little" and len(codecs) == 2 and isinstance(codecs[0], BytesCodec)
+                 and (array.dtype.itemsize == 1 or codecs[0].endian == codecs[0].endian.little)
+                 and isinstance(codecs[1], BloscCodec) and _blosc() is not None)
+        return Path(array.store.root) / array.path if plain else None
+
+    def __call__(self, lo: int, hi: int) -> np.ndarray:
+        if hi <= lo:
+            return np.zeros(0, self.array.dtype)
+        if self.directory is None:
+            return self.array[lo:hi]
+        out = np.empty(hi - lo, self.array.dtype)
+        for j in range(lo // self.chunk, (hi - 1) // self.chunk + 1):
+            first = j * self.chunk
+            a, b = max(lo, first), min(hi, first + self.chunk)
+            self._decode(j, a - first, b - a, out[a - lo: b - lo])
+        return out
+
+    def _decode(self, j: int, start: int, n: int, out: np.ndarray) -> None:
+        """Items ``[start, start + n)`` of chunk ``j`` into ``out``."""
+        path = self.directory / self.array.metadata.encode_chunk_key((j,))
+        try:
+            frame = path.read_bytes()
+        except FileNotFoundError:  # zarr leaves out chunks that are all fill value
+            out[:] = self.array.metadata.fill_value
+            return
+        lib = _blosc()
+        size = ctypes.c_size_t()  # the header must fit the file and hold one whole chunk
+        done = lib.blosc_cbuffer_validate(frame, len(frame), ctypes.byref(size))
+        if done == 0 and size.value != self.chunk * out.itemsize:
+            done = -1
+        elif done == 0 and n == self.chunk:
+            done = lib.blosc_decompress_ctx(frame, out.ctypes.data, out.nbytes, 1)  # 1 thread
+        elif done == 0:
+            done = lib.blosc_getitem(frame, start, n, out.ctypes.data)
+        if done != out.nbytes:
+            raise InputDataError(f"chunk {path} does not decode ({done})", str(path),
+                                 "the store is damaged: re-run `scfm prepare`")
 
 
 class StoreWriter:

@@ -132,6 +132,20 @@ def test_resume_mid_epoch_with_other_worker_count(tiny_store, tokenizer):
     assert all(same(next(resumed), expected[i]) for i in range(5, 16))
 
 
+def test_batches_are_the_same_through_zarr_reads(tiny_store, tokenizer, monkeypatch):
+    """The direct chunk decoder (default for blosc stores) changes no batch."""
+    import sc_fm.store
+
+    cfg = run_config(tiny_store.path)
+    direct = build_train_loader(cfg, tokenizer)
+    expected = [next(direct) for _ in range(14)]  # past an epoch
+    assert direct.dataset.stores[0]._slices(0, "indices").directory is not None
+    monkeypatch.setattr(sc_fm.store, "_blosc", lambda: None)
+    through_zarr = build_train_loader(cfg, tokenizer)
+    assert all(same(next(through_zarr), batch) for batch in expected)
+    assert through_zarr.dataset.stores[0]._slices(0, "indices").directory is None
+
+
 def test_ranks_split_the_batches(tiny_store, tokenizer):
     cfg = run_config(tiny_store.path, micro_batch_cells=50)
     ranks = [build_train_loader(cfg, tokenizer, rank=r, world_size=2) for r in range(2)]

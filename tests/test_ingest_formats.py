@@ -15,6 +15,7 @@ import scipy.io
 import scipy.sparse as sp
 
 from data_pipelines import SourceSpec, prepare
+from data_pipelines.readers import open_reader
 from sc_fm.config import PrepareConfig, QCConfig
 from sc_fm.simulate import AtlasSpec, simulate_atlas
 from sc_fm.vocab import default_vocab
@@ -145,7 +146,10 @@ def test_format_round_trips(kind, tmp_path):
     summary = prepare([spec], tmp_path / "store.zarr", permissive(read_block_cells=32, shard_cells=50,
                                                                   chunk_cells=16), progress=False)
     store = summary.store
-    assert store.n_cells == adata.n_obs and [s.n_cells for s in store.shards] == [50, 40]
+    # a streamed file is cut into equal row ranges (one task and shard each); others fill shards
+    streamed = kind in {"h5ad-csr", "h5ad-dense", "h5ad-layer", "h5ad-raw", "10x-h5"}
+    assert store.n_cells == adata.n_obs
+    assert [s.n_cells for s in store.shards] == ([45, 45] if streamed else [50, 40])
     assert_same_matrix(store_matrix(store), expected_in_vocab(adata.X, list(adata.var_names)))
     assert store.shard(0)["data"].dtype == np.int32
     np.testing.assert_array_equal(store.obs_values("dataset"), ["atlas"] * adata.n_obs)
@@ -202,3 +206,24 @@ def test_non_gene_features_are_left_out(tmp_path):
     assert row["non_gene_features"] == 1 and row["genes_mapped"] == 19 and row["unmapped_genes"] == 0
     kept = sp.csr_matrix(adata.X)[:, :19]
     assert_same_matrix(store_matrix(summary.store), expected_in_vocab(kept, list(adata.var_names[:19])))
+
+
+def test_read_blocks_are_bounded_by_nonzeros(tmp_path):
+    """With a row pointer on disk, a block stops at ``read_block_nnz`` nonzeros (a deeper study
+    gets shorter blocks; a row over the budget is a block of its own) and the blocks still
+    cover every row once, so the store equals the source."""
+    adata = human_atlas(n_cells=41, n_genes=60)
+    rows = [np.arange(2)] * 20 + [np.arange(10)] * 20 + [np.arange(50)]
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    adata.X = sp.csr_matrix((np.ones(indptr[-1], np.float32), np.concatenate(rows), indptr), shape=(41, 60))
+    path = tmp_path / "deep.h5ad"
+    adata.write_h5ad(path)
+    reader = open_reader(SourceSpec(path=path), default_vocab())
+    try:
+        bounds = reader.block_bounds(16, 40, 0, 41)
+    finally:
+        reader.close()
+    assert bounds == [(0, 16), (16, 23), (23, 27), (27, 31), (31, 35), (35, 39), (39, 40), (40, 41)]
+    store = prepare([SourceSpec(path=path)], tmp_path / "s.zarr",
+                    permissive(read_block_cells=16, read_block_nnz=40), progress=False).store
+    assert_same_matrix(store_matrix(store), expected_in_vocab(adata.X, list(adata.var_names)))

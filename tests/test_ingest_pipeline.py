@@ -12,6 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from data_pipelines import SourceSpec, prepare
+from data_pipelines.genes import GeneMapping, to_vocabulary
 from sc_fm.config import PrepareConfig, QCConfig
 from sc_fm.errors import InputDataError
 from sc_fm.simulate import AtlasSpec, simulate_atlas
@@ -40,6 +41,23 @@ def test_gene_names_are_harmonised(tmp_path):
         row = summary.sources[0]
         assert row["unmapped_genes"] == 2 and row["unmapped_examples"] == ["NOT_A_GENE", "ALSO_NOT"]
         assert row["duplicate_genes"] == 1 and row["genes_mapped"] == 18
+
+
+def test_to_vocabulary_sorts_shuffled_columns_and_sums_duplicates():
+    """A source in another gene order than the vocabulary, with two genes landing together
+    and one dropped, equals the dense reference row by row (sorted, no zeros)."""
+    rng = np.random.default_rng(3)
+    block = sp.random(40, 30, density=0.3, format="csr", random_state=4,
+                      data_rvs=lambda n: rng.integers(1, 20, n)).astype(np.int32)
+    columns = rng.permutation(100)[:30]
+    columns[7], columns[11] = columns[3], -1
+    mapping = GeneMapping(columns, np.zeros(30, bool), "index", 30, 29, 1, [], 0, 1)
+    out = to_vocabulary(block, mapping, 100)
+    expected = np.zeros((40, 100), np.int64)
+    for src in np.flatnonzero(columns >= 0):
+        expected[:, columns[src]] += block[:, src].toarray().ravel()
+    assert out.has_canonical_format and np.all(out.data != 0)
+    np.testing.assert_array_equal(out.toarray(), expected)
 
 
 @pytest.mark.filterwarnings("ignore:Observation names are not unique")

@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
+import zarr
 
 from sc_fm.errors import InputDataError
 from sc_fm.stats import GeneStatsAccumulator
-from sc_fm.store import CorpusStore, StoreWriter
+from sc_fm.store import CorpusStore, ShardAppender, StoreWriter
 
 
 def test_rows_round_trip(tiny_store, tiny_atlas):
@@ -68,3 +70,25 @@ def test_append_with_other_vocabulary_is_refused(tiny_store):
 
     with pytest.raises(InputDataError, match="vocabulary"):
         StoreWriter(tiny_store.path, GeneVocab(["ENSG00000000001"]), append=True)
+
+
+@pytest.mark.parametrize("scale, stored", [(1.0, np.int32), (0.5, np.float32), (3e9, np.float32)])
+def test_shard_appender_round_trips_irregular_blocks(tmp_path, scale, stored):
+    """Blocks of any size meet chunk boundaries anywhere; whole-number floats become int32,
+    halves and values past int32's range stay float32 (never wrapped)."""
+    rng = np.random.default_rng(0)
+    matrix = sp.random(300, 50, density=0.2, format="csr", random_state=1,
+                       data_rvs=lambda n: rng.integers(1, 9, n).astype(np.float32))
+    matrix.data *= np.float32(scale)
+    appender = ShardAppender(tmp_path, "s", chunk_cells=16)
+    bounds = [0, 1, 8, 40, 41, 170, 300]
+    for lo, hi in zip(bounds, bounds[1:]):
+        rows = matrix[lo:hi]
+        appender.append(rows.indptr, rows.indices, rows.data, {"dataset": np.full(hi - lo, "d")},
+                        {"n_counts": np.asarray(rows.sum(axis=1)).ravel()})
+    assert appender.close() == (300, matrix.nnz)
+    group = zarr.open_group(tmp_path / "shards" / "s", mode="r")
+    assert group["data"].dtype == stored
+    np.testing.assert_array_equal(group["indptr"][:], matrix.indptr)
+    np.testing.assert_array_equal(group["indices"][:], matrix.indices)
+    np.testing.assert_array_equal(group["data"][:], matrix.data.astype(stored))

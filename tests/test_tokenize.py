@@ -163,6 +163,23 @@ def test_take_reorders_whole_cells():
         np.testing.assert_array_equal(got.values, want.values)
 
 
+def test_gather_across_parts_equals_joining_then_picking():
+    tok = make_tokenizer(max_len=30)
+    parts = [encode(tok, random_counts(n, seed=20 + n)) for n in (5, 1, 7)]
+    parts.insert(1, parts[0][0:0])  # a part without cells (a block its filters emptied)
+    joined = TokenizedCells.concat(parts)
+    rows = np.random.default_rng(0).permutation(13)[:10]
+    gathered = TokenizedCells.gather(parts, rows)
+    assert gathered.gene_ids.dtype == np.int32 and gathered.values.dtype == np.float32
+    assert len(gathered) == 10 and gathered.offsets[-1] == joined.lengths[rows].sum()
+    np.testing.assert_array_equal(gathered.condition_ids, joined.condition_ids[rows])
+    for got, row in zip(gathered, rows):
+        np.testing.assert_array_equal(got.gene_ids, joined[int(row)].gene_ids)
+        np.testing.assert_array_equal(got.values, joined[int(row)].values)
+    empty = TokenizedCells.gather(parts, np.zeros(0, np.int64))
+    assert len(empty) == 0 and empty.gene_ids.size == 0 and empty.offsets.tolist() == [0]
+
+
 def test_list_of_cells_packs_like_flat_cells():
     tok = make_tokenizer(max_len=30)
     cells = encode(tok, random_counts(6, seed=9))

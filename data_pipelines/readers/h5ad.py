@@ -57,11 +57,18 @@ class H5adReader(SourceReader):
             else:
                 self._dense, self._sparse = None, sparse_dataset(element)
                 self.streams = self._sparse.format == "csr"
+                self._indptr = element["indptr"]
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
         source = self._dense if self._dense is not None else self._sparse
         return tuple(source.shape)
+
+    def row_offsets(self, first: int, end: int) -> np.ndarray | None:
+        if self._sparse is None or not self.streams:
+            return None
+        with reading(self.label, "cannot read the matrix's row pointer"):
+            return self._indptr[first: end + 1]
 
     def _read_rows(self, start: int, stop: int) -> sp.csr_matrix:
         if self._dense is not None:

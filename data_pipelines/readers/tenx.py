@@ -57,6 +57,9 @@ class TenxH5Reader(SourceReader):
     def matrix_shape(self) -> tuple[int, int]:
         return self._shape[1], self._shape[0]
 
+    def row_offsets(self, first: int, end: int) -> np.ndarray:
+        return self._indptr[first: end + 1]
+
     def _read_rows(self, start: int, stop: int) -> sp.csr_matrix:
         lo, hi = int(self._indptr[start]), int(self._indptr[stop])
         indptr = self._indptr[start: stop + 1] - lo

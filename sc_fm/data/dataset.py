@@ -150,12 +150,12 @@ class CorpusDataset(torch.utils.data.IterableDataset):
 
 def _obs_slice(store: CorpusStore, shard: int, start: int, stop: int, columns: Sequence[str]) -> dict:
     """Category strings of ``columns`` for rows ``[start, stop)`` of a shard (None: missing)."""
-    obs = store.shard(shard)["obs"]
     out = {}
     for column in columns:
-        if column in obs:
-            categories = np.array(list(obs[column].attrs["categories"]) + [None], dtype=object)
-            out[column] = categories[obs[column][start:stop]]
-        else:
+        found = store.shard_obs(shard, column, start, stop)
+        if found is None:
             out[column] = np.full(stop - start, None, dtype=object)
+        else:
+            codes, categories = found
+            out[column] = np.array(categories + [None], dtype=object)[codes]  # code -1: None
     return out

@@ -49,15 +49,15 @@ class CellFilter:
 
     def keep(self, store: CorpusStore, shard: int, start: int, stop: int) -> np.ndarray:
         """Boolean mask over rows ``[start, stop)`` of one shard."""
-        obs = store.shard(shard)["obs"]
         keep = np.ones(stop - start, bool)
         for rules, wanted in ((self.include, True), (self.exclude, False)):
             for column, values in rules.items():
-                if column in obs:
-                    categories = obs[column].attrs["categories"]
-                    listed = np.flatnonzero(np.isin(np.asarray(categories, dtype=object), values))
-                    hit = np.isin(obs[column][start:stop], listed)
-                else:
+                found = store.shard_obs(shard, column, start, stop)
+                if found is None:
                     hit = np.zeros(stop - start, bool)
+                else:
+                    codes, categories = found
+                    listed = np.flatnonzero(np.isin(np.asarray(categories, dtype=object), values))
+                    hit = np.isin(codes, listed)
                 keep &= hit if wanted else ~hit
         return keep

@@ -42,9 +42,8 @@ class TokenizedFetches(torch.utils.data.IterableDataset):
             blocks = self.dataset.read_blocks(fetch)
             rng = np.random.default_rng([self.dataset.seed, self.dataset.world_size, self.dataset.rank,
                                          fetch.epoch, fetch.number, _ENCODE])
-            cells = TokenizedCells.concat([self.encode(block, rng) for block in blocks])
             order = self.dataset.cell_order(fetch)[skip:]
-            cells = cells.take(order)
+            cells = TokenizedCells.gather([self.encode(block, rng) for block in blocks], order)
             yield {"gene_ids": cells.gene_ids, "values": cells.values, "offsets": cells.offsets,
                    "condition_ids": cells.condition_ids,
                    "cell_index": np.concatenate([b.cell_index for b in blocks])[order],

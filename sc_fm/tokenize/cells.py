@@ -56,11 +56,23 @@ class TokenizedCells(Sequence):
 
     def take(self, rows: np.ndarray) -> "TokenizedCells":
         """Cells ``rows`` (any order, e.g. a shuffle), as one flat group."""
+        return TokenizedCells.gather([self], rows)
+
+    @classmethod
+    def gather(cls, parts: Sequence["TokenizedCells"], rows: np.ndarray) -> "TokenizedCells":
+        """Cells ``rows`` of the parts joined in order (any order, e.g. a shuffle), as one flat
+        group. Each cell is one slice copy straight from its part: no joined temporary and no
+        per-token index array, which made a shuffled fetch cost ~4x the copying itself."""
         rows = np.asarray(rows, np.int64)
-        lengths = self.lengths[rows]
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        flat = np.arange(int(offsets[-1])) + np.repeat(self.offsets[rows] - offsets[:-1], lengths)
-        return TokenizedCells(self.gene_ids[flat], self.values[flat], offsets, self.condition_ids[rows])
+        first = np.cumsum([0] + [len(p) for p in parts])
+        part = np.searchsorted(first, rows, side="right") - 1
+        spans = list(zip(part.tolist(), np.concatenate([p.offsets[:-1] for p in parts])[rows].tolist(),
+                         np.concatenate([p.offsets[1:] for p in parts])[rows].tolist()))
+        lengths = np.concatenate([p.lengths for p in parts])[rows]
+        return cls(_join([parts[p].gene_ids[a:b] for p, a, b in spans], np.int32),
+                   _join([parts[p].values[a:b] for p, a, b in spans], np.float32),
+                   np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                   np.concatenate([p.condition_ids for p in parts])[rows])
 
     @classmethod
     def concat(cls, parts: Sequence["TokenizedCells | TokenizedCell"]) -> "TokenizedCells":
@@ -73,6 +85,10 @@ class TokenizedCells(Sequence):
                    np.concatenate([g.values for g in groups]).astype(np.float32, copy=False),
                    np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
                    np.concatenate([g.condition_ids for g in groups]).astype(np.int64, copy=False))
+
+
+def _join(pieces: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(pieces).astype(dtype, copy=False) if pieces else np.zeros(0, dtype)
 
 
 def _single(cell: TokenizedCell) -> TokenizedCells:

@@ -1,0 +1,74 @@
+"""Reading rows and metadata: the direct chunk decoder returns exactly what zarr returns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import sc_fm.store
+from sc_fm.stats import GeneStatsAccumulator
+from sc_fm.store import CorpusStore, StoreWriter
+from sc_fm.vocab import GeneVocab
+
+
+def write_store(path, codec: str) -> tuple[CorpusStore, sp.csr_matrix]:
+    """One shard of 400 cells in chunks of ~16 cells; the counts of the first 60 cells are all
+    zero, so zarr leaves those ``data`` chunks out (it stores no all-fill-value chunk)."""
+    rng = np.random.default_rng(0)
+    x = sp.random(400, 50, density=0.3, format="csr", random_state=2,
+                  data_rvs=lambda n: rng.integers(1, 30, n).astype(np.int32))
+    x.data[: x.indptr[60]] = 0
+    vocab = GeneVocab([f"ENSG{i:011d}" for i in range(50)])
+    datasets = np.array([f"d{i % 3}" if i % 7 else None for i in range(400)], dtype=object)
+    acc = GeneStatsAccumulator(50)
+    with StoreWriter(path, vocab, codec=codec, chunk_cells=16) as writer:
+        writer.add_shard(x.indptr, x.indices, x.data, {"dataset": datasets}, {}, "s")
+        writer.commit({"global": {"all": acc}}, [])
+    return CorpusStore(path), x
+
+
+@pytest.mark.parametrize("codec,direct", [("blosc-lz4-bitshuffle", True), ("blosc-zstd", True),
+                                          ("zstd", False)])
+def test_rows_equal_zarr_slices(tmp_path, codec, direct):
+    store, x = write_store(tmp_path / "s.zarr", codec)
+    group = store.shard(0)
+    if direct:
+        assert not (tmp_path / "s.zarr" / "shards" / store.shards[0].name / "data" / "c" / "0").exists()
+    rng = np.random.default_rng(1)
+    ranges = [(0, 400), (0, 1), (399, 400), (5, 5), (10, 74), (60, 61)]
+    ranges += [tuple(sorted(rng.integers(0, 401, 2).tolist())) for _ in range(40)]
+    for start, stop in ranges:
+        indptr, indices, data = store.read_rows(0, start, stop)
+        lo, hi = x.indptr[start], x.indptr[stop]
+        np.testing.assert_array_equal(indptr, x.indptr[start: stop + 1] - lo)
+        np.testing.assert_array_equal(indices, x.indices[lo:hi])
+        np.testing.assert_array_equal(data, x.data[lo:hi])
+        assert indices.dtype == group["indices"].dtype and data.dtype == group["data"].dtype
+        np.testing.assert_array_equal(data, group["data"][lo:hi])
+    assert (store._slices(0, "indices").directory is not None) == direct
+
+
+def test_without_c_blosc_reads_go_through_zarr(tmp_path, monkeypatch):
+    monkeypatch.setattr(sc_fm.store, "_blosc", lambda: None)
+    store, x = write_store(tmp_path / "s.zarr", "blosc-lz4-bitshuffle")
+    indptr, indices, data = store.read_rows(0, 30, 250)
+    assert store._slices(0, "data").directory is None
+    np.testing.assert_array_equal(indices, x.indices[x.indptr[30]: x.indptr[250]])
+    np.testing.assert_array_equal(data, x.data[x.indptr[30]: x.indptr[250]])
+
+
+def test_shard_obs_matches_obs_values(tmp_path):
+    store, _ = write_store(tmp_path / "s.zarr", "blosc-lz4-bitshuffle")
+    values = store.obs_values("dataset")
+    codes, categories = store.shard_obs(0, "dataset", 33, 301)
+    assert list(np.array(categories + [None], dtype=object)[codes]) == list(values[33:301])
+    assert store.shard_obs(0, "tissue", 0, 10) is None
+
+
+def test_damaged_chunk_is_an_input_error(tmp_path):
+    store, _ = write_store(tmp_path / "s.zarr", "blosc-lz4-bitshuffle")
+    chunk = tmp_path / "s.zarr" / "shards" / store.shards[0].name / "indices" / "c" / "3"
+    chunk.write_bytes(chunk.read_bytes()[:40])
+    with pytest.raises(sc_fm.store.InputDataError, match="does not decode"):
+        CorpusStore(tmp_path / "s.zarr").read_rows(0, 0, 400)
