@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from memory import PeakRSS  # benchmarks/memory.py, beside this script
+from memory import PeakRSS, tree_cpu_seconds  # benchmarks/memory.py, beside this script
 
 
 GENES = 20_000
@@ -62,22 +62,18 @@ def run_one(method: str, source: Path, output: Path, workers: int, shard_cells: 
                                    qc=QCConfig(min_genes=0, min_counts=0, max_mito_fraction=None))
             n_cells = prepare([source], output, config, progress=False).cells_read
         seconds = time.perf_counter() - began
-    return {"seconds": seconds, "cells": n_cells, "peak_rss": max(rss.peak, _own_peak_rss())}
+    return {"seconds": seconds, "cells": n_cells, "peak_rss": max(rss.peak, _own_peak_rss()),
+            "cpu": tree_cpu_seconds()}
 
 
 def measure(method: str, source: Path, workdir: Path, workers: int = 1, shard_cells: int = 65536) -> dict:
-    """Run one conversion in a subprocess; adds its CPU seconds (user + system, workers included)."""
-    import resource
-
+    """Run one conversion in a subprocess: seconds, CPU seconds of its process tree, peak RSS."""
     output = workdir / f"{method}-{workers}-{source.stem}.zarr"
     shutil.rmtree(output, ignore_errors=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     command = [sys.executable, __file__, "--run-one", method, str(source), str(output), str(workers),
                str(shard_cells)]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["cpu"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     result["size"] = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
     shutil.rmtree(output, ignore_errors=True)
     name = f"{method} ({workers} worker{'s' if workers > 1 else ''})" if method == "sc_fm" else method

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psutil
 import scipy.sparse as sp
 import torch
 
@@ -40,7 +39,7 @@ from sc_fm.simulate import AtlasSpec, write_atlas_h5ad
 from sc_fm.store import CorpusStore
 from sc_fm.tokenize import CellTokenizer
 
-from memory import PeakRSS  # benchmarks/memory.py, beside this script
+from memory import PeakRSS, tree_cpu_seconds  # benchmarks/memory.py, beside this script
 
 SOURCE_BLOCK = 1024  # cells; distinct source blocks per batch measure how well a loader mixes
 OBS_COLUMNS = ("dataset", "assay", "donor")
@@ -54,23 +53,6 @@ class Measured:
     blocks_per_batch: float
     datasets_per_batch: float
     peak_rss_gib: float
-
-
-def tree_cpu_seconds() -> float:
-    """User + system CPU seconds of this process tree, including children that have ended.
-
-    A process's ``children_*`` times hold its reaped children: DataLoader workers that end
-    inside the timed window (the peers restart theirs every epoch) are counted too.
-    """
-    total = 0.0
-    me = psutil.Process()
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-            total += times.user + times.system + times.children_user + times.children_system
-        except psutil.Error:
-            pass
-    return total
 
 
 class Tokenise:

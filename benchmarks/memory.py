@@ -1,4 +1,4 @@
-"""Peak resident memory of a benchmark and its worker processes, sampled in a thread."""
+"""Peak resident memory (sampled in a thread) and CPU time of a benchmark's process tree."""
 
 from __future__ import annotations
 
@@ -34,3 +34,21 @@ class PeakRSS:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def tree_cpu_seconds() -> float:
+    """User + system CPU seconds of this process tree, including children that have ended.
+
+    A process's ``children_*`` times hold its reaped children, so workers that end inside the
+    timed window are counted too (DataLoader workers restarted every epoch, ingestion workers
+    reaped by their fork server).
+    """
+    total = 0.0
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+        except psutil.Error:
+            pass
+    return total

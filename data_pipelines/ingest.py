@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from data_pipelines.genes import map_genes, to_vocabulary
 from data_pipelines.qc import DROP_REASONS, cell_qc
@@ -105,11 +104,11 @@ def _ingest(task: SourceTask, reader: SourceReader) -> SourceResult:
     drops = dict.fromkeys(DROP_REASONS, 0)
     kept_total = 0
     first, end = task.rows or (0, reader.n_cells)
-    # a block's statistics and shard writes run in a thread while the next block is read and
-    # checked (the compiled statistics and the compressors release the GIL); at most one
+    # a block's shard writes and its statistics run in two threads while the next block is read
+    # and checked (the compressors and the compiled statistics release the GIL); at most one
     # block waits, so memory stays bounded by two blocks
-    writing: Future | None = None
-    with _progress_bar(task, end - first) as bar, ThreadPoolExecutor(1, "shard-writer") as writer:
+    pending: list[Future] = []
+    with _progress_bar(task, end - first) as bar, ThreadPoolExecutor(2, "block-writer") as writer:
         for start, block in reader.blocks(cfg.read_block_cells, first, end, cfg.read_block_nnz):
             stop = start + block.shape[0]
             qc = cell_qc(block, mapping.mito, duplicated[start:stop], barcodes[start:stop], cfg.qc,
@@ -121,23 +120,16 @@ def _ingest(task: SourceTask, reader: SourceReader) -> SourceResult:
             obs = {col: np.full(n_kept, value, dtype=object) for col, value in constants.items()}
             obs.update({col: values[start:stop][qc.keep] for col, values in carried.items()})
             figures = {"n_counts": qc.n_counts, "n_genes": qc.n_genes, "mito_fraction": qc.mito_fraction}
-            if writing is not None:
-                writing.result()
-            writing = writer.submit(_write_block, shards, stats, kept, obs,
-                                    {k: v[qc.keep] for k, v in figures.items()})
+            for done in pending:
+                done.result()
+            pending = [writer.submit(shards.append, kept, obs, {k: v[qc.keep] for k, v in figures.items()}),
+                       writer.submit(stats.update, kept, obs)]
             kept_total += n_kept
             bar.update(block.shape[0])
-        if writing is not None:
-            writing.result()
+        for done in pending:
+            done.result()
     return SourceResult(reader.format, end - first, kept_total, drops, mapping.report(), shards.close(),
                         stats.grouped())
-
-
-def _write_block(shards: ShardSequence, stats: SourceStatistics, kept: sp.csr_matrix,
-                 obs: dict[str, np.ndarray], figures: dict[str, np.ndarray]) -> None:
-    """Store a block of kept cells and add it to the source's statistics."""
-    shards.append(kept, obs, figures)
-    stats.update(kept, obs)
 
 
 def source_manifest(spec: SourceSpec, parts: list[SourceResult], checksum: str | None) -> dict:

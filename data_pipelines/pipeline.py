@@ -75,7 +75,10 @@ def _run_tasks(tasks: list[SourceTask], workers: int) -> Iterator[SourceResult]:
     if workers <= 1 or len(tasks) <= 1:
         yield from map(ingest_source, tasks)
         return
-    context = multiprocessing.get_context("spawn")  # no inherited locks or threads from the caller
+    # forked from a fresh server process that has imported the ingestion code once: no locks or
+    # threads inherited from the caller (as with spawn), without each worker importing again
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["data_pipelines.ingest", "sc_fm.kernels"])
     executor = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context)
     try:
         yield from executor.map(ingest_source, tasks)

@@ -79,14 +79,15 @@ class SourceReader(ABC):
         """The CSR row pointer over rows ``[first, end]`` when the file stores one (None: unknown)."""
         return None
 
-    def block_bounds(self, block_cells: int, block_nnz: int, first: int, end: int) -> list[tuple[int, int]]:
+    def block_bounds(self, block_cells: int, block_nnz: int | None, first: int, end: int,
+                     ) -> list[tuple[int, int]]:
         """Row ranges of at most ``block_cells`` rows and, where the row pointer is known, at most
         ``block_nnz`` nonzeros (at least one row each): memory then follows the nonzeros, so a
         deeply sequenced study gets shorter blocks instead of larger ones."""
-        offsets = self.row_offsets(first, end)
+        offsets = self.row_offsets(first, end) if block_nnz is not None else None
         if offsets is None:
             return [(start, min(start + block_cells, end)) for start in range(first, end, block_cells)]
-        bounds, start = [], first
+        offsets, bounds, start = np.asarray(offsets, np.int64), [], first
         while start < end:
             fits = int(np.searchsorted(offsets, offsets[start - first] + block_nnz, side="right")) - 1 + first
             stop = min(start + block_cells, end, max(fits, start + 1))
@@ -98,7 +99,7 @@ class SourceReader(ABC):
                ) -> Iterator[tuple[int, sp.csr_matrix]]:
         """``(first row, CSR block)`` over rows ``[first, end)`` in ``block_bounds`` ranges."""
         end = self.n_cells if end is None else end
-        for start, stop in self.block_bounds(block_cells, block_nnz or np.iinfo(np.int64).max, first, end):
+        for start, stop in self.block_bounds(block_cells, block_nnz, first, end):
             with reading(self.label, f"cannot read cells {start}-{stop}"):
                 block = self._read_rows(start, stop)
             yield start, sp.csr_matrix(block)

@@ -57,7 +57,7 @@ class H5adReader(SourceReader):
             else:
                 self._dense, self._sparse = None, sparse_dataset(element)
                 self.streams = self._sparse.format == "csr"
-                self._indptr = element["indptr"]
+                self._indptr, self._indices, self._data = element["indptr"], element["indices"], element["data"]
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -73,8 +73,11 @@ class H5adReader(SourceReader):
     def _read_rows(self, start: int, stop: int) -> sp.csr_matrix:
         if self._dense is not None:
             return sp.csr_matrix(np.asarray(self._dense[start:stop]))
-        if self.streams:
-            return self._sparse[start:stop]
+        if self.streams:  # straight from h5py: anndata's backed slicing re-validates every call
+            indptr = self._indptr[start: stop + 1]
+            lo, hi = int(indptr[0]), int(indptr[-1])
+            return sp.csr_matrix((self._data[lo:hi], self._indices[lo:hi], indptr - lo),
+                                 shape=(stop - start, self._sparse.shape[1]))
         if self._whole is None:
             self._whole = self._sparse.to_memory().tocsr()
         return self._whole[start:stop]
