@@ -77,8 +77,11 @@ def _run_tasks(tasks: list[SourceTask], workers: int) -> Iterator[SourceResult]:
         return
     # forked from a fresh server process that has imported the ingestion code once: no locks or
     # threads inherited from the caller (as with spawn), without each worker importing again
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["data_pipelines.ingest", "sc_fm.kernels"])
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["data_pipelines.ingest", "sc_fm.kernels"])
+    else:  # Windows
+        context = multiprocessing.get_context("spawn")
     executor = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context)
     try:
         yield from executor.map(ingest_source, tasks)

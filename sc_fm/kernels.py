@@ -3,7 +3,8 @@
 Statistics and QC touch every stored nonzero; written as numpy expressions they made 10-15
 passes over ~2,000 nonzeros per cell (casts, mat-vecs, logs, bincounts) and most of
 ``scfm prepare``'s CPU time. Compiled loops do the same arithmetic in one pass per job,
-while a cell's values are in cache. ``nogil`` lets a shard-writer thread compress in parallel.
+while a cell's values are in cache. ``nogil`` lets them run beside the threads that read and
+compress blocks.
 Import this module lazily: numba's own import costs ~0.3 s, which no other command needs.
 Compiled code is cached beside this file (``cache=True``), so only the first run compiles.
 """
