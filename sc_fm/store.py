@@ -317,12 +317,12 @@ class CorpusStore:
         lookup = {c: i for i, c in enumerate(self.categories[column])}
         parts = []
         for k, info in enumerate(self.shards):
-            obs = self.shard(k)["obs"]
-            if column not in obs:
+            found = self.shard_obs(k, column, 0, info.n_cells)
+            if found is None:
                 parts.append(np.full(info.n_cells, -1, np.int32))
                 continue
-            local = obs[column][:]
-            remap = np.array([lookup[c] for c in obs[column].attrs["categories"]] + [-1], np.int32)
+            local, categories = found
+            remap = np.array([lookup[c] for c in categories] + [-1], np.int32)
             parts.append(remap[local])  # code -1 indexes the trailing -1
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 

@@ -31,6 +31,14 @@ def reading(label: str, what: str = "cannot read the file"):
                              label, "re-download or re-export the file and check its checksum") from err
 
 
+def csr_rows(indptr, indices, data, start: int, stop: int, n_genes: int) -> sp.csr_matrix:
+    """Rows ``[start, stop)`` of a CSR matrix kept as three 1-D arrays (HDF5 datasets or
+    arrays), reading only those rows' slice of ``indices`` and ``data``."""
+    offsets = indptr[start: stop + 1]
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    return sp.csr_matrix((data[lo:hi], indices[lo:hi], offsets - lo), shape=(stop - start, n_genes))
+
+
 class SourceReader(ABC):
     """Cells x genes counts of one source, readable in row blocks.
 

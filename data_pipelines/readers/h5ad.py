@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from data_pipelines.readers.base import InMemoryReader, SourceReader, reading, string_frame
+from data_pipelines.readers.base import InMemoryReader, SourceReader, csr_rows, reading, string_frame
 from sc_fm.errors import InputDataError
 
 
@@ -74,10 +74,7 @@ class H5adReader(SourceReader):
         if self._dense is not None:
             return sp.csr_matrix(np.asarray(self._dense[start:stop]))
         if self.streams:  # straight from h5py: anndata's backed slicing re-validates every call
-            indptr = self._indptr[start: stop + 1]
-            lo, hi = int(indptr[0]), int(indptr[-1])
-            return sp.csr_matrix((self._data[lo:hi], self._indices[lo:hi], indptr - lo),
-                                 shape=(stop - start, self._sparse.shape[1]))
+            return csr_rows(self._indptr, self._indices, self._data, start, stop, self._sparse.shape[1])
         if self._whole is None:
             self._whole = self._sparse.to_memory().tocsr()
         return self._whole[start:stop]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from data_pipelines.readers.base import InMemoryReader, SourceReader, reading
+from data_pipelines.readers.base import InMemoryReader, SourceReader, csr_rows, reading
 from sc_fm.errors import InputDataError
 
 
@@ -61,10 +61,7 @@ class TenxH5Reader(SourceReader):
         return self._indptr[first: end + 1]
 
     def _read_rows(self, start: int, stop: int) -> sp.csr_matrix:
-        lo, hi = int(self._indptr[start]), int(self._indptr[stop])
-        indptr = self._indptr[start: stop + 1] - lo
-        return sp.csr_matrix((self._data[lo:hi], self._indices[lo:hi], indptr),
-                             shape=(stop - start, self._shape[0]))
+        return csr_rows(self._indptr, self._indices, self._data, start, stop, self._shape[0])
 
     def close(self) -> None:
         self.file.close()
