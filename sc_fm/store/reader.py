@@ -1,0 +1,152 @@
+"""``CorpusStore``: read access to a complete corpus store (layout in ``sc_fm.store``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from sc_fm.errors import InputDataError
+from sc_fm.stats import GeneStats
+from sc_fm.store.direct import SliceReader
+from sc_fm.store.layout import FORMAT, FORMAT_VERSION, GLOBAL_GROUP, STATS_FIELDS, ShardInfo
+from sc_fm.vocab import GeneVocab
+
+
+class CorpusStore:
+    """Read access to a complete corpus store; all cell indices are global across shards."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise InputDataError(f"{self.path} is not a corpus store (no zarr.json)", str(self.path),
+                                 "create it with `scfm prepare SOURCE -o STORE`")
+        self.root = zarr.open_group(self.path, mode="r")
+        attrs = dict(self.root.attrs)
+        if attrs.get("format") != FORMAT:
+            raise InputDataError(f"format is {attrs.get('format')!r}, not {FORMAT!r}", str(self.path),
+                                 "point at a store written by `scfm prepare`")
+        if attrs.get("format_version") != FORMAT_VERSION:
+            raise InputDataError(f"store format version {attrs.get('format_version')} is not supported "
+                                 f"(this sc_fm reads version {FORMAT_VERSION})", str(self.path),
+                                 "re-run `scfm prepare` with this version of sc_fm")
+        if not attrs.get("complete"):
+            raise InputDataError("store is incomplete (its ingest did not finish)", str(self.path),
+                                 "delete it and re-run `scfm prepare`")
+        self.attrs = attrs
+        self.shards = [ShardInfo(**s) for s in attrs["shards"]]
+        self.offsets = np.cumsum([0] + [s.n_cells for s in self.shards])
+        self.categories: dict[str, list[str]] = attrs.get("categories", {})
+        self._vocab: GeneVocab | None = None
+        self._shard_groups: dict[int, zarr.Group] = {}
+        self._readers: dict[tuple[int, str], SliceReader] = {}
+        self._obs_categories: dict[tuple[int, str], list[str] | None] = {}
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.attrs["n_cells"])
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.attrs["n_genes"])
+
+    @property
+    def vocab_hash(self) -> str:
+        return str(self.attrs["vocab_hash"])
+
+    @property
+    def vocab(self) -> GeneVocab:
+        if self._vocab is None:
+            self._vocab = GeneVocab.load(self.path / "vocab.tsv")
+        return self._vocab
+
+    @property
+    def manifest(self) -> list[dict]:
+        path = self.path / f"manifest-v{self.attrs['stats_version']}.json"
+        return json.loads(path.read_text()) if path.is_file() else []
+
+    def shard(self, k: int) -> zarr.Group:
+        if k not in self._shard_groups:
+            self._shard_groups[k] = zarr.open_group(self.path / "shards" / self.shards[k].name, mode="r")
+        return self._shard_groups[k]
+
+    def locate(self, cell: int) -> tuple[int, int]:
+        """Global cell index -> (shard number, row inside the shard)."""
+        k = int(np.searchsorted(self.offsets, cell, side="right") - 1)
+        return k, int(cell - self.offsets[k])
+
+    def read_rows(self, k: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows ``[start, stop)`` of shard ``k`` as CSR (indptr from 0, indices, data).
+
+        Reads the contiguous slice of ``indices``/``data`` (see ``SliceReader``): no per-cell
+        random access.
+        """
+        indptr = self._slices(k, "indptr")(start, stop + 1)
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        return indptr - lo, self._slices(k, "indices")(lo, hi), self._slices(k, "data")(lo, hi)
+
+    def shard_obs(self, k: int, column: str, start: int, stop: int) -> tuple[np.ndarray, list[str]] | None:
+        """Codes (-1 missing) and categories of ``column`` for rows ``[start, stop)`` of shard
+        ``k``; None where the shard lacks the column. Array handles and categories are opened
+        once per shard: opening them per call (metadata reads) cost more than the codes."""
+        if (k, column) not in self._obs_categories:
+            obs = self.shard(k)["obs"]
+            self._obs_categories[k, column] = (list(obs[column].attrs["categories"])
+                                               if column in obs else None)
+        categories = self._obs_categories[k, column]
+        if categories is None:
+            return None
+        return self._slices(k, f"obs/{column}")(start, stop), categories
+
+    def _slices(self, k: int, name: str) -> SliceReader:
+        if (k, name) not in self._readers:
+            self._readers[k, name] = SliceReader(self.shard(k)[name])
+        return self._readers[k, name]
+
+    def obs_codes(self, column: str) -> np.ndarray:
+        """Global categorical codes of ``column`` for every cell (-1 where missing)."""
+        if column not in self.categories:
+            raise InputDataError(f"no cell metadata column {column!r}", str(self.path),
+                                 f"use one of: {', '.join(sorted(self.categories)) or '(none)'}")
+        lookup = {c: i for i, c in enumerate(self.categories[column])}
+        parts = []
+        for k, info in enumerate(self.shards):
+            found = self.shard_obs(k, column, 0, info.n_cells)
+            if found is None:
+                parts.append(np.full(info.n_cells, -1, np.int32))
+                continue
+            local, categories = found
+            remap = np.array([lookup[c] for c in categories] + [-1], np.int32)
+            parts.append(remap[local])  # code -1 indexes the trailing -1
+        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+    def obs_values(self, column: str) -> np.ndarray:
+        """Per-cell category strings of ``column`` (``None`` where missing)."""
+        cats = np.array(self.categories[column] + [None], dtype=object)
+        return cats[self.obs_codes(column)]
+
+    def obs_numeric(self, column: str) -> np.ndarray:
+        parts = []
+        for k, info in enumerate(self.shards):
+            num = self.shard(k)["obs_num"]
+            parts.append(num[column][:] if column in num else np.full(info.n_cells, np.nan, np.float32))
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    @property
+    def stats_groups(self) -> list[str]:
+        return list(self.attrs.get("stats_groups", {}))
+
+    def stats(self, group: str = GLOBAL_GROUP) -> dict[str, GeneStats]:
+        """Statistics per value of a grouping column (``global`` -> {"all": ...})."""
+        groups = self.attrs.get("stats_groups", {})
+        if group not in groups:
+            raise InputDataError(f"no statistics for group {group!r}", str(self.path),
+                                 f"use one of {sorted(groups)} or re-run `scfm prepare` with "
+                                 f"prepare.stats_groups including {group!r}")
+        out = {}
+        for key, value in groups[group].items():
+            node = self.root[f"stats/v{self.attrs['stats_version']}/{group}/{key}"]
+            out[value] = GeneStats(int(node.attrs["n_cells"]), *(node[f][:] for f in STATS_FIELDS))
+        return out

@@ -1,0 +1,153 @@
+"""``StoreWriter``: creates a corpus store, or appends to one, visible only on ``commit``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import zarr
+
+from sc_fm.errors import InputDataError
+from sc_fm.stats import GeneStatsAccumulator
+from sc_fm.store.layout import FORMAT, FORMAT_VERSION, STATS_FIELDS, ShardInfo, codec_for
+from sc_fm.store.reader import CorpusStore
+from sc_fm.store.shards import write_shard
+from sc_fm.vocab import GeneVocab
+
+
+class StoreWriter:
+    """Creates a store (or appends to one) and makes it visible only on ``commit``.
+
+    Use as a context manager: an exception inside the block removes everything written.
+    Shards are written either here (``add_shard``) or, as ``scfm prepare`` does, by ingestion
+    worker processes: each task writes its own shards with a ``ShardSequence`` under
+    ``writer.stage_dir``, named by ``writer.shard_prefix(task)``, and the parent then lists
+    them in task order with ``writer.register_shard(...)``.
+    """
+
+    def __init__(self, path: str | Path, vocab: GeneVocab, *, append: bool = False,
+                 codec: str = "blosc-lz4-bitshuffle", chunk_cells: int = 1024):
+        self.path = Path(path)
+        self.vocab = vocab
+        self.append = append
+        self.codec = codec
+        self.chunk_cells = chunk_cells
+        self.new_shards: list[ShardInfo] = []
+        self._token = uuid.uuid4().hex[:8]
+        self.old: CorpusStore | None = None
+        if append:
+            self.old = CorpusStore(self.path)
+            if self.old.vocab_hash != vocab.hash:
+                raise InputDataError(
+                    f"store vocabulary {self.old.vocab_hash} differs from this ingest's {vocab.hash}",
+                    str(self.path), "append with the store's own vocabulary (prepare.vocab="
+                    f"{self.path / 'vocab.tsv'}) or write a new store")
+            self.stage_dir = self.path
+        else:
+            if self.path.exists():
+                raise InputDataError(f"{self.path} already exists", str(self.path),
+                                     "choose a new output path, delete it, or pass --append")
+            self.stage_dir = self.path.with_name(f"{self.path.name}.partial-{self._token}")
+            self.stage_dir.mkdir(parents=True)
+
+    def shard_name(self, index: int) -> str:
+        return f"s{self._token}-{index:05d}"
+
+    def shard_prefix(self, source_index: int) -> str:
+        """Name prefix for the shards of one source, so parallel sources never collide."""
+        return f"s{self._token}-{source_index:04d}-"
+
+    def add_shard(self, indptr, indices, data, obs, obs_num, source: str) -> ShardInfo:
+        name = self.shard_name(len(self.new_shards))
+        write_shard(self.stage_dir, name, indptr, indices, data, obs, obs_num,
+                    codec=self.codec, chunk_cells=self.chunk_cells)
+        return self.register_shard(name, len(indptr) - 1, int(indptr[-1]), source)
+
+    def register_shard(self, name: str, n_cells: int, nnz: int, source: str) -> ShardInfo:
+        info = ShardInfo(name, int(n_cells), int(nnz), source)
+        self.new_shards.append(info)
+        return info
+
+    def existing_stats(self) -> dict[str, dict[str, GeneStatsAccumulator]]:
+        """The old store's statistics as accumulators, for merging on append."""
+        if self.old is None:
+            return {}
+        return {g: {v: GeneStatsAccumulator.from_stats(s) for v, s in self.old.stats(g).items()}
+                for g in self.old.stats_groups}
+
+    def commit(self, stats: dict[str, dict[str, GeneStatsAccumulator]], manifest: list[dict]) -> None:
+        """Write statistics, vocabulary and manifest, then make the store visible."""
+        old_shards = [s.__dict__ for s in self.old.shards] if self.old else []
+        shards = old_shards + [s.__dict__ for s in self.new_shards]
+        version = int(self.old.attrs["stats_version"]) + 1 if self.old else 1
+        root = zarr.open_group(self.stage_dir, mode="a")
+        comp = codec_for(self.codec)
+        groups_index: dict[str, dict[str, str]] = {}
+        for group, by_value in stats.items():
+            groups_index[group] = {}
+            for i, (value, acc) in enumerate(sorted(by_value.items())):
+                node = root.create_group(f"stats/v{version}/{group}/{i}")
+                node.attrs["n_cells"] = int(acc.n_cells)
+                finished = acc.finish()
+                for name in STATS_FIELDS:
+                    values = getattr(finished, name)
+                    node.create_array(name, shape=values.shape, dtype=values.dtype,
+                                      chunks=values.shape, compressors=comp)[...] = values
+                groups_index[group][str(i)] = value
+        old_manifest = self.old.manifest if self.old else []
+        _atomic_write_text(self.stage_dir / f"manifest-v{version}.json",
+                           json.dumps(old_manifest + manifest, indent=1))
+        if not self.old:
+            self.vocab.save(self.stage_dir / "vocab.tsv")
+        categories = dict(self.old.categories) if self.old else {}
+        for info in self.new_shards:
+            obs = zarr.open_group(self.stage_dir / "shards" / info.name / "obs", mode="r")
+            for col in obs.array_keys():
+                known = categories.setdefault(col, [])
+                known.extend(c for c in obs[col].attrs["categories"] if c not in set(known))
+        root.attrs.put({
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "vocab_hash": self.vocab.hash, "vocab_name": self.vocab.name,
+            "n_cells": int(sum(s["n_cells"] for s in shards)), "n_genes": self.vocab.n_genes,
+            "shards": shards, "categories": categories,
+            "stats_version": version, "stats_groups": groups_index, "complete": True,
+        })
+        if self.old:
+            shutil.rmtree(self.stage_dir / "stats" / f"v{version - 1}", ignore_errors=True)
+            (self.stage_dir / f"manifest-v{version - 1}.json").unlink(missing_ok=True)
+        else:
+            os.replace(self.stage_dir, self.path)
+
+    def abort(self) -> None:
+        """Remove everything this writer staged; an appended-to store keeps its old state."""
+        if self.append:
+            for info in self.new_shards:
+                shutil.rmtree(self.stage_dir / "shards" / info.name, ignore_errors=True)
+            for stray in (self.stage_dir / "shards").glob(f"s{self._token}-*"):
+                shutil.rmtree(stray, ignore_errors=True)
+            if self.old and not self._committed():
+                staged = int(self.old.attrs["stats_version"]) + 1
+                shutil.rmtree(self.stage_dir / "stats" / f"v{staged}", ignore_errors=True)
+                (self.stage_dir / f"manifest-v{staged}.json").unlink(missing_ok=True)
+        else:
+            shutil.rmtree(self.stage_dir, ignore_errors=True)
+
+    def _committed(self) -> bool:
+        attrs = zarr.open_group(self.stage_dir, mode="r").attrs
+        return attrs.get("stats_version") != self.old.attrs["stats_version"]
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp-{uuid.uuid4().hex[:6]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
