@@ -7,7 +7,9 @@ manifests, without re-reading or re-checking a single cell.
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -26,6 +28,36 @@ def is_corpus_store(path: str | Path) -> bool:
 def _grouped_stats(store: CorpusStore) -> Grouped:
     return {g: {v: GeneStatsAccumulator.from_stats(s) for v, s in store.stats(g).items()}
             for g in store.stats_groups}
+
+
+def copy_shard(source: Path, target: Path) -> None:
+    """Copy a shard folder without following a single symbolic link.
+
+    A shard written by ``scfm prepare`` holds only folders and regular files; a symlink (or a
+    device, FIFO, socket) inside a store is refused, so a crafted store cannot make a merge copy
+    a file from outside it into the merged store.
+    """
+    mode = os.lstat(source).st_mode
+    if not stat.S_ISDIR(mode):
+        raise _not_plain(source, mode)
+    target.mkdir(parents=True)
+    with os.scandir(source) as entries:
+        for entry in entries:
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISDIR(mode):
+                copy_shard(Path(entry.path), target / entry.name)
+            elif stat.S_ISREG(mode):
+                shutil.copyfile(entry.path, target / entry.name, follow_symlinks=False)
+            else:
+                raise _not_plain(Path(entry.path), mode)
+
+
+def _not_plain(path: Path, mode: int) -> InputDataError:
+    kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file or folder"
+    return InputDataError(f"shard content is {kind}; merging copies only regular files and folders and "
+                          "never follows links", str(path),
+                          "replace the link with the file it points to (if that data belongs in the "
+                          "store), or re-create the part with `scfm prepare`")
 
 
 def merge_stores(parts: list[str | Path], output: str | Path, append: bool = False):
@@ -55,8 +87,8 @@ def merge_stores(parts: list[str | Path], output: str | Path, append: bool = Fal
             renamed = {}
             for k, info in enumerate(store.shards):
                 renamed[info.name] = f"{writer.shard_prefix(i)}{k:05d}"
-                shutil.copytree(store.path / "shards" / info.name,
-                                writer.stage_dir / "shards" / renamed[info.name])
+                copy_shard(store.path / "shards" / info.name,
+                           writer.stage_dir / "shards" / renamed[info.name])
                 writer.register_shard(renamed[info.name], info.n_cells, info.nnz, info.source)
             merge_grouped(totals, _grouped_stats(store), first.n_genes)
             rows += [{**row, "shards": [renamed[name] for name in row.get("shards", [])]}

@@ -11,7 +11,8 @@ import zarr
 from sc_fm.errors import InputDataError
 from sc_fm.stats import GeneStats
 from sc_fm.store.direct import SliceReader
-from sc_fm.store.layout import FORMAT, FORMAT_VERSION, GLOBAL_GROUP, STATS_FIELDS, ShardInfo
+from sc_fm.store.layout import (FORMAT, FORMAT_VERSION, GLOBAL_GROUP, STATS_FIELDS, ShardInfo,
+                                plain_name)
 from sc_fm.vocab import GeneVocab
 
 
@@ -36,7 +37,8 @@ class CorpusStore:
             raise InputDataError("store is incomplete (its ingest did not finish)", str(self.path),
                                  "delete it and re-run `scfm prepare`")
         self.attrs = attrs
-        self.shards = [ShardInfo(**s) for s in attrs["shards"]]
+        self.shards = _shard_infos(attrs.get("shards"), self.path / "zarr.json")
+        self.stats_version = _stats_version(attrs.get("stats_version"), self.path / "zarr.json")
         self.offsets = np.cumsum([0] + [s.n_cells for s in self.shards])
         self.categories: dict[str, list[str]] = attrs.get("categories", {})
         self._vocab: GeneVocab | None = None
@@ -64,7 +66,7 @@ class CorpusStore:
 
     @property
     def manifest(self) -> list[dict]:
-        path = self.path / f"manifest-v{self.attrs['stats_version']}.json"
+        path = self.path / f"manifest-v{self.stats_version}.json"
         return json.loads(path.read_text()) if path.is_file() else []
 
     def shard(self, k: int) -> zarr.Group:
@@ -146,7 +148,35 @@ class CorpusStore:
                                  f"use one of {sorted(groups)} or re-run `scfm prepare` with "
                                  f"prepare.stats_groups including {group!r}")
         out = {}
+        where = str(self.path / "zarr.json")
         for key, value in groups[group].items():
-            node = self.root[f"stats/v{self.attrs['stats_version']}/{group}/{key}"]
+            plain_name(group, "statistics group", where)
+            plain_name(key, f"statistics key of group {group!r}", where)
+            node = self.root[f"stats/v{self.stats_version}/{group}/{key}"]
             out[value] = GeneStats(int(node.attrs["n_cells"]), *(node[f][:] for f in STATS_FIELDS))
         return out
+
+
+def _shard_infos(listed: object, where: Path) -> list[ShardInfo]:
+    """The root attrs' ``shards`` list, each name a plain name inside ``shards/``."""
+    fix = "the store's zarr.json was edited or damaged: restore it, or re-create the store with `scfm prepare`"
+    if not isinstance(listed, list):
+        raise InputDataError("root attribute 'shards' is not a list", str(where), fix)
+    infos = []
+    for i, entry in enumerate(listed):
+        if (not isinstance(entry, dict) or set(entry) != {"name", "n_cells", "nnz", "source"}
+                or any(not isinstance(entry[k], int) or isinstance(entry[k], bool) or entry[k] < 0
+                       for k in ("n_cells", "nnz"))):
+            raise InputDataError(f"shard entry {i} ({entry!r}) is not {{name, n_cells >= 0, nnz >= 0, "
+                                 "source}", str(where), fix)
+        infos.append(ShardInfo(plain_name(entry["name"], f"shard {i} name", str(where)), entry["n_cells"],
+                               entry["nnz"], str(entry["source"])))
+    return infos
+
+
+def _stats_version(version: object, where: Path) -> int:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InputDataError(f"root attribute 'stats_version' is {version!r}, not a positive integer",
+                             str(where), "the store's zarr.json was edited or damaged: restore it, or "
+                             "re-create the store with `scfm prepare`")
+    return version
