@@ -36,6 +36,22 @@ def _refuse(kind: str, rows: np.ndarray, barcodes: np.ndarray, label: str, key: 
                           f"pass raw counts, or set prepare.qc.{key}=skip to drop those cells")
 
 
+INT32_MAX = int(np.iinfo(np.int32).max)  # the store keeps whole-number counts as int32
+
+
+def _check_count_range(block: sp.csr_matrix, barcodes: np.ndarray, label: str) -> None:
+    """Refuse whole-number values the store's int32 counts cannot hold (never wrap them)."""
+    big = np.flatnonzero(np.isfinite(block.data) & (block.data > INT32_MAX))
+    if not len(big) or not np.array_equal(np.floor(block.data[big]), block.data[big]):
+        return
+    rows = np.searchsorted(block.indptr, big, side="right") - 1
+    raise InputDataError(f"count {int(block.data[big[0]]):,} (cell {barcodes[rows[0]]}; {len(big)} "
+                         f"value(s) in {len(np.unique(rows))} cell(s)) is above {INT32_MAX:,}, the "
+                         "largest count the store holds (int32); it would be wrapped", label,
+                         "raw UMI/read counts per gene and cell never come near this: check the source "
+                         "holds counts (the right layer, e.g. layer: counts), or scale the values down")
+
+
 def cell_qc(block: sp.csr_matrix, mito: np.ndarray, duplicated: np.ndarray, barcodes: np.ndarray,
             qc: QCConfig, label: str) -> CellQC:
     """Apply the QC rules to a cells x source-genes block of raw counts."""
@@ -51,6 +67,8 @@ def cell_qc(block: sp.csr_matrix, mito: np.ndarray, duplicated: np.ndarray, barc
         raise _refuse("non-finite (NaN/Inf)", nonfinite, barcodes, label, "on_nonfinite")
     if negative.any() and qc.on_negative == "error":
         raise _refuse("negative", negative, barcodes, label, "on_negative")
+    if n_cells and n_counts.max() > INT32_MAX:  # a cell's total bounds its values: usually no scan
+        _check_count_range(block, barcodes, label)
     mito_fraction = np.divide(mito_counts, n_counts, out=np.zeros_like(n_counts), where=n_counts > 0)
     never = np.zeros(n_cells, dtype=bool)
     failed = {

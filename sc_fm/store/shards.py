@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from sc_fm.errors import InputDataError
 from sc_fm.store.layout import codec_for
 
 def _write_array(group: zarr.Group, name: str, values: np.ndarray, chunk: int, codec) -> None:
@@ -22,16 +23,40 @@ def _write_array(group: zarr.Group, name: str, values: np.ndarray, chunk: int, c
         arr[:] = values
 
 
-def _as_integer_counts(data: np.ndarray) -> np.ndarray | None:
-    """``data`` as int32 when every value is a whole number that fits, else None.
+INT32_MAX = int(np.iinfo(np.int32).max)
 
-    One cast and one comparison: cheaper than testing ``value % 1`` and then casting anyway.
+
+def _as_integer_counts(data: np.ndarray, where: str) -> np.ndarray | None:
+    """``data`` as int32 when every value is a whole number, else None (stored as float32).
+
+    Whole numbers outside int32's range are refused, never wrapped (an int64 3,000,000,000
+    would become -1,294,967,296) nor rounded to float32. One cast and one comparison: cheaper
+    than testing ``value % 1`` and then casting anyway; the range is checked only for integer
+    types wider than int32 and when that comparison fails.
     """
     if data.dtype.kind in "iu":
+        if data.dtype.itemsize >= 4 and data.dtype != np.int32 and len(data):
+            _check_int32_range(data, where)
         return data.astype(np.int32, copy=False)
     with np.errstate(invalid="ignore"):
         whole = data.astype(np.int32)
-    return whole if np.array_equal(whole, data) else None
+    if np.array_equal(whole, data):
+        return whole
+    if len(data) and (data.max() > INT32_MAX or data.min() < -INT32_MAX - 1):
+        finite = data[np.isfinite(data)]
+        if np.array_equal(np.floor(finite), finite):  # whole numbers, some out of range
+            _check_int32_range(finite, where)
+    return None
+
+
+def _check_int32_range(data: np.ndarray, where: str) -> None:
+    low, high = data.min(), data.max()
+    if high > INT32_MAX or low < -INT32_MAX - 1:
+        value = high if high > INT32_MAX else low
+        raise InputDataError(f"count {int(value):,} is outside the stored int32 range "
+                             f"(at most {INT32_MAX:,}); it would be wrapped", where,
+                             "raw UMI/read counts per gene and cell never come near this: check the "
+                             "source holds counts (the right layer), or scale the values down")
 
 
 class _ChunkAlignedArray:
@@ -94,7 +119,8 @@ class ShardAppender:
 
     def __init__(self, root: Path, name: str, *, codec: str = "blosc-lz4-bitshuffle",
                  chunk_cells: int = 1024):
-        self.group = zarr.open_group(Path(root) / "shards" / name, mode="w")
+        self.where = Path(root) / "shards" / name
+        self.group = zarr.open_group(self.where, mode="w")
         self.codec = codec_for(codec)
         self.chunk_cells = chunk_cells
         self.n_cells = 0
@@ -112,7 +138,7 @@ class ShardAppender:
         n = len(indptr) - 1
         if np.any(indices < 0):
             raise ValueError("shard indices must be vocabulary positions (>= 0)")
-        whole = _as_integer_counts(data)
+        whole = _as_integer_counts(data, str(self.where))
         if self._data is None:
             chunk = self.chunk_cells * max(int(indptr[-1]) // max(n, 1), 1)
             dtype = np.int32 if whole is not None else np.float32
