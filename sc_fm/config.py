@@ -55,6 +55,11 @@ class PrepareConfig:
     workers: int = 1
     stats_groups: list[str] = field(default_factory=lambda: ["dataset", "assay"])
     qc: QCConfig = field(default_factory=QCConfig)
+    # the same source twice (one path named twice, or a checksum already in the store's manifest)
+    allow_duplicate_sources: bool = False
+    # values that are not whole-number counts (log-normalised, CP10k): recorded in the manifest,
+    # and the QC thresholds that assume counts (min/max_counts, max_mito_fraction) are skipped
+    allow_non_counts: bool = False
 
 
 @dataclass
