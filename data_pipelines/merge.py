@@ -13,6 +13,7 @@ import stat
 import time
 from pathlib import Path
 
+from data_pipelines.sources import duplicate_checksums
 from data_pipelines.statistics import Grouped, merge_grouped
 from sc_fm.errors import InputDataError
 from sc_fm.stats import GeneStatsAccumulator
@@ -60,11 +61,22 @@ def _not_plain(path: Path, mode: int) -> InputDataError:
                           "store), or re-create the part with `scfm prepare`")
 
 
-def merge_stores(parts: list[str | Path], output: str | Path, append: bool = False):
-    """Copy the shards of ``parts`` into ``output`` (new, or appended to); returns a ``PrepareSummary``."""
+def merge_stores(parts: list[str | Path], output: str | Path, append: bool = False,
+                 allow_duplicate_sources: bool = False):
+    """Copy the shards of ``parts`` into ``output`` (new, or appended to); returns a ``PrepareSummary``.
+
+    A part named twice, or a source (by checksum) in two parts or already in the store, is
+    refused unless ``allow_duplicate_sources``.
+    """
     from data_pipelines.pipeline import PrepareSummary
 
     began = time.perf_counter()
+    resolved = [Path(p).resolve() for p in parts]
+    for i, path in enumerate(resolved):
+        if path in resolved[:i] and not allow_duplicate_sources:
+            raise InputDataError("store is named twice among the parts to merge; its cells would be in "
+                                 "the result twice", str(parts[i]),
+                                 "name each part once, or set prepare.allow_duplicate_sources=true")
     stores = [CorpusStore(p) for p in parts]
     first = stores[0]
     for store in stores[1:]:
@@ -93,5 +105,7 @@ def merge_stores(parts: list[str | Path], output: str | Path, append: bool = Fal
             merge_grouped(totals, _grouped_stats(store), first.n_genes)
             rows += [{**row, "shards": [renamed[name] for name in row.get("shards", [])]}
                      for row in store.manifest]
+        duplicate_checksums(rows, writer.old.manifest if writer.old else [], allow_duplicate_sources,
+                            str(output))
         writer.commit(totals, rows)
     return PrepareSummary(CorpusStore(output), rows, time.perf_counter() - began)

@@ -22,7 +22,8 @@ from pathlib import Path
 from data_pipelines.ingest import SourceResult, SourceTask, ingest_source, source_manifest
 from data_pipelines.readers import open_reader
 from data_pipelines.report import drops_text, sources_table
-from data_pipelines.sources import SourceSpec, expand_sources, source_checksum
+from data_pipelines.sources import (SourceSpec, duplicate_checksums, duplicate_paths, expand_sources,
+                                   source_checksum)
 from data_pipelines.statistics import Grouped, merge_grouped
 from data_pipelines.vocabulary import resolve_vocab
 from sc_fm.config import PrepareConfig
@@ -110,6 +111,7 @@ def prepare(sources: list[SourceSpec | str | Path], output: str | Path, config: 
     began = time.perf_counter()
     check_prepare_config(config)
     specs = expand_sources(list(sources))
+    duplicate_paths(specs, config.allow_duplicate_sources)
     output = Path(output)
     vocab = resolve_vocab(config.vocab, specs, output if append else None)
     writer = StoreWriter(output, vocab, append=append, codec=config.codec, chunk_cells=config.chunk_cells)
@@ -134,6 +136,8 @@ def prepare(sources: list[SourceSpec | str | Path], output: str | Path, config: 
             parts[task.index].append(result)
         rows = [source_manifest(spec, parts[i], checksums[i].result() if checksums[i] else None)
                 for i, spec in enumerate(specs)]
+        duplicate_checksums(rows, writer.old.manifest if writer.old else [], config.allow_duplicate_sources,
+                            str(output))
         if not writer.old and not any(r["cells_kept"] for r in rows):
             drops = "; ".join(f"{r['dataset']}: {drops_text(r['drops'])}" for r in rows)
             raise InputDataError(f"no cell passed QC (dropped: {drops})", str(output),

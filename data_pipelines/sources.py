@@ -137,3 +137,35 @@ def source_checksum(path: Path, block_bytes: int = 1 << 22) -> str:
             while n := handle.readinto(buffer):
                 digest.update(view[:n])
     return "blake3:" + digest.hexdigest()
+
+
+def duplicate_paths(specs: list[SourceSpec], allow: bool) -> None:
+    """Refuse one file (or in-memory AnnData) named twice in a call, unless ``allow``."""
+    seen: dict[object, SourceSpec] = {}
+    for spec in specs:
+        key = Path(spec.path).resolve() if spec.path is not None else id(spec.adata)
+        if key in seen and not allow:
+            raise InputDataError(f"source is named twice (as {seen[key].dataset!r} and {spec.dataset!r}); "
+                                 "every one of its cells would be in the store twice", spec.label,
+                                 "name each source once, or set prepare.allow_duplicate_sources=true "
+                                 "if the duplicate is intended")
+        seen.setdefault(key, spec)
+
+
+def duplicate_checksums(rows: list[dict], known: list[dict], allow: bool, where: str) -> None:
+    """Refuse a new manifest row whose checksum is already in ``known`` (the store's manifest)
+    or in an earlier new row, unless ``allow``: the same data ingested twice."""
+    if allow:
+        return
+    seen = {row["checksum"]: (row, "already in the store") for row in known if row.get("checksum")}
+    for row in rows:
+        checksum = row.get("checksum")
+        if checksum and checksum in seen:
+            first, how = seen[checksum]
+            raise InputDataError(f"source {row['path'] or row['dataset']} has the same content ({checksum[:19]}...) "
+                                 f"as {first.get('path') or first.get('dataset')} (dataset "
+                                 f"{first.get('dataset')!r}, {how}); its cells would be in the store twice",
+                                 where, "leave the duplicate out, or set prepare.allow_duplicate_sources=true "
+                                        "if it is intended")
+        if checksum:
+            seen[checksum] = (row, "in this call")

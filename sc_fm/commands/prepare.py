@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("sources mix corpus stores and atlas files", "command line",
                           "merge stores in one call and ingest atlases in another (or --append them)")
     if all(stores):
-        summary = merge_stores(sources, args.output, append=args.append)
+        summary = merge_stores(sources, args.output, append=args.append,
+                               allow_duplicate_sources=config.allow_duplicate_sources)
     else:
         summary = prepare(sources, args.output, config, append=args.append, progress=not args.quiet)
     print(summary.table())
