@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from data_pipelines.genes import map_genes, to_vocabulary
-from data_pipelines.qc import DROP_REASONS, cell_qc
+from data_pipelines.qc import COUNT_RULES, DROP_REASONS, cell_qc, first_non_integer, non_counts_error
 from data_pipelines.readers import SourceReader, open_reader
 from data_pipelines.sources import SourceSpec
 from data_pipelines.statistics import Grouped, SourceStatistics
@@ -52,6 +52,7 @@ class SourceResult:
     genes: dict  # the gene mapping report (same for every range of a source)
     shards: list[tuple[str, int, int]]  # (name, n_cells, nnz)
     stats: Grouped
+    non_counts: bool = False  # values that are not whole numbers (allowed by prepare.allow_non_counts)
 
 
 def source_constants(spec: SourceSpec) -> dict[str, str | None]:
@@ -103,6 +104,7 @@ def _ingest(task: SourceTask, reader: SourceReader) -> SourceResult:
     stats = SourceStatistics(vocab.n_genes, task.stats_groups, constants)
     drops = dict.fromkeys(DROP_REASONS, 0)
     kept_total = 0
+    non_counts = False
     first, end = task.rows or (0, reader.n_cells)
     # a block's shard writes and its statistics run in two threads while the next block is read
     # and checked (the compressors and the compiled statistics release the GIL); at most one
@@ -111,8 +113,13 @@ def _ingest(task: SourceTask, reader: SourceReader) -> SourceResult:
     with _progress_bar(task, end - first) as bar, ThreadPoolExecutor(2, "block-writer") as writer:
         for start, block in reader.blocks(cfg.read_block_cells, first, end, cfg.read_block_nnz):
             stop = start + block.shape[0]
+            if not non_counts and (at := first_non_integer(block.data)) is not None:
+                non_counts = True
+                if not cfg.allow_non_counts:
+                    cell = barcodes[start + np.searchsorted(block.indptr, at, side="right") - 1]
+                    raise non_counts_error(spec.label, f"e.g. {block.data[at]:.6g} in cell {cell}")
             qc = cell_qc(block, mapping.mito, duplicated[start:stop], barcodes[start:stop], cfg.qc,
-                         spec.label)
+                         spec.label, counts=not non_counts)
             for reason, n in qc.drops.items():
                 drops[reason] += n
             kept = to_vocabulary(block if qc.keep.all() else block[qc.keep], mapping, vocab.n_genes)
@@ -122,18 +129,32 @@ def _ingest(task: SourceTask, reader: SourceReader) -> SourceResult:
             figures = {"n_counts": qc.n_counts, "n_genes": qc.n_genes, "mito_fraction": qc.mito_fraction}
             for done in pending:
                 done.result()
+            non_counts = _written_non_counts(shards, non_counts, cfg, spec)
             pending = [writer.submit(shards.append, kept, obs, {k: v[qc.keep] for k, v in figures.items()}),
                        writer.submit(stats.update, kept, obs)]
             kept_total += n_kept
             bar.update(block.shape[0])
         for done in pending:
             done.result()
+    non_counts = _written_non_counts(shards, non_counts, cfg, spec)
     return SourceResult(reader.format, end - first, kept_total, drops, mapping.report(), shards.close(),
-                        stats.grouped())
+                        stats.grouped(), non_counts)
+
+
+def _written_non_counts(shards: ShardSequence, non_counts: bool, cfg: PrepareConfig,
+                        spec: SourceSpec) -> bool:
+    """Whether the source holds non-counts, now that the shard writer has checked every stored
+    value (a non-integer past ``first_non_integer``'s sample shows here, a block later)."""
+    if non_counts or shards.integral:
+        return non_counts
+    if not cfg.allow_non_counts:
+        raise non_counts_error(spec.label, "found among the stored values")
+    return True
 
 
 def source_manifest(spec: SourceSpec, parts: list[SourceResult], checksum: str | None) -> dict:
     """The manifest row of a source from the results of its row ranges (in order)."""
+    non_counts = any(p.non_counts for p in parts)
     return {
         "dataset": spec.dataset, "path": str(Path(spec.path).resolve()) if spec.path is not None else None,
         "format": parts[0].format, "layer": spec.layer, "checksum": checksum,
@@ -141,5 +162,7 @@ def source_manifest(spec: SourceSpec, parts: list[SourceResult], checksum: str |
         "obs_columns": dict(spec.obs_columns),
         "cells_read": sum(p.cells_read for p in parts), "cells_kept": sum(p.cells_kept for p in parts),
         "drops": {reason: sum(p.drops[reason] for p in parts) for reason in DROP_REASONS},
+        "values": "non-counts" if non_counts else "counts",
+        **({"qc_skipped": list(COUNT_RULES)} if non_counts else {}),
         **parts[0].genes, "shards": [name for p in parts for name, _, _ in p.shards],
     }

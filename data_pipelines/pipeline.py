@@ -21,7 +21,7 @@ from pathlib import Path
 
 from data_pipelines.ingest import SourceResult, SourceTask, ingest_source, source_manifest
 from data_pipelines.readers import open_reader
-from data_pipelines.report import drops_text, sources_table
+from data_pipelines.report import drops_text, non_counts_note, sources_table
 from data_pipelines.sources import (SourceSpec, duplicate_checksums, duplicate_paths, expand_sources,
                                    source_checksum)
 from data_pipelines.statistics import Grouped, merge_grouped
@@ -54,8 +54,10 @@ class PrepareSummary:
     def table(self) -> str:
         """The per-source summary table printed at the end of ``scfm prepare``."""
         rate = self.cells_read / max(self.seconds, 1e-9)
-        return (f"{sources_table(self.sources)}\n{self.cells_kept:,} of {self.cells_read:,} cells kept "
-                f"in {self.seconds:.1f} s ({rate:,.0f} cells/s) -> {self.store.path} "
+        note = non_counts_note(self.sources)
+        return (f"{sources_table(self.sources)}\n" + (f"note: {note}\n" if note else "")
+                + f"{self.cells_kept:,} of {self.cells_read:,} cells kept in {self.seconds:.1f} s "
+                f"({rate:,.0f} cells/s) -> {self.store.path} "
                 f"({self.store.n_cells:,} cells, {len(self.store.shards)} shards)")
 
 

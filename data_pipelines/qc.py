@@ -15,6 +15,8 @@ import scipy.sparse as sp
 from sc_fm.config import QCConfig
 from sc_fm.errors import InputDataError
 
+# the rules that assume raw counts: skipped for a source ingested with prepare.allow_non_counts
+COUNT_RULES = ("min_counts", "max_counts", "max_mito_fraction")
 DROP_REASONS = ("nonfinite", "negative", "duplicate_barcode", "empty", "min_counts", "max_counts",
                 "min_genes", "max_mito_fraction")
 
@@ -52,9 +54,30 @@ def _check_count_range(block: sp.csr_matrix, barcodes: np.ndarray, label: str) -
                          "holds counts (the right layer, e.g. layer: counts), or scale the values down")
 
 
+def first_non_integer(data: np.ndarray, sample: int = 65536) -> int | None:
+    """Position of the first finite value that is not a whole number among the first ``sample``
+    values of a block, or None. A sample keeps this cheap (non-count data such as log1p or CP10k
+    is fractional nearly everywhere); the shard writer still checks every stored value."""
+    if data.dtype.kind in "biu":
+        return None
+    head = data[:sample]
+    found = np.flatnonzero((head != np.floor(head)) & np.isfinite(head))
+    return int(found[0]) if len(found) else None
+
+
+def non_counts_error(label: str, example: str) -> InputDataError:
+    return InputDataError(f"holds values that are not whole-number counts ({example}): log-normalised or "
+                          "scaled (CP10k) values would be ingested, QC'd and trained on as if they were raw "
+                          "counts", label,
+                          "point at the raw counts (for an h5ad, `layer: counts` or `layer: raw` in a source "
+                          "list), or set prepare.allow_non_counts=true to ingest them as they are (recorded "
+                          f"in the manifest; the count-based QC rules {', '.join(COUNT_RULES)} are skipped)")
+
+
 def cell_qc(block: sp.csr_matrix, mito: np.ndarray, duplicated: np.ndarray, barcodes: np.ndarray,
-            qc: QCConfig, label: str) -> CellQC:
-    """Apply the QC rules to a cells x source-genes block of raw counts."""
+            qc: QCConfig, label: str, counts: bool = True) -> CellQC:
+    """Apply the QC rules to a cells x source-genes block of raw counts (``counts=False``: values
+    that are not counts, so the ``COUNT_RULES`` are skipped)."""
     from sc_fm.kernels import cell_qc_figures
 
     n_cells = block.shape[0]
@@ -67,7 +90,7 @@ def cell_qc(block: sp.csr_matrix, mito: np.ndarray, duplicated: np.ndarray, barc
         raise _refuse("non-finite (NaN/Inf)", nonfinite, barcodes, label, "on_nonfinite")
     if negative.any() and qc.on_negative == "error":
         raise _refuse("negative", negative, barcodes, label, "on_negative")
-    if n_cells and n_counts.max() > INT32_MAX:  # a cell's total bounds its values: usually no scan
+    if counts and n_cells and n_counts.max() > INT32_MAX:  # a cell's total bounds its values: usually no scan
         _check_count_range(block, barcodes, label)
     mito_fraction = np.divide(mito_counts, n_counts, out=np.zeros_like(n_counts), where=n_counts > 0)
     never = np.zeros(n_cells, dtype=bool)
@@ -82,6 +105,8 @@ def cell_qc(block: sp.csr_matrix, mito: np.ndarray, duplicated: np.ndarray, barc
         "max_mito_fraction": (mito_fraction > qc.max_mito_fraction if qc.max_mito_fraction is not None
                               else never),
     }
+    if not counts:
+        failed.update(dict.fromkeys(COUNT_RULES, never))
     keep = np.ones(n_cells, dtype=bool)
     drops = {}
     for reason in DROP_REASONS:

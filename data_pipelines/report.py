@@ -25,6 +25,16 @@ def sources_table(rows: list[dict]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
 
 
+def non_counts_note(rows: list[dict]) -> str | None:
+    """The note on sources ingested with values that are not counts (None when there are none)."""
+    names = [str(row["dataset"]) for row in rows if row.get("values") == "non-counts"]
+    if not names:
+        return None
+    skipped = sorted({rule for row in rows for rule in row.get("qc_skipped", [])})
+    return (f"non-counts in {', '.join(names)} (ingested with prepare.allow_non_counts; QC rules "
+            f"{', '.join(skipped) or '-'} skipped for them)")
+
+
 def describe_store(store: CorpusStore) -> dict:
     """What ``scfm info --json`` prints: size, vocabulary, shards, sources, QC drops."""
     manifest = store.manifest
@@ -44,6 +54,7 @@ def describe_store(store: CorpusStore) -> dict:
         "stats_groups": store.stats_groups,
         "cells_read": int(sum(row.get("cells_read", 0) for row in manifest)),
         "qc_drops": dict(drops),
+        "non_count_sources": [row["dataset"] for row in manifest if row.get("values") == "non-counts"],
         "sources": manifest,
     }
 
@@ -59,6 +70,7 @@ def info_text(info: dict) -> str:
         "metadata    " + ", ".join(f"{c} ({n})" for c, n in info["obs_columns"].items()),
         "statistics  " + ", ".join(info["stats_groups"]),
         f"QC drops    {drops_text(info['qc_drops'])}",
+        f"values      {non_counts_note(info['sources']) or 'counts'}",
         "",
         sources_table(info["sources"]) if info["sources"] else "(no sources recorded)",
     ]

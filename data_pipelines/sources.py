@@ -162,10 +162,11 @@ def duplicate_checksums(rows: list[dict], known: list[dict], allow: bool, where:
         checksum = row.get("checksum")
         if checksum and checksum in seen:
             first, how = seen[checksum]
-            raise InputDataError(f"source {row['path'] or row['dataset']} has the same content ({checksum[:19]}...) "
-                                 f"as {first.get('path') or first.get('dataset')} (dataset "
-                                 f"{first.get('dataset')!r}, {how}); its cells would be in the store twice",
-                                 where, "leave the duplicate out, or set prepare.allow_duplicate_sources=true "
-                                        "if it is intended")
+            earlier = first.get("path") or first.get("dataset")
+            raise InputDataError(f"source {row['path'] or row['dataset']} has the same content "
+                                 f"({checksum[:19]}...) as {earlier} (dataset {first.get('dataset')!r}, "
+                                 f"{how}); its cells would be in the store twice",
+                                 where, "leave the duplicate out, or set "
+                                        "prepare.allow_duplicate_sources=true if it is intended")
         if checksum:
             seen[checksum] = (row, "in this call")

@@ -50,7 +50,10 @@ def test_append_from_the_command_line(scfm, h5ad, tmp_path):
     store = tmp_path / "s.zarr"
     lax = ["qc.min_genes=1", "qc.min_counts=1", "qc.max_mito_fraction=null"]
     assert scfm("prepare", h5ad, "-o", store, "--quiet", *lax)[0] == 0
-    assert scfm("prepare", h5ad, "-o", store, "--quiet", "--append", *lax)[0] == 0
+    code, _, err = scfm("prepare", h5ad, "-o", store, "--quiet", "--append", *lax)
+    assert code == 2 and "already in the store" in err and "prepare.allow_duplicate_sources=true" in err
+    again = ["allow_duplicate_sources=true"]
+    assert scfm("prepare", h5ad, "-o", store, "--quiet", "--append", *lax, *again)[0] == 0
     info = json.loads(scfm("info", store, "--json")[1])
     assert info["n_cells"] == 120 and len(info["sources"]) == 2
 

@@ -163,13 +163,13 @@ def test_parallel_ingestion_equals_serial(tmp_path):
     assert sum(sum(r["drops"].values()) for r in serial.manifest) > 0
 
 
-def test_float_counts_are_stored_as_float32_exactly(tmp_path):
+def test_non_integral_values_are_stored_as_float32_exactly(tmp_path):
     adata = human_atlas(n_cells=40)
     x = sp.csr_matrix(adata.X, dtype=np.float64)
     x.data[x.indptr[30]] += 0.5  # the first non-integral value appears in the second read block
     adata.X = x
     store = prepare([SourceSpec(adata=adata, dataset="f")], tmp_path / "s.zarr",
-                    permissive(read_block_cells=16), progress=False).store
+                    permissive(read_block_cells=16, allow_non_counts=True), progress=False).store
     assert store.shard(0)["data"].dtype == np.float32
     assert_same_matrix(store_matrix(store), expected_in_vocab(x, list(adata.var_names)))
 

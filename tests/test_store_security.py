@@ -55,7 +55,8 @@ def test_traversal_would_otherwise_read_the_other_store(tmp_path):
     small_store(victim)
     target = victim / "shards" / f"../../../other.zarr/shards/{other.shards[0].name}"
     assert (target / "zarr.json").is_file()
-    edit_attrs(victim, lambda a: a["shards"][0].update(name=f"../../../other.zarr/shards/{other.shards[0].name}"))
+    crafted = f"../../../other.zarr/shards/{other.shards[0].name}"
+    edit_attrs(victim, lambda a: a["shards"][0].update(name=crafted))
     with pytest.raises(InputDataError, match="shard 0 name"):
         CorpusStore(victim)
 

@@ -159,7 +159,8 @@ class CorpusStore:
 
 def _shard_infos(listed: object, where: Path) -> list[ShardInfo]:
     """The root attrs' ``shards`` list, each name a plain name inside ``shards/``."""
-    fix = "the store's zarr.json was edited or damaged: restore it, or re-create the store with `scfm prepare`"
+    fix = ("the store's zarr.json was edited or damaged: restore it, or re-create the store with "
+           "`scfm prepare`")
     if not isinstance(listed, list):
         raise InputDataError("root attribute 'shards' is not a list", str(where), fix)
     infos = []

@@ -156,6 +156,11 @@ class ShardAppender:
         self.n_cells += n
         self.nnz += int(indptr[-1])
 
+    @property
+    def integral(self) -> bool:
+        """Whether every value so far is a whole number (stored as int32)."""
+        return self._data is None or self._data.array.dtype == np.int32
+
     def close(self) -> tuple[int, int]:
         """Flush the tails and write metadata; returns ``(n_cells, nnz)``."""
         if self._data is None:
@@ -205,6 +210,7 @@ class ShardSequence:
         self.codec, self.chunk_cells = codec, chunk_cells
         self.done: list[tuple[str, int, int]] = []  # (name, n_cells, nnz)
         self._current: ShardAppender | None = None
+        self._done_integral = True
 
     def append(self, matrix, obs: dict[str, np.ndarray], obs_num: dict[str, np.ndarray]) -> None:
         """Add the rows of a CSR matrix (scipy) with their per-cell metadata."""
@@ -222,6 +228,11 @@ class ShardSequence:
             if self._current.n_cells == self.shard_cells:
                 self._finish()
 
+    @property
+    def integral(self) -> bool:
+        """Whether every value written so far is a whole number (stored as int32)."""
+        return self._done_integral and (self._current is None or self._current.integral)
+
     def close(self) -> list[tuple[str, int, int]]:
         if self._current is not None and self._current.n_cells:
             self._finish()
@@ -231,6 +242,7 @@ class ShardSequence:
         return f"{self.prefix}{len(self.done):05d}"
 
     def _finish(self) -> None:
+        self._done_integral &= self._current.integral
         n_cells, nnz = self._current.close()
         self.done.append((self._name(), n_cells, nnz))
         self._current = None
