@@ -62,7 +62,7 @@ def _not_plain(path: Path, mode: int) -> InputDataError:
 
 
 def merge_stores(parts: list[str | Path], output: str | Path, append: bool = False,
-                 allow_duplicate_sources: bool = False):
+                 allow_duplicate_sources: bool = False, lock_timeout: float | None = None):
     """Copy the shards of ``parts`` into ``output`` (new, or appended to); returns a ``PrepareSummary``.
 
     A part named twice, or a source (by checksum) in two parts or already in the store, is
@@ -88,7 +88,7 @@ def merge_stores(parts: list[str | Path], output: str | Path, append: bool = Fal
             raise InputDataError(f"statistics groups {store.stats_groups} differ from {first.path}'s "
                                  f"{first.stats_groups}", str(store.path),
                                  "ingest every part with the same prepare.stats_groups")
-    with StoreWriter(output, first.vocab, append=append) as writer:
+    with StoreWriter(output, first.vocab, append=append, lock_timeout=lock_timeout) as writer:
         totals = writer.existing_stats()
         if writer.old and sorted(writer.old.stats_groups) != sorted(first.stats_groups):
             raise InputDataError(f"statistics groups {first.stats_groups} differ from the store's "

@@ -108,15 +108,20 @@ def _row_ranges(spec: SourceSpec, vocab: GeneVocab, part_cells: int) -> list[tup
 
 
 def prepare(sources: list[SourceSpec | str | Path], output: str | Path, config: PrepareConfig,
-            append: bool = False, progress: bool = True) -> PrepareSummary:
-    """Ingest ``sources`` into a new corpus store at ``output`` (or append to it)."""
+            append: bool = False, progress: bool = True, lock_timeout: float | None = None) -> PrepareSummary:
+    """Ingest ``sources`` into a new corpus store at ``output`` (or append to it).
+
+    The store's writer lock is held from start to commit; another writer waits up to
+    ``lock_timeout`` seconds for it (default ``SCFM_LOCK_TIMEOUT`` or 60 s), then is refused.
+    """
     began = time.perf_counter()
     check_prepare_config(config)
     specs = expand_sources(list(sources))
     duplicate_paths(specs, config.allow_duplicate_sources)
     output = Path(output)
     vocab = resolve_vocab(config.vocab, specs, output if append else None)
-    writer = StoreWriter(output, vocab, append=append, codec=config.codec, chunk_cells=config.chunk_cells)
+    writer = StoreWriter(output, vocab, append=append, codec=config.codec, chunk_cells=config.chunk_cells,
+                         lock_timeout=lock_timeout)
     with writer, ThreadPoolExecutor(max_workers=1) as hasher:
         totals: Grouped = writer.existing_stats()
         groups = [g for g in totals if g != GLOBAL_GROUP] if writer.old else list(config.stats_groups)

@@ -18,6 +18,7 @@ from sc_fm.errors import ScFmError
 COMMANDS = {
     "prepare": "ingest atlases (h5ad, 10x, matrix-market, count tables) into a corpus store",
     "info": "describe a corpus store: cells, genes, shards, sources, QC drops, vocabulary",
+    "verify": "check a corpus store end to end and report (or --repair) what interrupted writers left",
     "pretrain": "pretrain the masked-gene transformer on one or more corpus stores",
     "embed": "embed an AnnData with a checkpoint into .obsm['X_scfm']",
     "benchmark": "compare checkpoints with scVI, PCA and a random control on scIB metrics",

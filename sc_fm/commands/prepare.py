@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML with a prepare: section (configs/data/*.yaml)")
     parser.add_argument("--append", action="store_true", help="add the sources to an existing store")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--lock-timeout", type=float, metavar="SECONDS",
+                        help="how long to wait for another writer of the same store (default: "
+                             "$SCFM_LOCK_TIMEOUT or 60)")
     parser.set_defaults(overrides=[])  # KEY=VALUE given after the options land here
 
 
@@ -50,8 +53,10 @@ def run(args: argparse.Namespace) -> int:
                           "merge stores in one call and ingest atlases in another (or --append them)")
     if all(stores):
         summary = merge_stores(sources, args.output, append=args.append,
-                               allow_duplicate_sources=config.allow_duplicate_sources)
+                               allow_duplicate_sources=config.allow_duplicate_sources,
+                               lock_timeout=args.lock_timeout)
     else:
-        summary = prepare(sources, args.output, config, append=args.append, progress=not args.quiet)
+        summary = prepare(sources, args.output, config, append=args.append, progress=not args.quiet,
+                          lock_timeout=args.lock_timeout)
     print(summary.table())
     return 0

@@ -14,7 +14,8 @@ Layout (all arrays compressed; see ``codec_for``)::
     STORE/stats/vN/GROUP/K/   one ``GeneStats`` per value K of a grouping column
                               (``global`` holds all cells)
 
-A new store is written at ``STORE.partial-*`` and renamed into place when complete. Appending
+A writer holds ``STORE.lock`` from start to commit (``lock.py``). A new store is written at
+``STORE.partial-*`` and renamed into place when complete. Appending
 writes new shard directories first, then atomically rewrites the root attrs (Zarr writes
 metadata through a temporary file and rename) to list them; old shards are never touched,
 and a failed append leaves the store as it was.
@@ -26,6 +27,8 @@ One job per module:
     direct.py   the direct blosc chunk decoder behind every row read (``SliceReader``)
     reader.py   ``CorpusStore``: read access to a complete store
     writer.py   ``StoreWriter``: create or append to a store, visible only on commit
+    lock.py     ``StoreLock``: the writer lock beside the store (``STORE.lock``), one writer at a time
+    verify.py   ``verify_store`` / ``repair_store``: check a whole store, remove orphans (``scfm verify``)
 """
 
 from sc_fm.errors import InputDataError

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import uuid
+import weakref
 from pathlib import Path
 
 import zarr
 
 from sc_fm.errors import InputDataError
 from sc_fm.stats import GeneStatsAccumulator
+from sc_fm.store.lock import StoreLock
 from sc_fm.store.layout import FORMAT, FORMAT_VERSION, STATS_FIELDS, ShardInfo, codec_for
 from sc_fm.store.reader import CorpusStore
 from sc_fm.store.shards import write_shard
@@ -26,11 +29,30 @@ class StoreWriter:
     worker processes: each task writes its own shards with a ``ShardSequence`` under
     ``writer.stage_dir``, named by ``writer.shard_prefix(task)``, and the parent then lists
     them in task order with ``writer.register_shard(...)``.
+
+    A writer holds the store's writer lock (``StoreLock``, ``STORE.lock``) from its creation
+    until it commits or aborts, so concurrent writers (two ``--append`` runs) take turns: the
+    next version number, statistics and manifest are only ever decided by the lock's holder.
+    Clean-up removes only what this writer made (its token's shards, the statistics and
+    manifest it wrote), never another writer's files.
     """
 
     def __init__(self, path: str | Path, vocab: GeneVocab, *, append: bool = False,
-                 codec: str = "blosc-lz4-bitshuffle", chunk_cells: int = 1024):
+                 codec: str = "blosc-lz4-bitshuffle", chunk_cells: int = 1024,
+                 lock_timeout: float | None = None):
         self.path = Path(path)
+        self.lock = StoreLock(self.path, lock_timeout)
+        self._written: list[Path] = []  # statistics and manifest this writer made, for abort
+        self.committed = False
+        self.lock.acquire()
+        self._release = weakref.finalize(self, self.lock.release)  # a writer dropped unfinished
+        try:
+            self._open(vocab, append, codec, chunk_cells)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, vocab: GeneVocab, append: bool, codec: str, chunk_cells: int) -> None:
         self.vocab = vocab
         self.append = append
         self.codec = codec
@@ -83,6 +105,12 @@ class StoreWriter:
         old_shards = [s.__dict__ for s in self.old.shards] if self.old else []
         shards = old_shards + [s.__dict__ for s in self.new_shards]
         version = int(self.old.attrs["stats_version"]) + 1 if self.old else 1
+        stats_dir = self.stage_dir / "stats" / f"v{version}"
+        manifest_path = self.stage_dir / f"manifest-v{version}.json"
+        if self.old:
+            _remove_orphans(self.path, stats_dir, manifest_path)
+        stats_dir.mkdir(parents=True)  # exclusive: under the lock, no other writer makes it
+        self._written.append(stats_dir)
         root = zarr.open_group(self.stage_dir, mode="a")
         comp = codec_for(self.codec)
         groups_index: dict[str, dict[str, str]] = {}
@@ -98,8 +126,8 @@ class StoreWriter:
                                       chunks=values.shape, compressors=comp)[...] = values
                 groups_index[group][str(i)] = value
         old_manifest = self.old.manifest if self.old else []
-        _atomic_write_text(self.stage_dir / f"manifest-v{version}.json",
-                           json.dumps(old_manifest + manifest, indent=1))
+        self._written.append(manifest_path)
+        _atomic_write_text(manifest_path, json.dumps(old_manifest + manifest, indent=1))
         if not self.old:
             self.vocab.save(self.stage_dir / "vocab.tsv")
         categories = dict(self.old.categories) if self.old else {}
@@ -116,28 +144,34 @@ class StoreWriter:
             "stats_version": version, "stats_groups": groups_index, "complete": True,
         })
         if self.old:
+            self.committed = True
             shutil.rmtree(self.stage_dir / "stats" / f"v{version - 1}", ignore_errors=True)
             (self.stage_dir / f"manifest-v{version - 1}.json").unlink(missing_ok=True)
         else:
             os.replace(self.stage_dir, self.path)
+            self.committed = True
+        self.lock.release()
 
     def abort(self) -> None:
-        """Remove everything this writer staged; an appended-to store keeps its old state."""
-        if self.append:
-            for info in self.new_shards:
-                shutil.rmtree(self.stage_dir / "shards" / info.name, ignore_errors=True)
-            for stray in (self.stage_dir / "shards").glob(f"s{self._token}-*"):
-                shutil.rmtree(stray, ignore_errors=True)
-            if self.old and not self._committed():
-                staged = int(self.old.attrs["stats_version"]) + 1
-                shutil.rmtree(self.stage_dir / "stats" / f"v{staged}", ignore_errors=True)
-                (self.stage_dir / f"manifest-v{staged}.json").unlink(missing_ok=True)
-        else:
-            shutil.rmtree(self.stage_dir, ignore_errors=True)
-
-    def _committed(self) -> bool:
-        attrs = zarr.open_group(self.stage_dir, mode="r").attrs
-        return attrs.get("stats_version") != self.old.attrs["stats_version"]
+        """Remove everything this writer staged, and only that; an appended-to store keeps its
+        old state. Nothing is removed once the commit is done."""
+        try:
+            if self.committed:
+                return
+            if self.append:
+                for info in self.new_shards:
+                    shutil.rmtree(self.stage_dir / "shards" / info.name, ignore_errors=True)
+                for stray in (self.stage_dir / "shards").glob(f"s{self._token}-*"):
+                    shutil.rmtree(stray, ignore_errors=True)
+                for path in self._written:
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(self.stage_dir, ignore_errors=True)
+        finally:
+            self.lock.release()
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -145,6 +179,17 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+        self.lock.release()
+
+
+def _remove_orphans(store: Path, stats_dir: Path, manifest_path: Path) -> None:
+    """Remove the next version's statistics/manifest left by an append killed before its commit
+    (the caller holds the lock, so no live writer owns them)."""
+    for path in (stats_dir, manifest_path):
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            print(f"scfm: removed {path.relative_to(store)}, left in {store} by an interrupted append",
+                  file=sys.stderr)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
