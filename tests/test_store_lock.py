@@ -163,3 +163,13 @@ def test_verify_reports_damage(base_store, tmp_path, capsys):
     report = verify_store(store)
     assert any("listed in zarr.json but missing" in p for p in report.problems)
     np.testing.assert_equal(len(report.orphans), 2)
+
+
+def test_partial_folder_of_a_killed_new_store_is_removed_by_the_next_run(atlases, tmp_path, capfd):
+    orphan = tmp_path / "new.zarr.partial-deadbeef"
+    (orphan / "shards").mkdir(parents=True)
+    capfd.readouterr()
+    store = prepare([SourceSpec(adata=atlases[0], dataset="d")], tmp_path / "new.zarr", permissive(),
+                    progress=False).store
+    assert f"removed {orphan}, left by an interrupted" in capfd.readouterr().err
+    assert not orphan.exists() and store.n_cells == 30

@@ -72,6 +72,11 @@ class StoreWriter:
             if self.path.exists():
                 raise InputDataError(f"{self.path} already exists", str(self.path),
                                      "choose a new output path, delete it, or pass --append")
+            for orphan in sorted(self.path.parent.glob(f"{self.path.name}.partial-*")):
+                # under the lock no live writer stages this store: a killed run left it
+                shutil.rmtree(orphan, ignore_errors=True)
+                print(f"scfm: removed {orphan}, left by an interrupted `scfm prepare` of {self.path}",
+                      file=sys.stderr)
             self.stage_dir = self.path.with_name(f"{self.path.name}.partial-{self._token}")
             self.stage_dir.mkdir(parents=True)
 
