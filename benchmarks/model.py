@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sc_fm.batch import HIDDEN_VALUE, IGNORE_INDEX
 from sc_fm.config import ModelConfig
 from sc_fm.model import MaskedGeneTransformer, count_parameters
 from sc_fm.model.attention import PackedCells, sdpa_attention
@@ -52,7 +53,7 @@ def simulate_cells(n_cells: int, n_genes: int, mean_depth: float, max_len: int, 
         order = np.argsort(-row.data, kind="stable")[: max_len - 1]
         normalised = np.log1p(row.data[order] * 1e4 / max(row.data.sum(), 1))
         cells.append(Cell(np.r_[CLS_ID, N_SPECIAL + row.indices[order]],
-                          np.r_[-1.0, normalised].astype(np.float32),
+                          np.r_[HIDDEN_VALUE, normalised].astype(np.float32),
                           np.array([assay_codes[i], dataset_codes[i]], dtype=np.int64)))
     return cells
 
@@ -69,10 +70,10 @@ def packed_batch(cells: list[Cell], masks: list[np.ndarray]) -> dict:
     values = np.concatenate([c.values for c in cells])
     offsets = np.r_[0, np.cumsum([len(c.gene_ids) for c in cells])]
     masked = np.concatenate([m + o for m, o in zip(masks, offsets)])
-    labels = np.full(len(gene_ids), -100)
-    targets = np.full(len(gene_ids), -100.0, np.float32)
+    labels = np.full(len(gene_ids), IGNORE_INDEX)
+    targets = np.full(len(gene_ids), float(IGNORE_INDEX), np.float32)
     labels[masked], targets[masked] = gene_ids[masked], values[masked]
-    gene_ids[masked], values[masked] = MASK_ID, -1.0
+    gene_ids[masked], values[masked] = MASK_ID, HIDDEN_VALUE
     return {"gene_ids": torch.from_numpy(gene_ids), "values": torch.from_numpy(values),
             "cu_seqlens": torch.from_numpy(offsets.astype(np.int32)),
             "max_seqlen": int(np.diff(offsets).max()),
@@ -84,7 +85,7 @@ def padded_batch(cells: list[Cell], masks: list[np.ndarray]) -> dict:
     """The BERT input: ``[B, L_max]`` ids padded with <pad>, attention mask, MLM labels."""
     width = max(len(c.gene_ids) for c in cells)
     input_ids = np.full((len(cells), width), PAD_ID)
-    labels = np.full((len(cells), width), -100)
+    labels = np.full((len(cells), width), IGNORE_INDEX)
     for row, (cell, masked) in enumerate(zip(cells, masks)):
         input_ids[row, : len(cell.gene_ids)] = cell.gene_ids
         labels[row, masked] = cell.gene_ids[masked]
@@ -139,7 +140,7 @@ def training_flops(config: ModelConfig, n_tokens: int, batches: list[dict]) -> f
         lengths = batch["cu_seqlens"].diff().double() + batch["condition_ids"].shape[1]
         forward += 2 * block_weights * float(lengths.sum())
         forward += layers * 4 * d * float((lengths ** 2).sum())
-        forward += 2 * d * n_tokens * int((batch["labels"] != -100).sum())
+        forward += 2 * d * n_tokens * int((batch["labels"] != IGNORE_INDEX).sum())
     return 3 * forward
 
 

@@ -18,7 +18,24 @@ import yaml
 
 from sc_fm.errors import ConfigError
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Shipped YAML (package data): data/, deepspeed/, runs/; a checkout links configs/ to it.
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+# Fraction of an input's genes that must map to the vocabulary (ingestion, embedding, ...).
+MIN_GENE_OVERLAP = 0.1
+# Named transformer shapes: (n_layers, d_model, n_heads, d_ff).
+MODEL_SIZES = {
+    "tiny": (2, 128, 4, 256),
+    "small": (6, 256, 4, 512),
+    "base": (12, 512, 8, 2048),
+    "large": (24, 1024, 16, 4096),
+}
+
+
+def require(checks: list[tuple[bool, str]]) -> None:
+    """Raise the first failed ``(ok, "key ... must ...")`` range check of a section."""
+    for ok, what in checks:
+        if not ok:
+            raise ConfigError(what, "config", "fix that key in the YAML file or with KEY=VALUE")
 
 
 @dataclass
@@ -44,7 +61,7 @@ class PrepareConfig:
     vocab: str | None = None
     # several source genes mapping to one vocabulary gene: add them, keep the first, or refuse
     duplicate_genes: Literal["sum", "first", "error"] = "sum"
-    min_gene_overlap: float = 0.1  # fraction of a source's genes that must map to the vocabulary
+    min_gene_overlap: float = MIN_GENE_OVERLAP  # fraction of a source's genes that must map to the vocabulary
     shard_cells: int = 65536
     chunk_cells: int = 1024
     codec: Literal["blosc-lz4-bitshuffle", "blosc-zstd", "zstd"] = "blosc-lz4-bitshuffle"
@@ -97,10 +114,22 @@ class TokenizerConfig:
     mask_ratio: float = 0.15
     mask_mode: Literal["bert", "value"] = "bert"
 
+    def __post_init__(self) -> None:
+        require([
+            (self.n_bins >= 3, "tokenizer.n_bins must be at least 3"),
+            (self.max_len >= 2, "tokenizer.max_len must be at least 2"),
+            (0 <= self.n_unexpressed <= self.max_len - 2,
+             "tokenizer.n_unexpressed must leave room for one expressed gene (0..max_len-2)"),
+            (0.0 <= self.condition_dropout < 1.0, "tokenizer.condition_dropout must be in [0, 1)"),
+            (0.0 < self.mask_ratio < 1.0, f"tokenizer.mask_ratio={self.mask_ratio} must be in (0, 1)"),
+            (self.target_sum > 0, "tokenizer.target_sum must be positive"),
+            (self.min_group_cells >= 0, "tokenizer.min_group_cells must be >= 0"),
+        ])
+
 
 @dataclass
 class ModelConfig:
-    """Transformer shape; ``size`` fills unset dimensions from ``configs/model/SIZE.yaml``."""
+    """Transformer shape; ``size`` fills unset dimensions from ``MODEL_SIZES``."""
 
     size: Literal["tiny", "small", "base", "large"] = "tiny"
     n_layers: int | None = None
@@ -139,6 +168,14 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0  # 0: no evaluation hook during pretraining
 
+    def __post_init__(self) -> None:
+        require([(self.micro_batch_cells > 0 and self.global_batch_cells > 0,
+                  "train.micro_batch_cells and train.global_batch_cells must be positive")])
+        if self.global_batch_cells % self.micro_batch_cells:
+            raise ConfigError(f"train.global_batch_cells={self.global_batch_cells} is not a multiple of "
+                              f"train.micro_batch_cells={self.micro_batch_cells}", "config",
+                              "make the global batch a multiple of the micro batch")
+
 
 @dataclass
 class TrackingConfig:
@@ -172,6 +209,64 @@ class EvalConfig:
 
 
 @dataclass
+class EmbedConfig:
+    """``scfm embed`` (and every embedding of user cells): how an AnnData meets a checkpoint."""
+
+    batch_key: str | None = None  # obs column whose batches get their own gene normalisers
+    conditions: dict[str, str] = field(default_factory=dict)  # condition key -> category for all cells
+    min_gene_overlap: float = MIN_GENE_OVERLAP
+    batch_cells: int = 64  # cells per model forward
+    block_cells: int = 1024  # cells read from the input at once
+
+    def __post_init__(self) -> None:
+        require([(0.0 < self.min_gene_overlap <= 1.0, "embed.min_gene_overlap must be in (0, 1]"),
+                 (self.batch_cells > 0 and self.block_cells > 0,
+                  "embed.batch_cells and embed.block_cells must be positive")])
+
+
+@dataclass
+class BenchmarkConfig:
+    """``scfm benchmark``: which checkpoints meet which cells (scoring settings: ``eval``)."""
+
+    min_gene_overlap: float = MIN_GENE_OVERLAP
+    seeds: int = 1  # seeded methods (scVI, Harmony, ...) are repeated with seeds eval.seed .. + seeds - 1
+    tracking: bool = True  # log the report to MLflow
+
+    def __post_init__(self) -> None:
+        require([(0.0 < self.min_gene_overlap <= 1.0, "benchmark.min_gene_overlap must be in (0, 1]"),
+                 (self.seeds >= 1, f"benchmark.seeds={self.seeds} must be at least 1 (--seeds K repeats "
+                                   f"every seeded method K times)")])
+
+
+@dataclass
+class FinetuneConfig:
+    """``scfm finetune``: one fine-tuning run; saved beside its checkpoint."""
+
+    label_key: str = "cell_type"
+    split_key: str | None = None  # donor/batch column whose groups are held out; None: random split
+    batch_key: str | None = None  # obs column of batches: per-batch normalisers
+    adversary_key: str | None = None  # obs column the batch-adversarial objective must not read
+    mode: Literal["full", "linear"] = "full"  # "linear": frozen encoder, head only (linear probe)
+    epochs: int = 10
+    batch_cells: int = 16
+    lr: float = 1e-5  # encoder; small, so the pretrained weights move slowly
+    head_lr: float = 1e-2
+    weight_decay: float = 0.01
+    val_fraction: float = 0.2
+    adversarial_weight: float = 0.0  # > 0: batch-adversarial integration objective (needs adversary_key)
+    min_gene_overlap: float = MIN_GENE_OVERLAP
+    seed: int = 0
+    tracking: bool = True
+
+    def __post_init__(self) -> None:
+        require([(self.epochs >= 1, "finetune.epochs must be at least 1"),
+                 (self.batch_cells >= 2, "finetune.batch_cells must be at least 2"),
+                 (0.0 < self.val_fraction < 1.0, "finetune.val_fraction must be in (0, 1)"),
+                 (self.adversarial_weight >= 0, "finetune.adversarial_weight must be >= 0"),
+                 (0.0 < self.min_gene_overlap <= 1.0, "finetune.min_gene_overlap must be in (0, 1]")])
+
+
+@dataclass
 class RunConfig:
     """The whole tree: one file configures ingestion, data, tokens, model, training, eval."""
 
@@ -182,6 +277,9 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -303,48 +401,40 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def model_preset(size: str) -> dict:
-    """Dimensions of a named model size from ``configs/model/SIZE.yaml``."""
-    return read_yaml(CONFIGS_DIR / "model" / f"{size}.yaml")
+def shipped_config(name: str | Path, kind: str) -> Path:
+    """A YAML file: ``name`` as a path (relative to the working directory or, for paths such
+    as ``configs/runs/tiny.yaml``, to the installed package), or a shipped preset by bare name
+    (``tiny`` -> ``configs/runs/tiny.yaml``; ``kind`` is ``runs``, ``deepspeed`` or ``data``)."""
+    text = str(name)
+    candidates = [Path(text), CONFIGS_DIR.parent / text, CONFIGS_DIR / kind / f"{text}.yaml"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    presets = sorted(p.stem for p in (CONFIGS_DIR / kind).glob("*.yaml"))
+    raise ConfigError(f"config {text!r} not found (neither a file nor a shipped {kind} preset)", text,
+                      f"pass an existing YAML file or one of the presets {presets}")
 
 
-def _resolve_model(model: ModelConfig) -> None:
-    preset = model_preset(model.size)
-    for key in ("n_layers", "d_model", "n_heads", "d_ff"):
-        if getattr(model, key) is None:
-            setattr(model, key, int(preset[key]))
-    if model.d_model % model.n_heads:
-        raise ConfigError(f"model.d_model={model.d_model} is not divisible by model.n_heads="
-                          f"{model.n_heads}", "config", "choose n_heads dividing d_model")
-
-
-def validate(cfg: RunConfig) -> None:
-    """Cross-field checks that types alone cannot express."""
-    t = cfg.train
-    if t.micro_batch_cells <= 0 or t.global_batch_cells <= 0:
-        raise ConfigError("train.micro_batch_cells and train.global_batch_cells must be positive",
-                          "config")
-    if t.global_batch_cells % t.micro_batch_cells:
-        raise ConfigError(f"train.global_batch_cells={t.global_batch_cells} is not a multiple of "
-                          f"train.micro_batch_cells={t.micro_batch_cells}", "config",
-                          "make the global batch a multiple of the micro batch")
-    if not 0.0 < cfg.tokenizer.mask_ratio < 1.0:
-        raise ConfigError(f"tokenizer.mask_ratio={cfg.tokenizer.mask_ratio} must be in (0, 1)",
-                          "config")
-    if cfg.tokenizer.max_len < 2:
-        raise ConfigError("tokenizer.max_len must be at least 2", "config")
+def resolve_model(model: ModelConfig) -> ModelConfig:
+    """A copy of ``model`` with unset dimensions taken from its ``size`` preset, checked."""
+    preset = dict(zip(("n_layers", "d_model", "n_heads", "d_ff"), MODEL_SIZES[model.size]))
+    dims = {key: preset[key] if getattr(model, key) is None else getattr(model, key) for key in preset}
+    if dims["d_model"] % dims["n_heads"]:
+        raise ConfigError(f"model.d_model={dims['d_model']} is not divisible by model.n_heads="
+                          f"{dims['n_heads']}", "config", "choose n_heads dividing d_model")
+    return dataclasses.replace(model, **dims)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict | None = None) -> RunConfig:
-    """Load a run config: defaults <- ``base`` <- YAML file <- dotted overrides; then validate."""
+    """Load a run config: defaults <- ``base`` <- YAML file (a path or a shipped name) <- dotted
+    overrides; each section checks its own ranges as it is built."""
     raw: dict = dict(base or {})
     if path is not None:
-        raw = _merge(raw, read_yaml(path))
+        raw = _merge(raw, read_yaml(shipped_config(path, "runs")))
     raw = _merge(raw, parse_overrides(overrides or []))
     cfg = _from_dict(RunConfig, raw)
-    _resolve_model(cfg.model)
-    validate(cfg)
+    cfg.model = resolve_model(cfg.model)
     return cfg
 
 

@@ -86,13 +86,15 @@ def pretrain(out: Path, store: Path, size: DemoSize) -> Path:
 def evaluate(out: Path, checkpoint: Path, size: DemoSize):
     """Embed the held-out real cells into an h5ad and benchmark the checkpoint against scVI on them."""
     from sc_fm.datasets import load_sc_mixology
-    from sc_fm.evaluate import embed_h5ad, run_benchmark
+    from sc_fm.evaluate import run_benchmark
+    from sc_fm.pretrained import embed_h5ad
 
-    config = load_config(RUN_CONFIG, [f"eval.scvi_epochs={size.scvi_epochs}"]).eval
+    run = load_config(RUN_CONFIG, [f"eval.scvi_epochs={size.scvi_epochs}", "embed.batch_key=batch"])
+    config = run.eval
     adata = load_sc_mixology()
     singlets = out / "sc_mixology_singlets.h5ad"
     adata.write_h5ad(singlets)
-    embedded = embed_h5ad(checkpoint, singlets, out / "sc_mixology_embedded.h5ad", batch_key=config.batch_key)
+    embedded = embed_h5ad(checkpoint, singlets, out / "sc_mixology_embedded.h5ad", run.embed)
     print(embedded.mapping.summary())
     return run_benchmark(adata, config.batch_key, config.label_key, out / "report", [checkpoint], config)
 

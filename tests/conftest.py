@@ -37,6 +37,7 @@ def tiny_checkpoint(tiny_store, tmp_path_factory):
 
     from sc_fm.config import load_config
     from sc_fm.model import MaskedGeneTransformer
+    from sc_fm.pretrained import Pretrained
     from sc_fm.tokenize import CellTokenizer
 
     cfg = load_config(overrides=["tokenizer.max_len=64", "model.size=tiny", "model.pooling=mean"])
@@ -44,5 +45,5 @@ def tiny_checkpoint(tiny_store, tmp_path_factory):
     torch.manual_seed(0)
     model = MaskedGeneTransformer(cfg.model, **tokenizer.model_inputs)
     path = tmp_path_factory.mktemp("checkpoint") / "final"
-    model.save_pretrained(path, vocab=tokenizer.vocab, tokenizer=tokenizer)
+    Pretrained(model, tokenizer).save(path)
     return path

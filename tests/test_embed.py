@@ -1,5 +1,5 @@
-"""Embedding AnnData with a checkpoint: parity with the model forward, determinism, untouched
-AnnData contents, batch-aware normalisers, and errors on bad input."""
+"""``Pretrained.embed`` and ``scfm embed``: parity with the model forward, determinism, results in
+``.obsm``, untouched AnnData contents, batch-aware normalisers, and errors on bad input."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 
 from sc_fm.cli import main
 from sc_fm.errors import InputDataError
-from sc_fm.evaluate import embed_counts, embed_h5ad, inference_tokenizer, load_checkpoint, map_genes
+from sc_fm.config import EmbedConfig
+from sc_fm.pretrained import EMBEDDING_KEY, Pretrained, embed_h5ad
 
 
 @pytest.fixture(scope="module")
@@ -36,38 +37,35 @@ def _forward_embedding(pretrained, adata) -> np.ndarray:
 
 
 def test_embedding_equals_model_forward_and_is_deterministic(tiny_checkpoint, tiny_atlas):
-    pretrained = load_checkpoint(tiny_checkpoint)
+    pretrained = Pretrained.load(tiny_checkpoint)
     adata = tiny_atlas[:70].copy()
-    mapping = map_genes(adata.var_names, pretrained.tokenizer.vocab, 0.5, "test")
-    model, tokenizer = pretrained.model, pretrained.tokenizer
-    first = embed_counts(model, tokenizer, adata, mapping, batch_cells=16, block_cells=32, progress=False)
-    second = embed_counts(model, tokenizer, adata, mapping, batch_cells=64, progress=False)
-    assert first.shape == (70, pretrained.model.config.d_model)
-    np.testing.assert_array_equal(first, embed_counts(pretrained.model, pretrained.tokenizer, adata, mapping,
-                                                      batch_cells=16, block_cells=32, progress=False))
+    first = pretrained.embed(adata, batch_cells=16, block_cells=32, progress=False)
+    assert adata.obsm[EMBEDDING_KEY] is first  # scanpy's habit: in place, and returned
+    second = pretrained.embed(adata, key_added="X_again", batch_cells=64, progress=False)
+    assert first.shape == (70, pretrained.model.config.d_model) and "X_again" in adata.obsm
+    np.testing.assert_array_equal(first, pretrained.embed(adata, key_added=None, batch_cells=16, block_cells=32,
+                                                          progress=False))
     np.testing.assert_allclose(first, second, atol=1e-5)  # batching does not change a cell's embedding
     np.testing.assert_allclose(first, _forward_embedding(pretrained, adata), atol=1e-5)
 
 
 def test_gene_order_and_names_do_not_matter(tiny_checkpoint, tiny_atlas):
-    pretrained = load_checkpoint(tiny_checkpoint)
+    pretrained = Pretrained.load(tiny_checkpoint)
     adata = tiny_atlas[:40].copy()
     order = np.random.default_rng(0).permutation(adata.n_vars)
     shuffled = adata[:, order].copy()
     shuffled.var_names = [f"{g}.7" for g in shuffled.var_names]  # versioned Ensembl IDs
-    embs = [embed_counts(pretrained.model, pretrained.tokenizer, a,
-                         map_genes(a.var_names, pretrained.tokenizer.vocab, 0.5, "t"), progress=False)
-            for a in (adata, shuffled)]
+    embs = [pretrained.embed(a, progress=False) for a in (adata, shuffled)]
     np.testing.assert_allclose(embs[0], embs[1], atol=1e-5)
 
 
-def test_batch_aware_normalisers_come_from_the_input(tiny_checkpoint, tiny_atlas):
-    pretrained = load_checkpoint(tiny_checkpoint)
+def test_batch_aware_normalisers_come_from_the_input(tiny_checkpoint, tiny_atlas, tmp_path):
+    pretrained = Pretrained.load(tiny_checkpoint)
     assert pretrained.tokenizer.config.stats_group == "dataset"
     adata = tiny_atlas.copy()
     adata.obs["protocol"] = adata.obs["assay"].astype(str)
-    mapping = map_genes(adata.var_names, pretrained.tokenizer.vocab, 0.5, "t")
-    tokenizer, groups = inference_tokenizer(pretrained.tokenizer, adata, mapping, "protocol")
+    inputs = pretrained.input_cells(adata, "protocol", block_cells=128)
+    tokenizer, groups = inputs.tokenizer, inputs.groups
     assert sorted(tokenizer.normalisers["dataset"]) == sorted(adata.obs["protocol"].unique())
     assert list(groups[:3]) == list(adata.obs["protocol"][:3])
     # the input's per-batch medians equal the store's per-assay ones (same cells, same grouping)
@@ -76,8 +74,14 @@ def test_batch_aware_normalisers_come_from_the_input(tiny_checkpoint, tiny_atlas
         store_median = tiny_atlas_assay_median(stored, assay)
         if store_median is not None:
             np.testing.assert_allclose(tokenizer.normalisers["dataset"][assay], store_median, rtol=1e-6)
-    plain, none_groups = inference_tokenizer(pretrained.tokenizer, adata, mapping, None)
-    assert plain is pretrained.tokenizer and none_groups is None
+    plain = pretrained.input_cells(adata, None)
+    assert plain.tokenizer is pretrained.tokenizer and plain.groups is None
+    backed_path = tmp_path / "all.h5ad"
+    adata.write_h5ad(backed_path)
+    backed = anndata.read_h5ad(backed_path, backed="r")  # read twice in blocks, never whole
+    np.testing.assert_allclose(pretrained.embed(backed, "protocol", key_added=None, block_cells=128, progress=False),
+                               pretrained.embed(adata, "protocol", key_added=None, progress=False), atol=1e-5)
+    backed.file.close()
 
 
 def tiny_atlas_assay_median(normalisers: dict, assay: str):
@@ -99,7 +103,7 @@ def test_cli_embed_adds_only_x_scfm(tiny_checkpoint, input_h5ad, tmp_path, capsy
     np.testing.assert_array_equal(after.obsm["X_latent"], before.obsm["X_latent"])
     assert after.uns["note"]["kept"] == 1
     assert "300/300 genes (100.0%)" in capsys.readouterr().out
-    fixed = embed_h5ad(tiny_checkpoint, input_h5ad, tmp_path / "dropped.h5ad", batch_key="dataset",
+    fixed = embed_h5ad(tiny_checkpoint, input_h5ad, tmp_path / "dropped.h5ad", EmbedConfig(batch_key="dataset"),
                        progress=False)
     dropped = anndata.read_h5ad(fixed.output).obsm["X_scfm"]
     assert not np.allclose(dropped, after.obsm["X_scfm"])  # a fixed condition token changes the embedding
@@ -120,12 +124,11 @@ def test_low_gene_overlap_states_overlap_and_threshold(tiny_checkpoint, tiny_atl
     (lambda x: x - 1.0, "negative"),
 ])
 def test_non_count_data_is_refused(tiny_checkpoint, tiny_atlas, transform, message):
-    pretrained = load_checkpoint(tiny_checkpoint)
+    pretrained = Pretrained.load(tiny_checkpoint)
     adata = tiny_atlas[:20].copy()
     adata.X = transform(adata.X.toarray().astype(np.float64))
-    mapping = map_genes(adata.var_names, pretrained.tokenizer.vocab, 0.5, "t")
     with pytest.raises(InputDataError, match=message):
-        embed_counts(pretrained.model, pretrained.tokenizer, adata, mapping, progress=False)
+        pretrained.embed(adata, progress=False)
 
 
 def test_missing_batch_column_and_unknown_condition(tiny_checkpoint, input_h5ad, tmp_path, capsys):
@@ -147,8 +150,8 @@ def test_incompatible_checkpoint_is_refused(tiny_checkpoint, input_h5ad, tmp_pat
     assert "model.safetensors is missing" in capsys.readouterr().err
     other = tmp_path / "other"
     shutil.copytree(tiny_checkpoint, other)
-    shutil.copy(other / "tokenizer" / "vocab.tsv", other / "vocab.tsv")
-    text = (other / "vocab.tsv").read_text()
-    (other / "vocab.tsv").write_text(text.replace("ENSG99000000000", "ENSG99999999999"))
+    vocab = other / "tokenizer" / "vocab.tsv"
+    first_gene = vocab.read_text().splitlines()[2].split("\t")[0]
+    vocab.write_text(vocab.read_text().replace(first_gene, "ENSG99999999999"))
     assert main(["embed", str(other), str(input_h5ad), "-o", str(tmp_path / "o.h5ad")]) == 2
     assert "vocabulary" in capsys.readouterr().err

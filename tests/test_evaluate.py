@@ -18,7 +18,7 @@ from sc_fm.errors import InputDataError
 from sc_fm.evaluate import compute_baselines, run_benchmark, scib_scores
 from sc_fm.evaluate.metrics import BATCH, BIO, KNN_ACCURACY, TOTAL
 from sc_fm.evaluate.report import markdown_table, verdict
-from sc_fm.evaluate.scoring import PCA, RANDOM, SCVI, check_evaluation_set
+from sc_fm.evaluate.scoring import HARMONY, PCA, RANDOM, SCVI, check_evaluation_set
 from sc_fm.simulate import AtlasSpec, simulate_atlas
 
 # same 300 gene IDs as the tiny checkpoint's vocabulary; assay capture effects twice the default
@@ -34,7 +34,7 @@ def strong_batch_atlas():
 @pytest.fixture(scope="module")
 def tracked_checkpoint(tiny_checkpoint, tmp_path_factory):
     """The tiny checkpoint inside a run directory with an MLflow run recorded in tracking.json."""
-    from sc_fm.train.tracking import RunTracker
+    from sc_fm.tracking import RunTracker
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     shutil.copytree(tiny_checkpoint, run_dir / "final")
@@ -73,7 +73,7 @@ def test_report_files_verdict_and_mlflow_run(strong_batch_benchmark, tracked_che
     from mlflow import MlflowClient
 
     result, out, _ = strong_batch_benchmark
-    expected_rows = ["sc_fm-tiny", "Oracle latent", "Batch signal", PCA, SCVI, RANDOM]
+    expected_rows = ["sc_fm-tiny", "Oracle latent", "Batch signal", PCA, SCVI, HARMONY, RANDOM]
     csv = pd.read_csv(out / "results.csv", index_col=0)
     assert list(csv.index) == expected_rows
     assert {BIO, BATCH, TOTAL, "KBET", "iLISI", "cLISI", KNN_ACCURACY} <= set(csv.columns)
@@ -97,12 +97,13 @@ def test_without_batch_column_batch_metrics_are_not_applicable(strong_batch_atla
     assert "n/a" in markdown_table(table)
     twins = pd.concat([table, table]).set_axis([SCVI, "x"])
     total = table.loc["Oracle", TOTAL]
-    expected = f"x vs scVI: total {total:.2f} vs {total:.2f}, bio +0.00, batch n/a"
+    expected = (f"x vs scVI: total {total:.2f} vs {total:.2f}, bio +0.00, batch n/a; "
+                "matches (no seed dependence, spread 0)")
     assert verdict(twins, SCVI, ["x"]) == [expected]
 
 
 def test_bad_evaluation_sets_are_refused(strong_batch_atlas):
-    adata = strong_batch_atlas[:50].copy()
+    adata = strong_batch_atlas[:120].copy()
     with pytest.raises(InputDataError, match="no column 'donor_id'"):
         check_evaluation_set(adata, "donor_id", "cell_type", "eval.h5ad")
     with pytest.raises(InputDataError, match="no column 'celltype'"):
@@ -128,13 +129,14 @@ def test_sc_mixology_anchor_pca_and_scvi_totals():
 @pytest.mark.slow
 def test_pretrain_evaluator_scores_baselines_once_and_the_model_on_each_call(strong_batch_atlas, tiny_checkpoint,
                                                                            tmp_path):
-    from sc_fm.evaluate import PretrainEvaluator, load_checkpoint
+    from sc_fm.evaluate import PretrainEvaluator
+    from sc_fm.pretrained import Pretrained
 
     path = tmp_path / "eval.h5ad"
     strong_batch_atlas[:300].copy().write_h5ad(path)
     config = EvalConfig(h5ad=str(path), batch_key="dataset", label_key="cell_type", n_hvg=200, scvi_epochs=20,
                         scvi_kl_warmup_epochs=10)
-    pretrained = load_checkpoint(tiny_checkpoint)
+    pretrained = Pretrained.load(tiny_checkpoint)
     evaluator = PretrainEvaluator(config, pretrained.tokenizer)
     baseline = evaluator.baseline_metrics
     assert {f"{m}/{k}" for m in ("pca", "scvi") for k in ("bio", "batch", "total", "knn_accuracy")} <= set(baseline)

@@ -12,18 +12,18 @@ import torch
 
 from sc_fm.cli import main
 from sc_fm.errors import InputDataError
-from sc_fm.evaluate import load_checkpoint
 from sc_fm.finetune import (PREDICTION_KEY, SPLIT_KEY, FinetuneConfig, finetune, group_split, load_finetuned,
-                            predict, reverse_gradient, tokenise_all)
+                            predict, reverse_gradient)
+from sc_fm.pretrained import Pretrained
 
 
 @pytest.fixture(scope="module")
 def finetuned(tiny_checkpoint, tiny_atlas, tmp_path_factory):
     adata = tiny_atlas[:300].copy()
-    config = FinetuneConfig(label_key="cell_type", batch_key="dataset", epochs=3, val_fraction=0.25,
-                            adversarial_weight=0.1)
+    config = FinetuneConfig(label_key="cell_type", batch_key="dataset", adversary_key="dataset", epochs=3,
+                            val_fraction=0.25, adversarial_weight=0.1)
     out = tmp_path_factory.mktemp("ft") / "ft"
-    result = finetune(load_checkpoint(tiny_checkpoint), adata, out, config, progress=False)
+    result = finetune(Pretrained.load(tiny_checkpoint), adata, out, config, progress=False)
     return result, adata, config
 
 
@@ -39,15 +39,15 @@ def test_full_finetune_reaches_high_held_out_accuracy(finetuned):
 
 def test_finetuned_directory_reloads_to_the_same_predictions(finetuned):
     result, adata, config = finetuned
-    classifier, tokenizer, classes = load_finetuned(result.directory)
-    _, cells = tokenise_all(tokenizer, adata, config.batch_key, 0.5, "t")
-    predicted = np.asarray(classes)[predict(classifier, tokenizer, cells, 64).argmax(axis=1)]
+    classifier, pretrained, classes = load_finetuned(result.directory)
+    inputs = pretrained.input_cells(adata, config.batch_key)
+    predicted = np.asarray(classes)[predict(classifier, inputs.tokenizer, inputs.tokenize(), 64).argmax(axis=1)]
     np.testing.assert_array_equal(predicted, adata.obs[PREDICTION_KEY].to_numpy())
-    assert load_checkpoint(result.directory).name == "sc_fm-tiny"  # usable by embed / benchmark
+    assert Pretrained.load(result.directory).name == "sc_fm-tiny"  # usable by embed / benchmark
 
 
 def test_linear_probe_keeps_the_encoder_frozen(tiny_checkpoint, tiny_atlas, tmp_path):
-    pretrained = load_checkpoint(tiny_checkpoint)
+    pretrained = Pretrained.load(tiny_checkpoint)
     before = {k: v.clone() for k, v in pretrained.model.state_dict().items()}
     adata = tiny_atlas[:200].copy()
     config = FinetuneConfig(label_key="cell_type", mode="linear", epochs=1)
@@ -86,7 +86,7 @@ def test_cli_finetune_writes_predictions_and_tracks(tiny_checkpoint, tiny_atlas,
 
 
 def test_bad_finetune_input(tiny_checkpoint, tiny_atlas, tmp_path, capsys):
-    pretrained = load_checkpoint(tiny_checkpoint)
+    pretrained = Pretrained.load(tiny_checkpoint)
     adata = tiny_atlas[:50].copy()
     with pytest.raises(InputDataError, match="no column 'celltype'"):
         finetune(pretrained, adata, tmp_path / "a", FinetuneConfig(label_key="celltype"), progress=False)
@@ -95,3 +95,7 @@ def test_bad_finetune_input(tiny_checkpoint, tiny_atlas, tmp_path, capsys):
                  FinetuneConfig(label_key="cell_type", adversarial_weight=1.0), progress=False)
     with pytest.raises(InputDataError, match="single value"):
         group_split(adata.obs.assign(one="x"), "one", "cell_type", 0.2, 0)
+    one_class = adata.copy()
+    one_class.obs["one"] = "x"
+    with pytest.raises(InputDataError, match="needs at least two"):  # not "accuracy 1.000" on one class
+        finetune(pretrained, one_class, tmp_path / "c", FinetuneConfig(label_key="one"), progress=False)

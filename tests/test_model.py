@@ -12,9 +12,10 @@ import torch.nn.functional as F
 
 from sc_fm.config import ModelConfig
 from sc_fm.errors import ConfigError, InputDataError
-from sc_fm.model import MaskedGeneTransformer, count_parameters, load_pretrained
+from sc_fm.model import MaskedGeneTransformer, count_parameters
 from sc_fm.model.attention import BACKENDS, PackedCells
-from sc_fm.vocab import CLS_ID, MASK_ID, N_SPECIAL, GeneVocab
+from sc_fm.pretrained import Pretrained
+from sc_fm.vocab import CLS_ID, MASK_ID, N_SPECIAL
 
 N_GENES = 40
 N_TOKENS = N_SPECIAL + N_GENES
@@ -220,8 +221,7 @@ def test_save_load_round_trip_is_exact(tmp_path):
     with torch.no_grad():  # move weights off their initial values so a fresh init cannot pass
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.01)
-    vocab = GeneVocab([f"ENSG{i:011d}" for i in range(N_GENES)], name="test")
-    model.save_pretrained(tmp_path, vocab=vocab)
+    model.save_pretrained(tmp_path)
     loaded = MaskedGeneTransformer.from_pretrained(tmp_path)
     assert loaded.config == model.config and loaded.init_args == model.init_args
     assert loaded.gene_head.decoder.weight is loaded.embedding.gene.weight
@@ -232,7 +232,7 @@ def test_save_load_round_trip_is_exact(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(batch)["loss"], model(batch)["loss"])
     assert count_parameters(loaded) == count_parameters(model)
-    assert GeneVocab.load(tmp_path / "vocab.tsv").hash == vocab.hash
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "model_config.json"]
 
 
 def test_from_pretrained_bad_directory_names_the_file(tmp_path):
@@ -248,8 +248,8 @@ def test_from_pretrained_bad_directory_names_the_file(tmp_path):
     shutil.copy(other / "model.safetensors", tmp_path / "model.safetensors")
     with pytest.raises(InputDataError, match="weights do not fit"):
         MaskedGeneTransformer.from_pretrained(tmp_path)
-    with pytest.raises(InputDataError, match="vocab.tsv is missing"):
-        load_pretrained(other)
+    with pytest.raises(InputDataError, match="tokenizer is missing"):
+        Pretrained.load(other)
 
 
 def test_bad_inputs_raise_specific_errors():

@@ -14,8 +14,10 @@ from mlflow import MlflowClient
 
 import sc_fm.train.loop as loop
 from sc_fm.config import load_config
-from sc_fm.model import MaskedGeneTransformer, load_pretrained
-from sc_fm.train import FINAL_DIR, METRICS_FILE, TRACKING_FILE, TrainingError, pretrain
+from sc_fm.model import MaskedGeneTransformer
+from sc_fm.pretrained import Pretrained
+from sc_fm.tracking import TRACKING_FILE
+from sc_fm.train import FINAL_DIR, METRICS_FILE, TrainingError, pretrain
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +35,7 @@ def losses(run_dir: Path) -> list[float]:
 
 
 def weights(directory: Path) -> dict[str, torch.Tensor]:
-    model, _, _ = load_pretrained(directory)
+    model = Pretrained.load(directory).model
     return model.state_dict()
 
 
@@ -127,21 +129,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_store, tmp_path, mon
                             "tracking.enabled=true"), run_dir)
     assert "checkpoints/step_4" in err.value.message
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_2", "step_4"]
-    model, _, _ = load_pretrained(run_dir / "checkpoints" / "step_4")
+    model = Pretrained.load(run_dir / "checkpoints" / "step_4").model
     assert all(torch.isfinite(p).all() for p in model.parameters())
     info = json.loads((run_dir / TRACKING_FILE).read_text())
     assert MlflowClient(info["tracking_uri"]).get_run(info["run_id"]).info.status == "FAILED"
 
 
-def test_evaluation_hook_logs_and_leaves_training_unchanged(tiny_store, tmp_path, monkeypatch):
-    import sc_fm.evaluate
-
+def test_evaluation_hook_logs_and_leaves_training_unchanged(tiny_store, tmp_path):
     seen = []
 
     class CountingEvaluator:
         """Stands in for the scIB evaluator: draws random numbers, as real evaluation may."""
 
-        def __init__(self, config, tokenizer):
+        def __init__(self, tokenizer):
             self.baseline_metrics = {"pca_overall": 0.5}
 
         def __call__(self, model):
@@ -149,11 +149,11 @@ def test_evaluation_hook_logs_and_leaves_training_unchanged(tiny_store, tmp_path
             torch.rand(100)
             return {"overall": float(len(seen))}
 
-    monkeypatch.setattr(sc_fm.evaluate, "PretrainEvaluator", CountingEvaluator, raising=False)
     common = ("train.max_steps=4", "train.engine=plain", "model.dropout=0.1")
     plain_run, eval_run = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
     pretrain(run_config(tiny_store, *common), plain_run)
-    pretrain(run_config(tiny_store, *common, "train.eval_every=2", "tracking.enabled=true"), eval_run)
+    pretrain(run_config(tiny_store, *common, "train.eval_every=2", "tracking.enabled=true"), eval_run,
+             evaluator=CountingEvaluator)
     assert seen == [False, False]  # evaluated in eval mode at steps 2 and 4
     assert losses(eval_run) == losses(plain_run)
     info = json.loads((eval_run / TRACKING_FILE).read_text())
@@ -182,12 +182,12 @@ def test_two_process_deepspeed_zero2_run(tiny_store, tmp_path):
     state = json.loads((run_dir / "checkpoints" / "step_24" / "trainer_state.json").read_text())
     assert (state["world_size"], state["accumulation"]) == (2, 1)  # 16 cells x 1 x 2 ranks = 32
     for rank in (0, 1):
-        assert (run_dir / "checkpoints" / "step_24" / f"rank_{rank}.pt").is_file()
+        assert (run_dir / "checkpoints" / "step_24" / f"rank_{rank}.json").is_file()
     info = json.loads((run_dir / FINAL_DIR / TRACKING_FILE).read_text())
     assert info["tracking_uri"] == f"sqlite:///{run_dir.parent / 'mlflow.db'}"
     run = MlflowClient(info["tracking_uri"]).get_run(info["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["run.world_size"] == "2" and run.data.tags["sys.world_size"] == "2"
     assert {"loss", "gene_loss", "value_loss", "tokens_per_s", "lr", "grad_norm"} <= set(run.data.metrics)
-    model, _, _ = load_pretrained(run_dir / FINAL_DIR)
+    model = Pretrained.load(run_dir / FINAL_DIR).model
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -17,8 +17,7 @@ from mlflow import MlflowClient
 
 from sc_fm.config import TrackingConfig
 from sc_fm.errors import ConfigError
-from sc_fm.train import TRACKING_FILE, RunTracker, resolve_tracking_uri
-from sc_fm.train.tracking import flatten
+from sc_fm.tracking import TRACKING_FILE, RunTracker, flatten, resolve_tracking_uri
 
 SERVER_START_TIMEOUT_S = 90
 

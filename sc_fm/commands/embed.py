@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from sc_fm.commands.options import add_config_arguments, command_config
 from sc_fm.errors import ConfigError
 
 
-def parse_conditions(items: list[str]) -> dict[str, str]:
-    """``["assay=10x_3p_v3"]`` -> ``{"assay": "10x_3p_v3"}``."""
+def parse_conditions(items: list[str]) -> dict[str, str] | None:
+    """``["assay=10x_3p_v3"]`` -> ``{"assay": "10x_3p_v3"}`` (None when no flag was given)."""
+    if not items:
+        return None
     out = {}
     for item in items:
         if "=" not in item:
@@ -29,21 +32,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--condition", action="append", default=[], metavar="KEY=VALUE",
                         help="fix a condition token for all cells (repeatable); "
                              "conditions not given are dropped")
-    parser.add_argument("--min-gene-overlap", type=float, default=0.1,
-                        help="minimum fraction of the input's genes found in the vocabulary "
-                             "(default 0.1, as prepare.min_gene_overlap)")
-    parser.add_argument("--batch-cells", type=int, default=64, help="cells per model forward (default 64)")
+    parser.add_argument("--min-gene-overlap", type=float, default=None,
+                        help="minimum fraction of the input's genes found in the vocabulary (embed.min_gene_overlap)")
+    parser.add_argument("--batch-cells", type=int, default=None, help="cells per model forward (embed.batch_cells)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_config_arguments(parser, "embed")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sc_fm.evaluate.h5ad import embed_h5ad
+    from sc_fm.pretrained import embed_h5ad
 
-    summary = embed_h5ad(args.checkpoint, args.input, args.output, batch_key=args.batch_key,
-                         conditions=parse_conditions(args.condition), min_gene_overlap=args.min_gene_overlap,
-                         batch_cells=args.batch_cells, progress=not args.no_progress)
+    config = command_config(args, "embed", {
+        "batch_key": args.batch_key, "conditions": parse_conditions(args.condition),
+        "min_gene_overlap": args.min_gene_overlap, "batch_cells": args.batch_cells}).embed
+    summary = embed_h5ad(args.checkpoint, args.input, args.output, config, progress=not args.no_progress)
     print(summary.mapping.summary())
     if summary.mapping.missing:
         missing_file = Path(f"{summary.output}.missing_genes.txt")

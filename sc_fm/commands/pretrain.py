@@ -10,8 +10,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, metavar="FILE",
-                        help="run config YAML, e.g. configs/runs/tiny.yaml")
+    parser.add_argument("--config", required=True, metavar="FILE|NAME",
+                        help="run config: a YAML path or a shipped preset name (tiny, small, base, demo)")
     parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR",
                         help="run directory: config.yaml, checkpoints/step_N/, final/")
     parser.add_argument("--resume", action="store_true",
@@ -27,7 +27,14 @@ def run(args: argparse.Namespace) -> int:
     from sc_fm.train import DistEnv, pretrain
 
     config = load_config(args.config, args.overrides)
-    final = pretrain(config, args.output, resume=args.resume)
+    evaluator = None
+    if config.train.eval_every > 0:
+        from functools import partial
+
+        from sc_fm.evaluate import PretrainEvaluator
+
+        evaluator = partial(PretrainEvaluator, config.eval)
+    final = pretrain(config, args.output, resume=args.resume, evaluator=evaluator)
     if DistEnv.from_env().is_main:
         print(final)
     return 0

@@ -26,10 +26,6 @@ class CellFilter:
     def active(self) -> bool:
         return bool(self.include or self.exclude)
 
-    @property
-    def columns(self) -> list[str]:
-        return sorted(set(self.include) | set(self.exclude))
-
     def check(self, stores: Sequence[CorpusStore]) -> None:
         """Every named column and value is known to at least one store."""
         known = {}

@@ -1,7 +1,9 @@
-"""``scfm benchmark``: sc_fm checkpoints against PCA, scVI and a random control on the same cells."""
+"""``scfm benchmark``: sc_fm checkpoints against PCA, scVI, Harmony and a random control on the same cells,
+every seeded method repeated over ``n_seeds`` seeds."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,54 +11,90 @@ import numpy as np
 import pandas as pd
 
 from sc_fm.config import EvalConfig
-from sc_fm.evaluate.checkpoint import load_checkpoint
-from sc_fm.evaluate.embedding import embed_counts, inference_tokenizer
-from sc_fm.evaluate.genes import map_genes
 from sc_fm.evaluate.metrics import ScibSettings
-from sc_fm.evaluate.report import write_report, verdict
-from sc_fm.evaluate.scoring import SCVI, check_evaluation_set, compute_baselines, score_embeddings
+from sc_fm.evaluate.report import verdicts, write_report
+from sc_fm.evaluate.scoring import (HARMONY, PCA, RANDOM, SCVI, baseline_methods, check_evaluation_set,
+                                    score_embeddings)
+from sc_fm.evaluate.seeds import METHOD, SEED, seed_list, summarise
 from sc_fm.evaluate.tracking import log_benchmark
+
+
+VERDICT_REFERENCES = (SCVI, HARMONY, RANDOM)
 
 
 @dataclass
 class BenchmarkResult:
+    """``table``: one row per method (means, ``<score> sd``, ``Seeds``); ``per_seed``: one row per
+    method and seed (``method``, ``seed`` — empty for a method without a seed — then the scores)."""
+
     table: pd.DataFrame
     report: Path
     verdict: list[str]
     tracking: dict[str, str] = field(default_factory=dict)
+    per_seed: pd.DataFrame | None = None
+    seeds: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def checkpoint_embeddings(adata, checkpoints: list[str | Path], batch_key: str | None, config: EvalConfig,
                           min_gene_overlap: float, where: str, progress: bool) -> dict[str, np.ndarray]:
     """``{"sc_fm-<size>": embedding}`` per checkpoint (the directory name is added on a clash)."""
+    from sc_fm.pretrained import Pretrained
+
     out: dict[str, np.ndarray] = {}
     for path in checkpoints:
-        pretrained = load_checkpoint(path)
+        pretrained = Pretrained.load(path)
         name = pretrained.name if pretrained.name not in out else f"{pretrained.name} ({Path(path).name})"
-        mapping = map_genes(adata.var_names, pretrained.tokenizer.vocab, min_gene_overlap, where)
-        tokenizer, groups = inference_tokenizer(pretrained.tokenizer, adata, mapping, batch_key, where=where)
-        out[name] = embed_counts(pretrained.model, tokenizer, adata, mapping, groups,
-                                 batch_cells=config.embed_batch_cells, progress=progress, where=where)
+        mapping = pretrained.gene_mapping(adata, min_gene_overlap, where)
+        out[name] = pretrained.embed(adata, batch_key, key_added=None, mapping=mapping,
+                                     batch_cells=config.embed_batch_cells, progress=progress, where=where)
     return out
 
 
 def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | Path,
                   checkpoints: list[str | Path] = (), config: EvalConfig | None = None,
                   extra_embeddings: dict[str, np.ndarray] | None = None, min_gene_overlap: float = 0.1,
-                  track: bool = True, progress: bool = True, where: str = "input") -> BenchmarkResult:
-    """Score every embedding, write the report into ``out_dir`` and log it to MLflow."""
+                  track: bool = True, progress: bool = True, where: str = "input", *, n_seeds: int = 1,
+                  seeded_candidates: dict[str, Callable[[int], np.ndarray]] | None = None) -> BenchmarkResult:
+    """Score every embedding, write the report into ``out_dir`` and log it to MLflow.
+
+    Candidates are the checkpoints (embedded once), ``extra_embeddings`` (fixed arrays) and
+    ``seeded_candidates`` (``name -> f(seed) -> [cells, dim]`` array, called once per seed).
+    Every seeded method — scVI, Harmony, the random control and each seeded candidate — runs
+    with seeds ``config.seed .. config.seed + n_seeds - 1``; the table holds their means and sds.
+    """
     config = config or EvalConfig()
+    seeds = seed_list(config.seed, n_seeds, where)
     check_evaluation_set(adata, batch_key, label_key, where)
+    seeded_candidates = dict(seeded_candidates or {})
     candidates = checkpoint_embeddings(adata, list(checkpoints), batch_key, config, min_gene_overlap, where,
                                        progress)
     candidates.update(extra_embeddings or {})
-    baselines = compute_baselines(adata, batch_key, config)
-    embeddings = {**candidates, **baselines.embeddings}
+    baselines = baseline_methods(adata, batch_key, config)
+    fixed = {**candidates, PCA: baselines.pca}
+    seeded = {**seeded_candidates, **baselines.seeded}
+    order = [*candidates, *seeded_candidates, PCA, *baselines.seeded]
+    runs: dict[str, tuple[str, int | None, np.ndarray]] = {}  # scoring key -> (method, seed, embedding)
+    for name in order:
+        if name in fixed:
+            runs[name] = (name, None, fixed[name])
+            continue
+        for seed in seeds:
+            key = name if len(seeds) == 1 else f"{name} [seed {seed}]"
+            runs[key] = (name, seed, np.asarray(seeded[name](seed), dtype=np.float32))
     settings = ScibSettings()
-    table = score_embeddings(embeddings, adata.obs, batch_key, label_key, baselines.pre_integrated, config,
-                             settings)
-    lines = verdict(table, SCVI, list(candidates))
-    report = write_report(table, embeddings, adata.obs, batch_key, label_key, out_dir, lines, settings,
-                          config.seed)
+    scores = score_embeddings({key: emb for key, (_, _, emb) in runs.items()}, adata.obs, batch_key, label_key,
+                              baselines.pca,
+                              config, settings)
+    per_seed = scores.loc[list(runs)].reset_index(drop=True)
+    per_seed.insert(0, SEED, pd.array([seed for _, seed, _ in runs.values()], dtype="Int64"))
+    per_seed.insert(0, METHOD, [name for name, _, _ in runs.values()])
+    table = summarise(per_seed, set(seeded))
+    lines = verdicts(table, [*candidates, *seeded_candidates], VERDICT_REFERENCES)
+    first = {}
+    for name, _, emb in runs.values():
+        first.setdefault(name, emb)
+    report = write_report(table, first, adata.obs, batch_key, label_key, out_dir, lines, settings, config.seed,
+                          per_seed=per_seed, notes=baselines.notes, seeds=seeds)
     tracking = log_benchmark(table, out_dir, list(checkpoints)) if track else {}
-    return BenchmarkResult(table, report, lines, tracking)
+    return BenchmarkResult(table, report, lines, tracking, per_seed, seeds, baselines.notes)

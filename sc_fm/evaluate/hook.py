@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from sc_fm.config import EvalConfig
-from sc_fm.evaluate.embedding import embed_counts, inference_tokenizer
-from sc_fm.evaluate.genes import map_genes
+from sc_fm.config import MIN_GENE_OVERLAP, EvalConfig
 from sc_fm.evaluate.metrics import BATCH, BIO, KNN_ACCURACY, LOGREG_ACCURACY, TOTAL
 from sc_fm.evaluate.scoring import PCA, SCVI, check_evaluation_set, compute_baselines, score_embeddings
+from sc_fm.pretrained import InputCells, embed_cells, map_genes
 from sc_fm.tokenize import CellTokenizer
 
 _KEYS = {BIO: "bio", BATCH: "batch", TOTAL: "total", KNN_ACCURACY: "knn_accuracy",
          LOGREG_ACCURACY: "logreg_accuracy"}
-MIN_GENE_OVERLAP = 0.1
 
 
 def load_evaluation_set(config: EvalConfig):
@@ -36,16 +34,18 @@ def _named(scores, prefix: str = "") -> dict[str, float]:
 
 
 class PretrainEvaluator:
-    """``baseline_metrics`` once; ``evaluator(model)`` -> current scores of the model."""
+    """``baseline_metrics`` once; ``evaluator(model)`` -> current scores of the model.
+
+    The engine's evaluation callback (``sc_fm.train.callbacks.Evaluator``): ``scfm pretrain``
+    builds it from the run's tokenizer and hands it to the trainer."""
 
     def __init__(self, eval_config: EvalConfig, tokenizer: CellTokenizer, adata=None):
         self.config = eval_config
         self.adata = adata if adata is not None else load_evaluation_set(eval_config)
         where = eval_config.h5ad or "eval set"
         check_evaluation_set(self.adata, eval_config.batch_key, eval_config.label_key, where)
-        self.mapping = map_genes(self.adata.var_names, tokenizer.vocab, MIN_GENE_OVERLAP, where)
-        self.tokenizer, self.groups = inference_tokenizer(tokenizer, self.adata, self.mapping,
-                                                          eval_config.batch_key, where=where)
+        mapping = map_genes(self.adata.var_names, tokenizer.vocab, MIN_GENE_OVERLAP, where)
+        self.cells = InputCells.build(self.adata, mapping, tokenizer, eval_config.batch_key, where=where)
         self.baselines = compute_baselines(self.adata, eval_config.batch_key, eval_config)
         self.baseline_table = score_embeddings(self.baselines.embeddings, self.adata.obs,
                                                eval_config.batch_key, eval_config.label_key,
@@ -61,8 +61,7 @@ class PretrainEvaluator:
 
     def embed(self, model) -> np.ndarray:
         """Embeddings of the evaluation cells with ``model``'s current weights."""
-        return embed_counts(model, self.tokenizer, self.adata, self.mapping, self.groups,
-                            batch_cells=self.config.embed_batch_cells, progress=False)
+        return embed_cells(model, self.cells, None, self.config.embed_batch_cells, progress=False)
 
     def __call__(self, model) -> dict[str, float]:
         table = score_embeddings({"sc_fm": self.embed(model)}, self.adata.obs, self.config.batch_key,

@@ -1,38 +1,36 @@
-"""Checks on user AnnData before any expensive step: columns present, counts really counts."""
+"""Checks on a benchmark's cells before any expensive step (column and counts checks: ``sc_fm.pretrained.inputs``)."""
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.sparse as sp
-
 from sc_fm.errors import InputDataError
+from sc_fm.pretrained.inputs import require_counts, require_obs_column, stored_values
+
+__all__ = ["require_counts", "require_labels", "require_obs_column", "stored_values"]
 
 
-def require_obs_column(adata, key: str | None, option: str, where: str) -> None:
-    """``adata.obs[key]`` must exist and hold no missing values (``option`` names the flag to fix)."""
-    if key is None:
-        return
-    if key not in adata.obs.columns:
-        raise InputDataError(f"no column {key!r} in .obs (columns: {', '.join(map(str, adata.obs.columns))})",
-                             where, f"pass an existing column with {option}")
-    if adata.obs[key].isna().any():
-        n = int(adata.obs[key].isna().sum())
-        raise InputDataError(f".obs[{key!r}] has {n} missing values", where,
-                             f"fill or drop those cells, or choose another column with {option}")
+MIN_CELLS = 100  # scib-metrics builds a 90-nearest-neighbour graph (k = 15/50/90) over all cells
+MIN_CELLS_PER_LABEL = 2  # a stratified held-out split for label transfer needs two cells of every class
 
 
-def require_counts(values: np.ndarray, where: str) -> None:
-    """Raw counts are finite, non-negative integers; log-normalised or scaled data are refused."""
-    if values.size == 0:
-        return
-    if not np.all(np.isfinite(values)) or values.min() < 0:
-        raise InputDataError("expression values are negative or not finite, so not raw counts", where,
-                             "pass raw UMI/read counts in .X (e.g. adata.layers['counts'])")
-    if not np.array_equal(values, np.round(values)):
-        raise InputDataError("expression values are not integers, so not raw counts (log-normalised?)", where,
-                             "pass raw UMI/read counts in .X (e.g. adata.layers['counts'])")
-
-
-def stored_values(matrix) -> np.ndarray:
-    """The explicitly stored values of a dense or sparse block (what a counts check must see)."""
-    return matrix.data if sp.issparse(matrix) else np.asarray(matrix)
+def require_labels(adata, label_key: str, where: str) -> None:
+    """Enough cells, at least two label classes, and at least two cells per class to score anything."""
+    if adata.n_obs < MIN_CELLS:
+        raise InputDataError(
+            f"only {adata.n_obs} cells; the benchmark needs at least {MIN_CELLS} because scib-metrics scores "
+            f"every embedding on 15-, 50- and 90-nearest-neighbour graphs and a held-out 30% of the cells is "
+            f"used for label transfer", where, f"benchmark on at least {MIN_CELLS} cells")
+    counts = adata.obs[label_key].astype(str).value_counts()
+    if len(counts) < 2:
+        only = f"the single value {counts.index[0]!r}" if len(counts) else "no values"
+        raise InputDataError(
+            f".obs[{label_key!r}] has {only} for all {adata.n_obs} cells; bio-conservation metrics and label "
+            f"transfer compare at least two cell types", where,
+            "pass with --label-key a column that holds the cell types (two or more classes), e.g. "
+            "'cell_type'")
+    rare = counts[counts < MIN_CELLS_PER_LABEL]
+    if len(rare):
+        listed = ", ".join(f"{name!r} ({n})" for name, n in rare.items())
+        raise InputDataError(
+            f".obs[{label_key!r}] has classes with fewer than {MIN_CELLS_PER_LABEL} cells: {listed}; "
+            f"a held-out label-transfer split needs {MIN_CELLS_PER_LABEL} cells of every class", where,
+            "drop those cells or merge those classes into a broader label before benchmarking")

@@ -1,10 +1,10 @@
 """Fine-tuning heads on the pretrained encoder: cell-type annotation, batch-adversarial integration."""
 
-from sc_fm.finetune.config import FinetuneConfig
+from sc_fm.config import FinetuneConfig
 from sc_fm.finetune.heads import CellClassifier, reverse_gradient
 from sc_fm.finetune.splits import group_split
 from sc_fm.finetune.train import (PREDICTION_KEY, SPLIT_KEY, FinetuneResult, finetune, load_finetuned,
-                                  predict, tokenise_all, track_finetune)
+                                  predict, track_finetune)
 
 __all__ = ["CellClassifier", "FinetuneConfig", "FinetuneResult", "PREDICTION_KEY", "SPLIT_KEY", "finetune",
-           "group_split", "load_finetuned", "predict", "reverse_gradient", "tokenise_all", "track_finetune"]
+           "group_split", "load_finetuned", "predict", "reverse_gradient", "track_finetune"]

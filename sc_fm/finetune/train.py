@@ -20,14 +20,12 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
+from sc_fm.config import FinetuneConfig
 from sc_fm.errors import InputDataError
-from sc_fm.evaluate.checkpoint import Pretrained, load_checkpoint
-from sc_fm.evaluate.embedding import inference_tokenizer
-from sc_fm.evaluate.genes import map_genes
-from sc_fm.evaluate.inputs import require_obs_column
-from sc_fm.finetune.config import FinetuneConfig
 from sc_fm.finetune.heads import CellClassifier
 from sc_fm.finetune.splits import group_split
+from sc_fm.pretrained import Pretrained
+from sc_fm.pretrained.inputs import require_obs_column
 from sc_fm.tokenize import CellTokenizer, TokenizedCells
 
 HEAD_FILE, FINETUNE_FILE = "head.safetensors", "finetune.json"
@@ -42,20 +40,6 @@ class FinetuneResult:
     n_train: int
     n_val: int
     history: list[dict]
-
-
-def tokenise_all(tokenizer: CellTokenizer, adata, batch_key: str | None, min_gene_overlap: float,
-                 where: str) -> tuple[CellTokenizer, TokenizedCells]:
-    """Every cell of ``adata`` tokenised once (conditions dropped, input per-batch normalisers)."""
-    from sc_fm.evaluate.embedding import count_blocks
-
-    mapping = map_genes(adata.var_names, tokenizer.vocab, min_gene_overlap, where)
-    tokenizer, groups = inference_tokenizer(tokenizer, adata, mapping, batch_key, where=where)
-    parts = []
-    for start, rows in count_blocks(adata, mapping, 1024, where):
-        parts.append(tokenizer.encode_rows(rows.indptr, rows.indices, rows.data, {},
-                                           None if groups is None else groups[start:start + rows.shape[0]]))
-    return tokenizer, TokenizedCells.concat(parts)
 
 
 def _batch(tokenizer: CellTokenizer, cells: TokenizedCells, rows: np.ndarray) -> dict:
@@ -88,9 +72,14 @@ def _check(adata, config: FinetuneConfig, where: str) -> None:
     require_obs_column(adata, config.label_key, "--label-key", where)
     require_obs_column(adata, config.split_key, "--split-key", where)
     require_obs_column(adata, config.batch_key, "--batch-key", where)
-    if config.adversarial_weight > 0 and config.batch_key is None:
+    require_obs_column(adata, config.adversary_key, "--adversary-key", where)
+    if config.adversarial_weight > 0 and config.adversary_key is None:
         raise InputDataError("the batch-adversarial objective needs batch labels", "--adversarial-weight",
-                             "pass --batch-key COLUMN or set the weight to 0")
+                             "pass --adversary-key COLUMN or set the weight to 0")
+    n_classes = adata.obs[config.label_key].astype(str).nunique()
+    if n_classes < 2:
+        raise InputDataError(f".obs[{config.label_key!r}] has {n_classes} class; a classifier needs at least two",
+                             where, "pass with --label-key a column of two or more cell types")
 
 
 def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: FinetuneConfig,
@@ -101,13 +90,14 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
     _check(adata, config, where)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    tokenizer, cells = tokenise_all(pretrained.tokenizer, adata, config.batch_key, config.min_gene_overlap,
-                                    where)
+    mapping = pretrained.gene_mapping(adata, config.min_gene_overlap, where)
+    inputs = pretrained.input_cells(adata, config.batch_key, mapping, where=where)
+    tokenizer, cells = inputs.tokenizer, inputs.tokenize()
     labels = adata.obs[config.label_key].astype(str).to_numpy()
     classes = sorted(set(labels))
     y = torch.as_tensor(np.searchsorted(classes, labels))
-    batches = sorted(set(adata.obs[config.batch_key].astype(str))) if config.adversarial_weight > 0 else []
-    b = (torch.as_tensor(np.searchsorted(batches, adata.obs[config.batch_key].astype(str)))
+    batches = sorted(set(adata.obs[config.adversary_key].astype(str))) if config.adversarial_weight > 0 else []
+    b = (torch.as_tensor(np.searchsorted(batches, adata.obs[config.adversary_key].astype(str)))
          if batches else None)
     val = group_split(adata.obs, config.split_key, config.label_key, config.val_fraction, config.seed)
     train_rows = np.flatnonzero(~val)
@@ -152,7 +142,7 @@ def _heads(classifier: CellClassifier) -> nn.ModuleDict:
 def track_finetune(result: "FinetuneResult", config: FinetuneConfig) -> dict[str, str]:
     """A new MLflow run (experiment ``sc_fm-finetune``) with the settings, losses and held-out scores."""
     from sc_fm.config import TrackingConfig
-    from sc_fm.train.tracking import RunTracker, flatten
+    from sc_fm.tracking import RunTracker, flatten
 
     tracker = RunTracker.start(TrackingConfig(experiment="sc_fm-finetune", run_name=result.directory.name),
                                result.directory, params=flatten(dataclasses.asdict(config)),
@@ -169,7 +159,7 @@ def save_finetuned(classifier: CellClassifier, pretrained: Pretrained, out_dir: 
                    config: FinetuneConfig, classes: list[str], batches: list[str]) -> Path:
     """The encoder as a pretrained directory, plus ``head.safetensors`` and ``finetune.json``."""
     out = Path(out_dir)
-    classifier.encoder.save_pretrained(out, vocab=pretrained.tokenizer.vocab, tokenizer=pretrained.tokenizer)
+    Pretrained(classifier.encoder, pretrained.tokenizer).save(out)
     save_model(_heads(classifier), str(out / HEAD_FILE))
     meta = {"config": dataclasses.asdict(config), "classes": classes, "batches": batches,
             "base_checkpoint": str(pretrained.path)}
@@ -177,15 +167,15 @@ def save_finetuned(classifier: CellClassifier, pretrained: Pretrained, out_dir: 
     return out
 
 
-def load_finetuned(directory: str | Path) -> tuple[CellClassifier, CellTokenizer, list[str]]:
-    """``(classifier, tokenizer, classes)`` from a directory written by ``finetune``."""
+def load_finetuned(directory: str | Path) -> tuple[CellClassifier, Pretrained, list[str]]:
+    """``(classifier, its encoder as Pretrained, classes)`` from a directory written by ``finetune``."""
     directory = Path(directory)
     meta_path = directory / FINETUNE_FILE
     if not meta_path.is_file():
         raise InputDataError(f"no {FINETUNE_FILE} in {directory}", str(directory),
                              "pass a directory written by scfm finetune")
     meta = json.loads(meta_path.read_text())
-    pretrained = load_checkpoint(directory)
+    pretrained = Pretrained.load(directory)
     classifier = CellClassifier(pretrained.model, len(meta["classes"]), len(meta["batches"]))
     load_model(_heads(classifier), str(directory / HEAD_FILE), strict=True)
-    return classifier.eval(), pretrained.tokenizer, meta["classes"]
+    return classifier.eval(), pretrained, meta["classes"]

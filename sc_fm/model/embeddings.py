@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-HIDDEN_VALUE = -1.0
+from sc_fm.batch import HIDDEN_VALUE
 
 
 class BinValueEmbedding(nn.Module):

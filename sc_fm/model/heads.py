@@ -1,6 +1,6 @@
 """Output heads: masked gene identity, masked value, and the cell embedding.
 
-The losses are evaluated only at masked positions (labels != -100), so the vocabulary-sized
+The losses are evaluated only at masked positions (labels != IGNORE_INDEX), so the vocabulary-sized
 gene logits are computed for ~15% of the tokens instead of all of them. A batch without
 masked positions contributes exactly 0 (still attached to the graph, so every parameter
 gets a gradient, zero or not).
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
+from sc_fm.batch import IGNORE_INDEX
 
 
 class GeneHead(nn.Module):

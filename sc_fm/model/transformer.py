@@ -9,42 +9,24 @@ that the residual stream's variance does not grow with depth.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sc_fm.config import ModelConfig, model_preset
+from sc_fm.batch import GENE_LOSS, INPUT_KEYS, LOSS, TARGET_KEYS, VALUE_LOSS
+from sc_fm.config import ModelConfig, resolve_model
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.model.attention import PackedCells
 from sc_fm.model.blocks import Block, make_norm
 from sc_fm.model.conditions import ConditionEmbedding, ConditionedPack, prepend_conditions
 from sc_fm.model.embeddings import TokenEmbedding
 from sc_fm.model.heads import GeneHead, ValueHead, pool_cells
-from sc_fm.model.io import load_weights, read_pretrained, write_pretrained
-from sc_fm.vocab import GeneVocab
-
-if TYPE_CHECKING:
-    from sc_fm.tokenize import CellTokenizer
+from sc_fm.model.io import load_weights, read_model_config, write_model
 
 VALUE_ENCODINGS = ("bin", "continuous")
-INPUT_KEYS = ("gene_ids", "values", "cu_seqlens", "max_seqlen", "condition_ids")
-TARGET_KEYS = ("labels", "target_values")
-
-
-def resolve_dimensions(config: ModelConfig) -> ModelConfig:
-    """A copy of ``config`` with unset dimensions taken from ``configs/model/SIZE.yaml``."""
-    preset = model_preset(config.size)
-    dims = {key: int(preset[key]) if getattr(config, key) is None else getattr(config, key)
-            for key in ("n_layers", "d_model", "n_heads", "d_ff")}
-    if dims["d_model"] % dims["n_heads"]:
-        raise ConfigError(f"model.d_model={dims['d_model']} is not divisible by model.n_heads="
-                          f"{dims['n_heads']}", "config", "choose n_heads dividing d_model")
-    return dataclasses.replace(config, **dims)
 
 
 def _require(batch: dict, keys: tuple[str, ...]) -> None:
@@ -64,7 +46,7 @@ class MaskedGeneTransformer(nn.Module):
         if value_encoding not in VALUE_ENCODINGS:
             raise ConfigError(f"value_encoding {value_encoding!r} is not one of {VALUE_ENCODINGS}",
                               "model inputs", "use the tokenizer's model_inputs['value_encoding']")
-        config = resolve_dimensions(config)
+        config = resolve_model(config)
         self.config = config
         self.init_args = {"n_tokens": n_tokens, "value_encoding": value_encoding, "n_bins": n_bins,
                           "condition_sizes": list(condition_sizes)}
@@ -132,19 +114,18 @@ class MaskedGeneTransformer(nn.Module):
         hidden, cells = self._encode(batch)
         gene_loss = self.gene_head.loss(hidden, batch["labels"])
         value_loss = self.value_head.loss(hidden, batch["target_values"])
-        return {"loss": gene_loss + value_loss, "gene_loss": gene_loss, "value_loss": value_loss,
+        return {LOSS: gene_loss + value_loss, GENE_LOSS: gene_loss, VALUE_LOSS: value_loss,
                 "cell_embedding": pool_cells(hidden, cells.cu_seqlens, cells.cell_of_token,
                                              self.config.pooling)}
 
-    def save_pretrained(self, directory: str | Path, vocab: GeneVocab | None = None,
-                        tokenizer: CellTokenizer | None = None) -> None:
-        """Weights, config and (when given) the vocabulary and tokenizer, for ``from_pretrained``."""
-        write_pretrained(self, directory, vocab, tokenizer)
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Weights and config, for ``from_pretrained`` (``sc_fm.Pretrained`` adds the tokenizer)."""
+        write_model(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "MaskedGeneTransformer":
         """The model saved by ``save_pretrained``, on the CPU, in eval mode."""
-        config, init_args = read_pretrained(directory)
+        config, init_args = read_model_config(directory)
         model = cls(config, **init_args)
         load_weights(model, directory)
         return model.eval()

@@ -13,11 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sc_fm.batch import HIDDEN_VALUE, IGNORE_INDEX
 from sc_fm.vocab import MASK_ID, N_SPECIAL
-
-IGNORE_LABEL = -100
-IGNORE_VALUE = -100.0
-HIDDEN_VALUE = -1.0
 
 
 @dataclass(frozen=True)
@@ -29,8 +26,8 @@ class MaskedTokens:
 
 
 def unmasked(gene_ids: np.ndarray, values: np.ndarray) -> MaskedTokens:
-    return MaskedTokens(gene_ids, values, np.full(gene_ids.shape, IGNORE_LABEL, np.int64),
-                        np.full(values.shape, IGNORE_VALUE, np.float32))
+    return MaskedTokens(gene_ids, values, np.full(gene_ids.shape, IGNORE_INDEX, np.int64),
+                        np.full(values.shape, IGNORE_INDEX, np.float32))
 
 
 def mask_tokens(gene_ids: np.ndarray, values: np.ndarray, mode: str, ratio: float, n_tokens: int,

@@ -10,14 +10,46 @@ a gene never expressed anywhere gets 1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 from sc_fm.stats import GeneStats, GeneStatsAccumulator
 from sc_fm.store import GLOBAL_GROUP, CorpusStore
 
 GLOBAL_VALUE = "all"
+NO_NORMALISERS = "none"
+
+
+def is_group_normalised(stats_group: str) -> bool:
+    """Whether ``tokenizer.stats_group`` names a per-group table (not ``global`` or ``none``)."""
+    return stats_group not in (GLOBAL_GROUP, NO_NORMALISERS)
+
+
+def global_medians(stats: GeneStats) -> np.ndarray:
+    """Corpus-wide nonzero medians; a gene never expressed anywhere gets 1."""
+    return np.nan_to_num(stats.nonzero_median, nan=1.0).astype(np.float32)
+
+
+def trusted_medians(stats: GeneStats, fallback: np.ndarray, min_group_cells: int) -> np.ndarray:
+    """A group's nonzero medians where it saw the gene in ``min_group_cells`` cells, else ``fallback``."""
+    trusted = (stats.n_expr >= min_group_cells) & np.isfinite(stats.nonzero_median)
+    return np.where(trusted, stats.nonzero_median, fallback).astype(np.float32)
+
+
+def medians_by_group(blocks: Iterable[tuple[sp.csr_matrix, np.ndarray]], n_genes: int, fallback: np.ndarray,
+                     min_group_cells: int) -> dict[str, np.ndarray]:
+    """Normalisers of new cells' own groups: ``blocks`` yields (count rows in vocabulary space,
+    each row's group value); one pass, one accumulator per group value."""
+    accumulators: dict[str, GeneStatsAccumulator] = {}
+    for rows, groups in blocks:
+        for value in np.unique(groups):
+            part = rows[groups == value]
+            acc = accumulators.setdefault(str(value), GeneStatsAccumulator(n_genes))
+            acc.update(part.indptr, part.indices, part.data)
+    return {value: trusted_medians(acc.finish(), fallback, min_group_cells)
+            for value, acc in sorted(accumulators.items())}
 
 
 def merged_stats(stores: Sequence[CorpusStore], group: str) -> dict[str, GeneStats]:
@@ -36,15 +68,12 @@ def merged_stats(stores: Sequence[CorpusStore], group: str) -> dict[str, GeneSta
 def build_normalisers(stores: Sequence[CorpusStore], group: str,
                       min_group_cells: int) -> dict[str, dict[str, np.ndarray]]:
     """``{"global": {"all": m}, group: {value: m_value}}`` float32 ``[n_genes]``, gaps filled."""
-    global_stats = merged_stats(stores, GLOBAL_GROUP)[GLOBAL_VALUE]
-    global_median = np.nan_to_num(global_stats.nonzero_median, nan=1.0)
-    out = {GLOBAL_GROUP: {GLOBAL_VALUE: global_median.astype(np.float32)}}
-    if group in (GLOBAL_GROUP, "none"):
+    global_median = global_medians(merged_stats(stores, GLOBAL_GROUP)[GLOBAL_VALUE])
+    out = {GLOBAL_GROUP: {GLOBAL_VALUE: global_median}}
+    if not is_group_normalised(group):
         return out
-    out[group] = {}
-    for value, stats in sorted(merged_stats(stores, group).items()):
-        trusted = (stats.n_expr >= min_group_cells) & np.isfinite(stats.nonzero_median)
-        out[group][value] = np.where(trusted, stats.nonzero_median, global_median).astype(np.float32)
+    out[group] = {value: trusted_medians(stats, global_median, min_group_cells)
+                  for value, stats in sorted(merged_stats(stores, group).items())}
     return out
 
 

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from sc_fm.batch import HIDDEN_VALUE, IGNORE_INDEX
 from sc_fm.tokenize.cells import TokenizedCells
-from sc_fm.tokenize.masking import HIDDEN_VALUE, IGNORE_LABEL, IGNORE_VALUE, MaskedTokens
+from sc_fm.tokenize.masking import MaskedTokens
 from sc_fm.vocab import PAD_ID
 
 TOKEN_KEYS = ("gene_ids", "values", "labels", "target_values")
@@ -44,8 +45,8 @@ def to_padded(batch: dict) -> dict:
     n, width = len(lengths), int(batch["max_seqlen"])
     rows = torch.repeat_interleave(torch.arange(n), lengths)
     cols = torch.arange(int(cu[-1])) - torch.repeat_interleave(cu[:-1], lengths)
-    fills = {"gene_ids": PAD_ID, "values": HIDDEN_VALUE, "labels": IGNORE_LABEL,
-             "target_values": IGNORE_VALUE}
+    fills = {"gene_ids": PAD_ID, "values": HIDDEN_VALUE, "labels": IGNORE_INDEX,
+             "target_values": float(IGNORE_INDEX)}
     out = {}
     for key, fill in fills.items():
         padded = torch.full((n, width), fill, dtype=batch[key].dtype)

@@ -19,11 +19,12 @@ blocks of cells:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from sc_fm.config import TokenizerConfig, section_from_dict, to_dict
 from sc_fm.errors import ConfigError, InputDataError
@@ -31,32 +32,16 @@ from sc_fm.store import GLOBAL_GROUP, CorpusStore
 from sc_fm.tokenize.cells import TokenizedCells
 from sc_fm.tokenize.encode import (_scratch, descending_positions, quantile_bins, random_positions,
                                    sample_unexpressed)
-from sc_fm.tokenize.masking import HIDDEN_VALUE, mask_tokens, unmasked
-from sc_fm.tokenize.normalisers import (GLOBAL_VALUE, build_normalisers, load_normalisers,
-                                        save_normalisers)
+from sc_fm.batch import HIDDEN_VALUE
+from sc_fm.tokenize.masking import mask_tokens, unmasked
+from sc_fm.tokenize.normalisers import (GLOBAL_VALUE, NO_NORMALISERS, build_normalisers, is_group_normalised,
+                                        load_normalisers, medians_by_group, save_normalisers)
 from sc_fm.tokenize.packing import pack
 from sc_fm.vocab import CLS_ID, N_SPECIAL, GeneVocab
 
 TOKENIZER_FORMAT = "sc_fm.tokenizer"
 TOKENIZER_VERSION = 1
 ROWS_PER_PASS = 256
-
-
-def check_config(config: TokenizerConfig) -> None:
-    """Ranges the type system cannot express, named by their config key."""
-    checks = [
-        (config.n_bins >= 3, "tokenizer.n_bins must be at least 3"),
-        (config.max_len >= 2, "tokenizer.max_len must be at least 2"),
-        (0 <= config.n_unexpressed <= config.max_len - 2,
-         "tokenizer.n_unexpressed must leave room for one expressed gene (0..max_len-2)"),
-        (0.0 <= config.condition_dropout < 1.0, "tokenizer.condition_dropout must be in [0, 1)"),
-        (0.0 < config.mask_ratio < 1.0, "tokenizer.mask_ratio must be in (0, 1)"),
-        (config.target_sum > 0, "tokenizer.target_sum must be positive"),
-        (config.min_group_cells >= 0, "tokenizer.min_group_cells must be >= 0"),
-    ]
-    for ok, what in checks:
-        if not ok:
-            raise ConfigError(what, "config")
 
 
 def _codes(values: Sequence[str | None], categories: pd.Index) -> np.ndarray:
@@ -70,7 +55,6 @@ class CellTokenizer:
 
     def __init__(self, config: TokenizerConfig, vocab: GeneVocab,
                  normalisers: dict[str, dict[str, np.ndarray]], condition_vocabs: dict[str, list[str]]):
-        check_config(config)
         self.config = config
         self.vocab = vocab
         self.normalisers = normalisers
@@ -92,7 +76,7 @@ class CellTokenizer:
         group = self.config.stats_group
         n_genes = self.vocab.n_genes
         fallback = self.normalisers[GLOBAL_GROUP][GLOBAL_VALUE]
-        if group == "none":
+        if group == NO_NORMALISERS:
             return [], np.ones((1, n_genes))
         if group != GLOBAL_GROUP and group not in self.normalisers:
             raise InputDataError(f"no normalisers for statistics group {group!r}", "tokenizer.stats_group",
@@ -112,7 +96,6 @@ class CellTokenizer:
         """Normalisers and condition categories from the stores (which must share a vocabulary)."""
         if not stores:
             raise ConfigError("no corpus stores given", "data.stores", "list at least one store path")
-        check_config(config)
         vocab = stores[0].vocab
         for store in stores:
             check_vocabulary(store, vocab)
@@ -156,6 +139,21 @@ class CellTokenizer:
         config = section_from_dict(TokenizerConfig, meta["config"])
         normalisers = load_normalisers(directory / "normalisers.npz", meta["normalisers"])
         return cls(config, vocab, normalisers, meta["condition_vocabs"])
+
+    @property
+    def normalises_by_group(self) -> bool:
+        """True when genes are divided by their dataset's/assay's own medians (``stats_group``)."""
+        return is_group_normalised(self.config.stats_group)
+
+    def with_group_normalisers(self, blocks: Iterable[tuple[sp.csr_matrix, np.ndarray]]) -> "CellTokenizer":
+        """A copy whose ``stats_group`` normalisers are those of new cells' own groups (a new
+        assay's capture bias is removed as it was for the training datasets); ``blocks`` yields
+        (count rows in vocabulary space, each row's group value). Genes a group saw too rarely
+        keep the global median, by the same rule as at pretraining."""
+        fallback = self.normalisers[GLOBAL_GROUP][GLOBAL_VALUE]
+        by_value = medians_by_group(blocks, self.vocab.n_genes, fallback, self.config.min_group_cells)
+        normalisers = {GLOBAL_GROUP: self.normalisers[GLOBAL_GROUP], self.config.stats_group: by_value}
+        return CellTokenizer(self.config, self.vocab, normalisers, self.condition_vocabs)
 
     @property
     def model_inputs(self) -> dict:

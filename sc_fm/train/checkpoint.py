@@ -1,4 +1,9 @@
-"""Checkpoint directories: atomic publication, retention of the last K, discovery for resume.
+"""Checkpoint directories: what goes into one, atomic publication, retention, discovery for resume.
+
+A checkpoint ``step_N/`` holds the engine state (weights, optimizer, scheduler), one
+``rank_R.json`` per rank (step, RNG states, loader position), ``trainer_state.json``, the
+resolved ``config.yaml`` and a ``Pretrained`` directory's files (model and tokenizer), so
+``scfm embed`` accepts any checkpoint. Nothing in it is read back through pickle.
 
 Every rank writes into ``checkpoints/.step_N.partial``; once all ranks are done, rank 0 renames
 it to ``checkpoints/step_N`` (a single atomic ``rename``), so a directory named ``step_N`` is
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from sc_fm.errors import ConfigError
+from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.train.distributed import DistEnv, barrier
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -84,9 +89,59 @@ RESUMABLE_CHANGES = {"train.max_steps", "train.checkpoint_every", "train.keep_la
                      "train.eval_every", "tracking", "eval", "prepare", "data.num_workers"}
 
 
+# Before JSON rank states, ``rank_R.pt`` was a pickle; reading one runs whatever it holds.
+ALLOW_PICKLED_ENV = "SCFM_ALLOW_PICKLED_CHECKPOINTS"
+
+
 def rank_state_file(rank: int) -> str:
     """Per-rank file with the step, RNG states and data-loader position."""
-    return f"rank_{rank}.pt"
+    return f"rank_{rank}.json"
+
+
+def write_rank_state(directory: Path, rank: int, state: dict) -> None:
+    (directory / rank_state_file(rank)).write_text(json.dumps(state) + "\n")
+
+
+def read_rank_state(checkpoint: Path, rank: int) -> dict:
+    """This rank's ``{"step", "rng", "loader"}``; a pickled file of an older sc_fm only on opt-in."""
+    path = checkpoint / rank_state_file(rank)
+    legacy = checkpoint / f"rank_{rank}.pt"
+    if not path.is_file() and legacy.is_file():
+        if os.environ.get(ALLOW_PICKLED_ENV) != "1":
+            raise InputDataError(f"{legacy.name} was written by an older sc_fm as a pickle, which can run "
+                                 f"code when read", str(checkpoint),
+                                 f"if you wrote this run yourself, resume once with {ALLOW_PICKLED_ENV}=1 "
+                                 f"(the next checkpoint is saved as JSON); otherwise start a new run")
+        import torch
+
+        state = torch.load(legacy, map_location="cpu", weights_only=False)
+        return json.loads(json.dumps({**state, "rng": _legacy_rng(state["rng"])}))
+    try:
+        state = json.loads(path.read_text())
+        _ = state["step"], state["rng"], state["loader"]
+    except FileNotFoundError as err:
+        raise InputDataError(f"{path.name} is missing", str(checkpoint),
+                             "resume from a complete checkpoint (every rank writes its own file)") from err
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise InputDataError(f"{path.name} is damaged ({err})", str(checkpoint),
+                             "delete this checkpoint directory to resume from the previous one") from err
+    return state
+
+
+def _legacy_rng(rng: dict) -> dict:
+    """The pickled RNG states of an older checkpoint in today's JSON form."""
+    version, internal, gauss = rng["python"]
+    kind, keys, pos, has_gauss, cached = rng["numpy"]
+    out = {"python": [version, list(internal), gauss],
+           "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+           "torch": rng["torch"].tolist()}
+    if "cuda" in rng:
+        out["cuda"] = [s.tolist() for s in rng["cuda"]]
+    return out
+
+
+def write_trainer_state(directory: Path, state: dict) -> None:
+    (directory / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
 
 def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:

@@ -9,9 +9,8 @@ is ``torch.autocast`` in the engine (fp32 weights, gradients and optimizer), so 
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from sc_fm.config import CONFIGS_DIR, TrainConfig, read_yaml
+from sc_fm.config import TrainConfig, read_yaml, shipped_config
 from sc_fm.errors import ConfigError
 
 DERIVED_KEYS = {
@@ -26,21 +25,9 @@ DERIVED_KEYS = {
 }
 
 
-def resolve_path(name: str) -> Path:
-    """``configs/deepspeed/zero2.yaml``, a path relative to the working directory, or a bare
-    preset name such as ``zero3-offload``."""
-    candidates = [Path(name), CONFIGS_DIR.parent / name, CONFIGS_DIR / "deepspeed" / f"{name}.yaml"]
-    for path in candidates:
-        if path.is_file():
-            return path
-    presets = sorted(p.stem for p in (CONFIGS_DIR / "deepspeed").glob("*.yaml"))
-    raise ConfigError(f"DeepSpeed config {name!r} not found", "train.deepspeed_config",
-                      f"use a file path or one of the presets {presets}")
-
-
 def load_zero_settings(name: str) -> dict:
     """The user part of the DeepSpeed config, checked for keys that sc_fm derives."""
-    path = resolve_path(name)
+    path = shipped_config(name, "deepspeed")
     raw = read_yaml(path)
     clashes = sorted(set(raw) & set(DERIVED_KEYS))
     if clashes:

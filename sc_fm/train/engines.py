@@ -17,13 +17,13 @@ from typing import Protocol
 
 import torch
 
+from sc_fm.batch import LOSS_NAMES
 from sc_fm.config import TrainConfig
 from sc_fm.train.deepspeed_config import uses_cpu_offload
 from sc_fm.train.schedule import build_scheduler
 
 ENGINE_STATE_FILE = "engine_state.pt"
 DEEPSPEED_TAG = "deepspeed"
-LOSS_KEYS = ("loss", "gene_loss", "value_loss")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -47,7 +47,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def _losses(out: dict) -> torch.Tensor:
-    return torch.stack([out[k].detach().float() for k in LOSS_KEYS])
+    return torch.stack([out[k].detach().float() for k in LOSS_NAMES])
 
 
 class TrainEngine(Protocol):
@@ -87,7 +87,7 @@ class PlainEngine:
 
     def train_step(self, micro_batches: list[dict]) -> dict[str, float]:
         self.model.train()
-        losses = torch.zeros(len(LOSS_KEYS), device=self.device)
+        losses = torch.zeros(len(LOSS_NAMES), device=self.device)
         for batch in micro_batches:
             with autocast(self.device, self.precision):
                 out = self.model(batch)
@@ -101,7 +101,7 @@ class PlainEngine:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         values = (losses / len(micro_batches)).tolist()
-        return {**dict(zip(LOSS_KEYS, values)), "grad_norm": float(grad_norm)}
+        return {**dict(zip(LOSS_NAMES, values)), "grad_norm": float(grad_norm)}
 
     @property
     def lr(self) -> float:
@@ -147,7 +147,7 @@ class DeepSpeedEngine:
 
     def train_step(self, micro_batches: list[dict]) -> dict[str, float]:
         self.engine.train()
-        losses = torch.zeros(len(LOSS_KEYS), device=self.device)
+        losses = torch.zeros(len(LOSS_NAMES), device=self.device)
         for batch in micro_batches:
             with autocast(self.device, self.precision):
                 out = self.engine(batch)
@@ -157,7 +157,7 @@ class DeepSpeedEngine:
         values = (losses / len(micro_batches)).tolist()
         grad_norm = self.engine.get_global_grad_norm()
         grad_norm = float("nan") if grad_norm is None else float(grad_norm)
-        return {**dict(zip(LOSS_KEYS, values)), "grad_norm": grad_norm}
+        return {**dict(zip(LOSS_NAMES, values)), "grad_norm": grad_norm}
 
     @property
     def lr(self) -> float:

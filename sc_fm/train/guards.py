@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from sc_fm.batch import LOSS_NAMES
 from sc_fm.errors import ScFmError
 
 
@@ -21,7 +22,7 @@ def check_finite(metrics: dict[str, float], step: int, latest_checkpoint: Callab
 
     ``latest_checkpoint`` is only called on failure (it lists the checkpoint directory).
     """
-    bad = [k for k in ("loss", "gene_loss", "value_loss") if not math.isfinite(metrics[k])]
+    bad = [k for k in LOSS_NAMES if not math.isfinite(metrics[k])]
     if not bad:
         return
     last_checkpoint = latest_checkpoint()

@@ -17,28 +17,37 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from sc_fm.batch import LOSS_NAMES
 from sc_fm.config import RunConfig, save_config, to_dict
 from sc_fm.errors import ConfigError
-from sc_fm.train.checkpoint import (CONFIG_FILE, TRAINER_STATE_FILE, CheckpointManager, check_resumable,
-                                    rank_state_file)
+from sc_fm.pretrained import Pretrained
+from sc_fm.tracking import RunTracker, flatten, system_info
+from sc_fm.train.callbacks import EvaluatorFactory
+from sc_fm.train.checkpoint import (CONFIG_FILE, CheckpointManager, check_resumable, read_rank_state,
+                                    write_rank_state, write_trainer_state)
 from sc_fm.train.distributed import DistEnv, all_reduce_sum, barrier, init_process_group
 from sc_fm.train.engines import DeepSpeedEngine, PlainEngine, TrainEngine
 from sc_fm.train.guards import check_finite, out_of_memory_advice
 from sc_fm.train.plan import TrainPlan, make_plan
 from sc_fm.train.progress import ProgressBar, Throughput, flops_per_token, peak_flops
 from sc_fm.train.rng import capture_rng, restore_rng, seed_everything
-from sc_fm.train.tracking import RunTracker, flatten, system_info
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
 
 
-def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
-    """Train ``cfg`` into ``run_dir``; returns ``RUN_DIR/final`` (a ``load_pretrained`` directory).
+def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
+             evaluator: EvaluatorFactory | None = None) -> Path:
+    """Train ``cfg`` into ``run_dir``; returns ``RUN_DIR/final`` (a ``Pretrained.load`` directory).
 
     With ``resume`` the latest complete checkpoint in ``run_dir`` is continued (a fresh start
-    if there is none yet). Config errors are raised before any data or model is loaded.
+    if there is none yet). ``evaluator`` builds the callback that scores the model every
+    ``train.eval_every`` steps. Config errors are raised before any data or model is loaded.
     """
+    if cfg.train.eval_every > 0 and evaluator is None:
+        raise ConfigError(f"train.eval_every={cfg.train.eval_every} but no evaluator was given", "config",
+                          "run through scfm pretrain (which builds the evaluation on eval.h5ad), pass "
+                          "evaluator= to pretrain(), or set train.eval_every=0")
     env = DistEnv.from_env()
     plan = make_plan(cfg, env)
     run_dir = Path(run_dir)
@@ -51,7 +60,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
         check_resumable(latest, to_dict(cfg), env.world_size)
     created = cfg.train.engine == "deepspeed" and init_process_group(env, plan.device)
     try:
-        return Trainer(cfg, plan, run_dir, checkpoints, latest, resume).run()
+        return Trainer(cfg, plan, run_dir, checkpoints, latest, resume, evaluator).run()
     finally:
         # A lone process keeps its group: DeepSpeed caches it for later runs in the same process.
         if created and env.world_size > 1:
@@ -67,7 +76,7 @@ class Trainer:
     """One run's state: built in ``__init__``, advanced by ``run``."""
 
     def __init__(self, cfg: RunConfig, plan: TrainPlan, run_dir: Path, checkpoints: CheckpointManager,
-                 latest: Path | None, resume: bool):
+                 latest: Path | None, resume: bool, evaluator: EvaluatorFactory | None = None):
         from sc_fm.data import build_train_loader, open_stores
         from sc_fm.model import MaskedGeneTransformer, count_parameters
         from sc_fm.tokenize import CellTokenizer
@@ -92,11 +101,7 @@ class Trainer:
         self.step = 0
         if latest is not None:
             self._restore(latest)
-        self.evaluator = None
-        if cfg.train.eval_every > 0 and self.env.is_main:
-            from sc_fm.evaluate import PretrainEvaluator
-
-            self.evaluator = PretrainEvaluator(cfg.eval, self.tokenizer)
+        self.evaluator = evaluator(self.tokenizer) if evaluator is not None and self.env.is_main else None
         self.tracker = self._start_tracking() if self.env.is_main and cfg.tracking.enabled else None
         self.peak_flops = peak_flops(plan.device)
 
@@ -147,18 +152,18 @@ class Trainer:
         """Mean losses over ranks; tokens and cells summed over ranks; rates since the last step."""
         tokens = sum(int(b["gene_ids"].numel()) for b in micro)
         cells = sum(int(b["cell_index"].numel()) for b in micro)
-        totals = torch.tensor([local["loss"], local["gene_loss"], local["value_loss"], tokens, cells],
+        totals = torch.tensor([local[k] for k in LOSS_NAMES] + [tokens, cells],
                               dtype=torch.float64, device=self.plan.device)
-        totals = all_reduce_sum(totals).tolist()
+        *loss_sums, n_tokens, n_cells = all_reduce_sum(totals).tolist()
         world = self.env.world_size
-        throughput.add(int(totals[3]), int(totals[4]))
+        throughput.add(int(n_tokens), int(n_cells))
         tokens_per_s, cells_per_s = throughput.rates()
-        metrics = {"loss": totals[0] / world, "gene_loss": totals[1] / world, "value_loss": totals[2] / world,
+        metrics = {**{k: v / world for k, v in zip(LOSS_NAMES, loss_sums)},
                    "tokens_per_s": tokens_per_s, "cells_per_s": cells_per_s, "lr": lr,
                    "grad_norm": local["grad_norm"]}
         if self.peak_flops:
             m = self.cfg.model
-            per_token = flops_per_token(self.n_parameters, m.n_layers, m.d_model, totals[3] / totals[4])
+            per_token = flops_per_token(self.n_parameters, m.n_layers, m.d_model, n_tokens / n_cells)
             metrics["mfu"] = per_token * tokens_per_s / (self.peak_flops * world)
         return metrics
 
@@ -193,21 +198,21 @@ class Trainer:
 
     # ---------------------------------------------------------------------- checkpoints
     def _write_pretrained(self, directory: Path) -> None:
-        """Weights, vocabulary and tokenizer as a ``load_pretrained`` directory (rank 0 writes)."""
+        """Model and tokenizer as a ``Pretrained.load`` directory (rank 0 writes)."""
         with self.engine.full_weights():
             if self.env.is_main:
-                self.model.save_pretrained(directory, vocab=self.tokenizer.vocab, tokenizer=self.tokenizer)
+                Pretrained(self.model, self.tokenizer).save(directory)
 
     def _write_checkpoint(self, directory: Path) -> None:
         self.engine.save_state(directory)
-        torch.save({"step": self.step, "rng": capture_rng(), "loader": self.loader.state_dict()},
-                   directory / rank_state_file(self.env.rank))
+        write_rank_state(directory, self.env.rank,
+                         {"step": self.step, "rng": capture_rng(), "loader": self.loader.state_dict()})
         self._write_pretrained(directory)
         if self.env.is_main:
             save_config(self.cfg, directory / CONFIG_FILE)
-            state = {"step": self.step, "world_size": self.env.world_size, "engine": self.cfg.train.engine,
-                     "accumulation": self.plan.accumulation, "precision": self.plan.precision}
-            (directory / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+            write_trainer_state(directory, {
+                "step": self.step, "world_size": self.env.world_size, "engine": self.cfg.train.engine,
+                "accumulation": self.plan.accumulation, "precision": self.plan.precision})
 
     def _save_checkpoint(self) -> None:
         if self.tracker is not None:
@@ -216,8 +221,7 @@ class Trainer:
 
     def _restore(self, checkpoint: Path) -> None:
         self.engine.load_state(checkpoint)
-        state = torch.load(checkpoint / rank_state_file(self.env.rank), map_location="cpu",
-                           weights_only=False)  # our own file: RNG states include NumPy arrays
+        state = read_rank_state(checkpoint, self.env.rank)
         self.loader.load_state_dict(state["loader"])
         restore_rng(state["rng"])
         self.step = int(state["step"])

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sc_fm.config import EmbedConfig
 from sc_fm.errors import InputDataError
-from sc_fm.evaluate.checkpoint import load_checkpoint
-from sc_fm.evaluate.embedding import EMBEDDING_KEY, embed_counts, inference_tokenizer
-from sc_fm.evaluate.genes import GeneMapping, map_genes
-from sc_fm.evaluate.inputs import require_obs_column
+from sc_fm.pretrained.bundle import EMBEDDING_KEY, Pretrained
+from sc_fm.pretrained.genes import GeneMapping
 
 
 @dataclass
@@ -52,21 +51,19 @@ def write_obsm(path: Path, key: str, values: np.ndarray) -> None:
         write_elem(obsm, key, values)
 
 
-def embed_h5ad(checkpoint: str | Path, input_path: str | Path, output_path: str | Path,
-               batch_key: str | None = None, conditions: dict[str, str] | None = None,
-               min_gene_overlap: float = 0.1, block_cells: int = 1024, batch_cells: int = 64,
-               progress: bool = True) -> EmbedSummary:
+def embed_h5ad(checkpoint: str | Path | Pretrained, input_path: str | Path, output_path: str | Path,
+               config: EmbedConfig | None = None, progress: bool = True) -> EmbedSummary:
     """Embed ``input_path`` with ``checkpoint`` into ``output_path`` (may equal the input)."""
-    pretrained = load_checkpoint(checkpoint)
+    config = config or EmbedConfig()
+    pretrained = checkpoint if isinstance(checkpoint, Pretrained) else Pretrained.load(checkpoint)
     input_path, output_path = Path(input_path), Path(output_path)
+    where = str(input_path)
     adata = open_backed(input_path)
     try:
-        require_obs_column(adata, batch_key, "--batch-key", str(input_path))
-        mapping = map_genes(adata.var_names, pretrained.tokenizer.vocab, min_gene_overlap, str(input_path))
-        tokenizer, groups = inference_tokenizer(pretrained.tokenizer, adata, mapping, batch_key, block_cells,
-                                                str(input_path))
-        embedding = embed_counts(pretrained.model, tokenizer, adata, mapping, groups, conditions, block_cells,
-                                 batch_cells, progress, str(input_path))
+        mapping = pretrained.gene_mapping(adata, config.min_gene_overlap, where)
+        embedding = pretrained.embed(adata, config.batch_key, config.conditions, key_added=None, mapping=mapping,
+                                     batch_cells=config.batch_cells, block_cells=config.block_cells,
+                                     progress=progress, where=where)
     finally:
         adata.file.close()
     if output_path.resolve() != input_path.resolve():

@@ -1,4 +1,4 @@
-"""``python -m sc_fm.model``: parameter counts of the size presets."""
+"""``python benchmarks/model_sizes.py``: parameter counts of the model size presets."""
 
 import argparse
 
@@ -7,7 +7,7 @@ from sc_fm.vocab import default_vocab
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m sc_fm.model",
+    parser = argparse.ArgumentParser(prog="benchmarks/model_sizes.py",
                                      description="Parameter counts of the model size presets.")
     parser.add_argument("--n-tokens", type=int, default=None,
                         help="vocabulary size incl. specials (default: the shipped GENCODE vocabulary)")

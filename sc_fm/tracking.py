@@ -1,7 +1,11 @@
-"""MLflow tracking of a pretraining run (rank 0 only).
+"""MLflow runs, shared by pretraining (rank 0 only), benchmarks and fine-tuning.
 
-The run is identified by ``RUN_DIR/tracking.json`` (``tracking_uri``, ``experiment_id``,
-``run_id``): a resumed run reopens it, and evaluation after training logs under it too.
+A run is identified by ``RUN_DIR/tracking.json`` (``tracking_uri``, ``experiment_id``,
+``run_id``): a resumed run reopens it, and a benchmark of its checkpoint logs under it too.
+The destination always comes from the user (``tracking.uri``, ``$MLFLOW_TRACKING_URI``, or
+the local default); a ``tracking.json`` found in a checkpoint is only followed when it names
+that same destination or a local database inside the checkpoint's own run directory, so a
+downloaded checkpoint cannot send a report to a server of its choosing.
 Metrics are buffered and sent in batches, so per-step logging costs one request per
 ``train.log_every`` steps instead of one per step.
 """
@@ -30,6 +34,31 @@ def resolve_tracking_uri(config: TrackingConfig, run_dir: str | Path) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{Path(run_dir).resolve().parent / 'mlflow.db'}"
+
+
+def recorded_run(checkpoint: str | Path, destination: str) -> dict | None:
+    """The ``tracking.json`` of a checkpoint (in it, or in its run directory above ``final/`` or
+    ``checkpoints/step_N/``) when it may be trusted for ``destination`` (see the module doc)."""
+    directory = Path(checkpoint).resolve()
+    for run_dir in (directory, directory.parent, directory.parent.parent):
+        path = run_dir / TRACKING_FILE
+        if not path.is_file():
+            continue
+        try:
+            info = json.loads(path.read_text())
+            uri = str(info["tracking_uri"])
+            _ = info["experiment_id"], info["run_id"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return None  # unreadable: log to a new run rather than fail the benchmark
+        return info if uri == destination or _local_database_inside(uri, run_dir) else None
+    return None
+
+
+def _local_database_inside(uri: str, run_dir: Path) -> bool:
+    if not uri.startswith("sqlite:///"):
+        return False
+    database = Path(uri[len("sqlite:///"):]).resolve()
+    return database.is_relative_to(run_dir.resolve())
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:

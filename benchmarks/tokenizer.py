@@ -1,6 +1,6 @@
 """Single-core tokeniser throughput: ``encode_rows`` + ``mask_and_pack`` on simulated cells.
 
-``python -m sc_fm.tokenize.throughput [--baseline REV]`` simulates 4,096 cells (8,000 genes,
+``python benchmarks/tokenizer.py [--baseline REV]`` simulates 4,096 cells (8,000 genes,
 mean depth 8,000: ~1,800 nonzeros per cell, 3 studies), builds per-dataset normalisers with
 ``GeneStatsAccumulator`` and tokenises 256-cell batches (``max_len`` 1024, training RNG) for
 the ``rank`` and ``bin`` schemes. Reports cells per CPU-second (best per batch over
@@ -30,32 +30,27 @@ from sc_fm.vocab import GeneVocab
 
 
 def simulated_cells(n_cells: int = 4096, n_genes: int = 8000, depth: float = 8000.0) -> dict:
+    """Cells and per-dataset normalisers built by the tokenizer's own rule (plain dicts and
+    arrays, so a tokenizer of another revision can take them too)."""
     from sc_fm.simulate import AtlasSimulator, AtlasSpec
     from sc_fm.stats import GeneStatsAccumulator
+    from sc_fm.tokenize.normalisers import global_medians, medians_by_group
 
     sim = AtlasSimulator(AtlasSpec(n_cells=n_cells, n_genes=n_genes, mean_depth=depth, seed=0))
     x, obs, _ = next(sim.resampled_blocks(block_cells=n_cells))
     x.sort_indices()
-
-    def stats(rows):
-        acc = GeneStatsAccumulator(n_genes)
-        sub = x[rows]
-        acc.update(sub.indptr, sub.indices, sub.data)
-        return acc.finish()
-
-    everything = stats(np.arange(n_cells))
-    global_median = np.nan_to_num(everything.nonzero_median, nan=1.0)
-    normalisers = {"global": {"all": global_median.astype(np.float32)}, "dataset": {}}
-    for value in sorted(obs["dataset"].unique()):
-        s = stats(np.flatnonzero(obs["dataset"].to_numpy() == value))
-        trusted = (s.n_expr >= 20) & np.isfinite(s.nonzero_median)
-        normalisers["dataset"][value] = np.where(trusted, s.nonzero_median, global_median).astype(np.float32)
+    everything = GeneStatsAccumulator(n_genes)
+    everything.update(x.indptr, x.indices, x.data)
+    global_median = global_medians(everything.finish())
+    by_dataset = medians_by_group([(x, obs["dataset"].to_numpy())], n_genes, global_median,
+                                  TokenizerConfig().min_group_cells)
+    normalisers = {"global": {"all": global_median}, "dataset": by_dataset}
     return {"x": x, "obs": obs, "vocab": GeneVocab(list(sim.gene_ids)), "normalisers": normalisers}
 
 
 def load_revision(rev: str, into: Path):
     """``sc_fm/tokenize`` at git ``rev`` as a separate package (``tokenize_<rev>``)."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     name = "tokenize_" + "".join(c if c.isalnum() else "_" for c in rev)
     package = into / name
     package.mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""A pretrained directory with the real tokenizer: corpus cells -> batch -> model -> save -> load."""
+"""``Pretrained``: model + tokenizer saved once, loaded once; embedding into AnnData."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import numpy as np
 import torch
 
 from sc_fm.config import ModelConfig, TokenizerConfig
-from sc_fm.model import MaskedGeneTransformer, load_pretrained
+from sc_fm.model import MaskedGeneTransformer
+from sc_fm.pretrained import Pretrained
 from sc_fm.tokenize import CellTokenizer
 
 
-def test_load_pretrained_round_trip_with_tokenizer(tiny_store, tmp_path):
+def test_save_load_round_trip_with_tokenizer(tiny_store, tmp_path):
     tokenizer = CellTokenizer.from_stores(TokenizerConfig(max_len=64), [tiny_store])
     indptr, indices, data = tiny_store.read_rows(0, 0, 8)
     conditions = {key: tiny_store.obs_values(key)[:8] for key in tokenizer.config.condition_keys}
@@ -19,10 +20,11 @@ def test_load_pretrained_round_trip_with_tokenizer(tiny_store, tmp_path):
     torch.manual_seed(0)
     config = ModelConfig(n_layers=1, d_model=32, n_heads=2, d_ff=64)
     model = MaskedGeneTransformer(config, **tokenizer.model_inputs).eval()
-    model.save_pretrained(tmp_path / "final", vocab=tokenizer.vocab, tokenizer=tokenizer)
+    Pretrained(model, tokenizer).save(tmp_path / "final")
 
-    loaded, vocab, loaded_tokenizer = load_pretrained(tmp_path / "final")
-    assert vocab.hash == tokenizer.vocab.hash
+    pretrained = Pretrained.load(tmp_path / "final")
+    loaded, loaded_tokenizer = pretrained.model, pretrained.tokenizer
+    assert pretrained.vocab.hash == tokenizer.vocab.hash and pretrained.path == tmp_path / "final"
     assert loaded_tokenizer.model_inputs == tokenizer.model_inputs
     reloaded_batch = loaded_tokenizer.mask_and_pack(
         loaded_tokenizer.encode_rows(indptr, indices, data, conditions), np.random.default_rng(0), range(8))

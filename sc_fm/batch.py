@@ -1,0 +1,33 @@
+"""The batch contract between tokenizer, model, engine and benchmarks, defined once.
+
+A batch is a dict of tensors over packed cells (no padding): ``gene_ids`` and ``values``
+flattened over cells (``[T]``), ``cu_seqlens`` (``int32 [B+1]``) and ``max_seqlen`` for packed
+attention, ``condition_ids`` (``[B, C]``, 0 = ``<unk>``/dropped), ``labels`` and
+``target_values`` holding :data:`IGNORE_INDEX` wherever nothing is predicted, and
+``cell_index`` (``[B]``, position in the store). A padded view is derived from it.
+"""
+
+from __future__ import annotations
+
+GENE_IDS = "gene_ids"
+VALUES = "values"
+CU_SEQLENS = "cu_seqlens"
+MAX_SEQLEN = "max_seqlen"
+CONDITION_IDS = "condition_ids"
+LABELS = "labels"
+TARGET_VALUES = "target_values"
+CELL_INDEX = "cell_index"
+
+INPUT_KEYS = (GENE_IDS, VALUES, CU_SEQLENS, MAX_SEQLEN, CONDITION_IDS)
+TARGET_KEYS = (LABELS, TARGET_VALUES)
+
+# Labels and value targets at positions that carry no loss (PyTorch's cross-entropy default).
+IGNORE_INDEX = -100
+# An input value the model may not see: at ``<cls>``, and where masking hid it.
+HIDDEN_VALUE = -1.0
+
+# The model's output losses: the total, then its parts (summed with their weights).
+LOSS = "loss"
+GENE_LOSS = "gene_loss"
+VALUE_LOSS = "value_loss"
+LOSS_NAMES = (LOSS, GENE_LOSS, VALUE_LOSS)

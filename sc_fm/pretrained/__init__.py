@@ -1,0 +1,8 @@
+"""``Pretrained``: model + tokenizer + vocabulary as one object; load, save, embed on AnnData."""
+
+from sc_fm.pretrained.bundle import EMBEDDING_KEY, Pretrained, embed_cells
+from sc_fm.pretrained.cells import InputCells
+from sc_fm.pretrained.genes import GeneMapping, map_genes
+from sc_fm.pretrained.h5ad import embed_h5ad
+
+__all__ = ["EMBEDDING_KEY", "GeneMapping", "InputCells", "Pretrained", "embed_cells", "embed_h5ad", "map_genes"]

@@ -1,0 +1,116 @@
+"""``Pretrained``: a model with the tokenizer (and so the vocabulary) it was trained with.
+
+The user-facing object, as scvi-tools puts its model class over its module: saved once and
+loaded once, and the one way every command (``embed``, ``benchmark``, ``finetune``) reaches a
+checkpoint. ``embed`` follows scanpy's habit: the result goes into ``adata.obsm`` in place and
+is also returned. The directory holds the model's own files (``model.safetensors``,
+``model_config.json``) and ``tokenizer/`` (config, normalisers, ``vocab.tsv``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sc_fm.config import MIN_GENE_OVERLAP
+from sc_fm.errors import InputDataError
+from sc_fm.model import MaskedGeneTransformer
+from sc_fm.model.io import required_file
+from sc_fm.pretrained.cells import InputCells
+from sc_fm.pretrained.genes import GeneMapping, map_genes
+from sc_fm.pretrained.inputs import require_obs_column
+from sc_fm.tokenize import CellTokenizer
+from sc_fm.vocab import GeneVocab
+
+EMBEDDING_KEY = "X_scfm"
+TOKENIZER_DIR = "tokenizer"
+
+
+class Pretrained:
+    """``model`` (a ``MaskedGeneTransformer``) + ``tokenizer``; ``path`` where it was loaded from."""
+
+    def __init__(self, model: MaskedGeneTransformer, tokenizer: CellTokenizer, path: Path | None = None):
+        n_tokens = model.init_args["n_tokens"]
+        if tokenizer.vocab.n_tokens != n_tokens or tokenizer.model_inputs != model.init_args:
+            raise InputDataError(f"the tokenizer ({tokenizer.vocab.n_tokens} tokens, {tokenizer.model_inputs}) "
+                                 f"does not fit the model ({model.init_args})", str(path or "Pretrained"),
+                                 "use a directory written by one pretraining run (RUN_DIR/final)")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.path = path
+
+    @property
+    def vocab(self) -> GeneVocab:
+        return self.tokenizer.vocab
+
+    @property
+    def name(self) -> str:
+        """Display name in reports: ``sc_fm-<size>``."""
+        return f"sc_fm-{self.model.config.size}"
+
+    # ---- persistence ---------------------------------------------------------------------
+    @classmethod
+    def load(cls, directory: str | Path) -> "Pretrained":
+        """A run's ``final/``, a ``checkpoints/step_N/`` or any directory ``save`` wrote (CPU, eval mode)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise InputDataError(f"{directory} is not a directory", str(directory),
+                                 "pass a run's final/ or checkpoints/step_N/ directory")
+        model = MaskedGeneTransformer.from_pretrained(directory)
+        tokenizer = CellTokenizer.load(required_file(directory, TOKENIZER_DIR))
+        return cls(model, tokenizer, directory)
+
+    def save(self, directory: str | Path) -> None:
+        """Weights, model config and tokenizer (with its vocabulary) into ``directory``."""
+        self.model.save_pretrained(directory)
+        self.tokenizer.save(Path(directory) / TOKENIZER_DIR)
+
+    # ---- AnnData in ----------------------------------------------------------------------
+    def gene_mapping(self, adata, min_gene_overlap: float = MIN_GENE_OVERLAP, where: str = "input") -> GeneMapping:
+        """How ``adata.var_names`` map onto the vocabulary (refused below ``min_gene_overlap``)."""
+        return map_genes(adata.var_names, self.vocab, min_gene_overlap, where)
+
+    def input_cells(self, adata, batch_key: str | None = None, mapping: GeneMapping | None = None,
+                    block_cells: int = 1024, where: str = "input") -> InputCells:
+        """``adata``'s cells as this checkpoint tokenises them; ``batch_key`` names the column whose
+        batches get their own gene normalisers when the tokenizer normalises per group."""
+        require_obs_column(adata, batch_key, "batch_key", where)
+        mapping = mapping or self.gene_mapping(adata, where=where)
+        return InputCells.build(adata, mapping, self.tokenizer, batch_key, block_cells, where)
+
+    def embed(self, adata, batch_key: str | None = None, conditions: dict[str, str] | None = None,
+              key_added: str | None = EMBEDDING_KEY, mapping: GeneMapping | None = None,
+              batch_cells: int = 64, block_cells: int = 1024, progress: bool = True,
+              where: str = "input") -> np.ndarray:
+        """``[n_obs, d]`` float32 cell embeddings, rows in order, deterministic; written to
+        ``adata.obsm[key_added]`` unless ``key_added`` is None. ``conditions`` fixes condition
+        tokens for every cell (``{"assay": "10x"}``); keys left out are dropped."""
+        cells = self.input_cells(adata, batch_key, mapping, block_cells, where)
+        embedding = embed_cells(self.model, cells, conditions, batch_cells, progress)
+        if key_added is not None:
+            adata.obsm[key_added] = embedding
+        return embedding
+
+
+def embed_cells(model: MaskedGeneTransformer, cells: InputCells, conditions: dict[str, str] | None,
+                batch_cells: int = 64, progress: bool = True) -> np.ndarray:
+    """The model's pooled embedding of every cell of ``cells``, in batches, in eval mode."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    parts = []
+    bar = tqdm(total=cells.n_cells, unit="cells", desc="embedding", disable=not progress)
+    with torch.inference_mode():
+        for start, tokens in cells.tokenized_blocks(conditions):
+            for lo in range(0, len(tokens), batch_cells):
+                hi = min(lo + batch_cells, len(tokens))
+                batch = cells.tokenizer.mask_and_pack(tokens[lo:hi], None, np.arange(start + lo, start + hi))
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                parts.append(model.embed(batch).float().cpu().numpy())
+                bar.update(hi - lo)
+    bar.close()
+    model.train(was_training)
+    return np.concatenate(parts) if parts else np.zeros((0, model.config.d_model), np.float32)
