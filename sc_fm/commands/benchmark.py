@@ -1,4 +1,4 @@
-"""``scfm benchmark INPUT.h5ad --checkpoint CKPT --batch-key B --label-key L -o REPORT_DIR``."""
+"""``scfm benchmark INPUT.h5ad --checkpoint CKPT --batch-key B --label-key L -o REPORT_DIR [--seeds K]``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scVI epochs (default: eval.scvi_epochs)")
     parser.add_argument("--min-gene-overlap", type=float, default=0.1,
                         help="minimum fraction of the input's genes found in a checkpoint's vocabulary")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="first seed of every seeded method")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="repeat every seeded method (scVI, Harmony, the random control, seeded sc_fm rows) "
+                             "with seeds SEED..SEED+K-1; results.csv holds mean and sd (default 1)")
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 
 
@@ -26,8 +29,10 @@ def run(args: argparse.Namespace) -> int:
 
     from sc_fm.config import EvalConfig
     from sc_fm.evaluate.benchmark import run_benchmark
-    from sc_fm.evaluate.h5ad import open_backed
+    from sc_fm.pretrained.h5ad import open_backed
+    from sc_fm.evaluate.seeds import seed_list
 
+    seed_list(args.seed, args.seeds, "--seeds")  # refused before anything is read or trained
     backed = open_backed(args.input)
     backed.file.close()
     adata = anndata.read_h5ad(args.input)
@@ -36,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         config.scvi_epochs = args.scvi_epochs
     result = run_benchmark(adata, args.batch_key, args.label_key, args.output, args.checkpoint, config,
                            min_gene_overlap=args.min_gene_overlap, track=not args.no_tracking,
-                           where=args.input)
+                           where=args.input, n_seeds=args.seeds)
     for line in result.verdict:
         print(line)
     print(f"report: {result.report}")
