@@ -60,7 +60,8 @@ class SliceReader:
     def __init__(self, array: zarr.Array):
         self.array = array
         self.chunk = int(array.chunks[0])
-        self.directory = self._direct_directory(array, self.chunk)
+        self.lib = _library()
+        self.directory = self._direct_directory(array, self.chunk) if self.lib is not None else None
 
     @staticmethod
     def _direct_directory(array: zarr.Array, chunk: int) -> Path | None:
@@ -71,7 +72,7 @@ class SliceReader:
         plain = (array.ndim == 1 and chunk < 2**31 and isinstance(array.store, LocalStore)
                  and sys.byteorder == "little" and len(codecs) == 2 and isinstance(codecs[0], BytesCodec)
                  and (array.dtype.itemsize == 1 or codecs[0].endian == codecs[0].endian.little)
-                 and isinstance(codecs[1], BloscCodec) and _library() is not None)
+                 and isinstance(codecs[1], BloscCodec))
         return Path(array.store.root) / array.path if plain else None
 
     def __call__(self, lo: int, hi: int) -> np.ndarray:
@@ -94,7 +95,7 @@ class SliceReader:
         except FileNotFoundError:  # zarr leaves out chunks that are all fill value
             out[:] = self.array.metadata.fill_value
             return
-        lib = _library()
+        lib = self.lib
         size = ctypes.c_size_t()  # the header must fit the file and hold one whole chunk
         done = lib.blosc_cbuffer_validate(frame, len(frame), ctypes.byref(size))
         if done == 0 and size.value != self.chunk * out.itemsize:
