@@ -1,12 +1,13 @@
 """The end-to-end demo (``make demo``): corpus -> DeepSpeed pretraining -> embedding -> scVI comparison.
 
 1. Builds the embedded default corpus: a simulated multi-study atlas whose genes are the
-   most-counted real sc_mixology Ensembl IDs (they form the vocabulary), plus the real
-   sc_mixology cells ingested as their own datasets.
-2. Pretrains the ``tiny`` model under DeepSpeed on the CPU with the real cells held out
-   (``data.exclude``).
-3. Embeds the held-out real cells (``scfm embed``) and benchmarks the checkpoint against PCA,
-   scVI and a random control on them (``scfm benchmark``), logging under the run's MLflow run.
+   most-counted genes of the real sc_mixology mixture profiles (they form the vocabulary),
+   plus those real mixture profiles. The real single cells of the evaluation set are not in
+   it: neither their counts, nor their genes, nor their statistics reach the checkpoint.
+2. Pretrains the ``tiny`` model under DeepSpeed on the CPU.
+3. Embeds the held-out real singlets (``scfm embed``) and benchmarks the checkpoint against
+   PCA, scVI, Harmony and a random control on them (``scfm benchmark``), logging under the
+   run's MLflow run.
 
 Usage: ``python -m sc_fm.demo --out demo_out [--quick]``.
 """
@@ -26,10 +27,9 @@ from sc_fm.config import CONFIGS_DIR, PrepareConfig, load_config
 from sc_fm.simulate import AtlasSpec, write_atlas_h5ad
 from sc_fm.vocab import GeneVocab
 
-REAL_DATASETS = ("sc_mixology_celseq2", "sc_mixology_dropseq")
 SIMULATED_OBS = {"dataset": "dataset", "assay": "assay", "donor": "donor", "cell_type": "cell_type"}
 RUN_CONFIG = CONFIGS_DIR / "runs" / "demo.yaml"
-MIXOLOGY_SOURCES = CONFIGS_DIR / "data" / "sc_mixology.yaml"
+MIXTURE_SOURCES = CONFIGS_DIR / "data" / "sc_mixology_mixtures.yaml"
 
 
 @dataclass
@@ -46,39 +46,38 @@ FULL = DemoSize(sim_cells=6000, sim_genes=4000, max_steps=150, scvi_epochs=150)
 QUICK = DemoSize(sim_cells=1500, sim_genes=4000, max_steps=20, scvi_epochs=30)
 
 
-def mixology_gene_universe(n_genes: int) -> list[str]:
-    """The ``n_genes`` most-counted sc_mixology genes (Ensembl IDs), in descending order of counts."""
-    from sc_fm.datasets import load_sc_mixology
+def mixture_gene_universe(n_genes: int) -> list[str]:
+    """The ``n_genes`` most-counted genes (Ensembl IDs) of the pretraining mixture profiles."""
+    from sc_fm.datasets import load_sc_mixology_mixtures
 
-    adata = load_sc_mixology(singlets_only=False)
+    adata = load_sc_mixology_mixtures()
     totals = np.asarray(adata.X.sum(axis=0)).ravel()
     return [str(g) for g in adata.var_names[np.argsort(-totals, kind="stable")[:n_genes]]]
 
 
 def build_corpus(out: Path, size: DemoSize, progress: bool = True) -> Path:
-    """Simulated atlas + real sc_mixology cells -> ``out/corpus.zarr`` (vocabulary: the sources' genes)."""
+    """Simulated atlas + real mixture profiles -> ``out/corpus.zarr`` (vocabulary: the simulated genes)."""
     from data_pipelines import SourceSpec, prepare
 
     sources = out / "sources"
     sources.mkdir(parents=True, exist_ok=True)
     spec = AtlasSpec(n_cells=size.sim_cells, n_genes=size.sim_genes, n_studies=4, n_cell_types=6, seed=0,
-                     gene_ids=mixology_gene_universe(size.sim_genes),
+                     gene_ids=mixture_gene_universe(size.sim_genes),
                      study_names=[f"simulated_study_{i}" for i in range(4)])
     atlas = write_atlas_h5ad(sources / "simulated_atlas.h5ad", spec)
     vocab = sources / "vocab.tsv"  # the simulated genes: a small vocabulary keeps the demo fast
     GeneVocab(list(spec.gene_ids), name="demo").save(vocab)
     store = out / "corpus.zarr"
-    prepare([SourceSpec(path=atlas, dataset="simulated_atlas", obs_columns=SIMULATED_OBS), MIXOLOGY_SOURCES],
+    prepare([SourceSpec(path=atlas, dataset="simulated_atlas", obs_columns=SIMULATED_OBS), MIXTURE_SOURCES],
             store, PrepareConfig(vocab=str(vocab), min_gene_overlap=0.01), progress=progress)
     return store
 
 
 def pretrain(out: Path, store: Path, size: DemoSize) -> Path:
-    """``python -m sc_fm pretrain`` (DeepSpeed, CPU) with the real datasets excluded; returns ``final/``."""
+    """``python -m sc_fm pretrain`` (DeepSpeed, CPU); returns ``final/``."""
     run_dir = out / "run"
-    exclude = "{dataset: [" + ", ".join(REAL_DATASETS) + "]}"
     command = [sys.executable, "-m", "sc_fm", "pretrain", "--config", str(RUN_CONFIG), "-o", str(run_dir),
-               f"data.stores=[{store}]", f"data.exclude={exclude}", f"train.max_steps={size.max_steps}"]
+               f"data.stores=[{store}]", f"train.max_steps={size.max_steps}"]
     subprocess.run(command, check=True)
     return run_dir / "final"
 

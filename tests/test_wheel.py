@@ -9,6 +9,7 @@ from an empty directory, far from the checkout's ``configs/``.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,13 +26,22 @@ def _run(command: list[str], cwd: Path, env: dict) -> str:
     return done.stdout
 
 
+def _outside_the_source(directory: str, names: list[str]) -> set[str]:
+    """What a build must not see: environments, outputs and caches at the top, caches anywhere."""
+    top = {".git", ".venv", "build", "dist", "demo_out", "runs", "mlruns", "mlartifacts", "mlflow.db"}
+    return {n for n in names if n in ("__pycache__", ".pytest_cache") or n.endswith(".egg-info")
+            or (Path(directory) == ROOT and n in top)}
+
+
 @pytest.fixture(scope="module")
 def wheel_env(tmp_path_factory) -> tuple[Path, dict]:
     """``(bin directory of a venv with only the wheel installed, its environment)``."""
     base = tmp_path_factory.mktemp("wheel")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    source = base / "source"  # a copy, so the build leaves nothing in the checkout (nor reuses its build/)
+    shutil.copytree(ROOT, source, symlinks=True, ignore=_outside_the_source)
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(base / "dist"),
-          str(ROOT)], base, env)
+          str(source)], base, env)
     wheel = next((base / "dist").glob("sc_fm-*.whl"))
     venv = base / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], base, env)

@@ -11,6 +11,7 @@ a gene never expressed anywhere gets 1.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -65,15 +66,31 @@ def merged_stats(stores: Sequence[CorpusStore], group: str) -> dict[str, GeneSta
     return {value: acc.finish() for value, acc in by_value.items()}
 
 
+class KeptStatistics(Protocol):
+    """Statistics of the cells that train (see ``sc_fm.data.kept.KeptCells``)."""
+
+    global_stats: GeneStats
+    group_stats: dict[str, GeneStats]
+    categories: dict[str, list[str]]
+
+
 def build_normalisers(stores: Sequence[CorpusStore], group: str,
                       min_group_cells: int) -> dict[str, dict[str, np.ndarray]]:
     """``{"global": {"all": m}, group: {value: m_value}}`` float32 ``[n_genes]``, gaps filled."""
-    global_median = global_medians(merged_stats(stores, GLOBAL_GROUP)[GLOBAL_VALUE])
+    by_value = merged_stats(stores, group) if is_group_normalised(group) else {}
+    return normalisers_from_stats(merged_stats(stores, GLOBAL_GROUP)[GLOBAL_VALUE], by_value, group,
+                                  min_group_cells)
+
+
+def normalisers_from_stats(global_stats: GeneStats, group_stats: dict[str, GeneStats], group: str,
+                           min_group_cells: int) -> dict[str, dict[str, np.ndarray]]:
+    """The normaliser table of ``build_normalisers`` from statistics already merged."""
+    global_median = global_medians(global_stats)
     out = {GLOBAL_GROUP: {GLOBAL_VALUE: global_median}}
     if not is_group_normalised(group):
         return out
     out[group] = {value: trusted_medians(stats, global_median, min_group_cells)
-                  for value, stats in sorted(merged_stats(stores, group).items())}
+                  for value, stats in sorted(group_stats.items())}
     return out
 
 

@@ -34,8 +34,9 @@ from sc_fm.tokenize.encode import (_scratch, descending_positions, quantile_bins
                                    sample_unexpressed)
 from sc_fm.batch import HIDDEN_VALUE
 from sc_fm.tokenize.masking import mask_tokens, unmasked
-from sc_fm.tokenize.normalisers import (GLOBAL_VALUE, NO_NORMALISERS, build_normalisers, is_group_normalised,
-                                        load_normalisers, medians_by_group, save_normalisers)
+from sc_fm.tokenize.normalisers import (GLOBAL_VALUE, NO_NORMALISERS, KeptStatistics, build_normalisers,
+                                        is_group_normalised, load_normalisers, medians_by_group,
+                                        normalisers_from_stats, save_normalisers)
 from sc_fm.tokenize.packing import pack
 from sc_fm.vocab import CLS_ID, N_SPECIAL, GeneVocab
 
@@ -92,22 +93,30 @@ class CellTokenizer:
 
     # ---- construction and persistence -------------------------------------------------
     @classmethod
-    def from_stores(cls, config: TokenizerConfig, stores: Sequence[CorpusStore]) -> "CellTokenizer":
-        """Normalisers and condition categories from the stores (which must share a vocabulary)."""
+    def from_stores(cls, config: TokenizerConfig, stores: Sequence[CorpusStore],
+                    kept: KeptStatistics | None = None) -> "CellTokenizer":
+        """Normalisers and condition categories from the stores (which must share a vocabulary).
+
+        ``kept``: statistics and categories of the cells that train when a filter holds some
+        out (``sc_fm.data.kept_cells``), used instead of the stores' own, which cover all cells."""
         if not stores:
             raise ConfigError("no corpus stores given", "data.stores", "list at least one store path")
         vocab = stores[0].vocab
         for store in stores:
             check_vocabulary(store, vocab)
-        normalisers = build_normalisers(stores, config.stats_group, config.min_group_cells)
+        if kept is None:
+            normalisers = build_normalisers(stores, config.stats_group, config.min_group_cells)
+        else:
+            normalisers = normalisers_from_stats(kept.global_stats, kept.group_stats, config.stats_group,
+                                                 config.min_group_cells)
         condition_vocabs = {}
         for key in config.condition_keys:
-            found = sorted({c for s in stores for c in s.categories.get(key, [])})
             if not any(key in s.categories for s in stores):
                 raise ConfigError(f"condition key {key!r} is not a cell metadata column of any store",
                                   "tokenizer.condition_keys",
                                   f"use columns among {sorted({c for s in stores for c in s.categories})}")
-            condition_vocabs[key] = found
+            condition_vocabs[key] = (kept.categories[key] if kept is not None else
+                                     sorted({c for s in stores for c in s.categories.get(key, [])}))
         return cls(config, vocab, normalisers, condition_vocabs)
 
     def save(self, directory: str | Path) -> None:

@@ -19,8 +19,12 @@ import torch.distributed as dist
 
 from sc_fm.batch import LOSS_NAMES
 from sc_fm.config import RunConfig, save_config, to_dict
+from sc_fm.data import kept_cells
 from sc_fm.errors import ConfigError
 from sc_fm.pretrained import Pretrained
+from sc_fm.store import CorpusStore
+from sc_fm.tokenize import CellTokenizer
+from sc_fm.tokenize.normalisers import is_group_normalised
 from sc_fm.tracking import RunTracker, flatten, system_info
 from sc_fm.train.callbacks import EvaluatorFactory
 from sc_fm.train.checkpoint import (CONFIG_FILE, CheckpointManager, check_resumable, read_rank_state,
@@ -79,7 +83,6 @@ class Trainer:
                  latest: Path | None, resume: bool, evaluator: EvaluatorFactory | None = None):
         from sc_fm.data import build_train_loader, open_stores
         from sc_fm.model import MaskedGeneTransformer, count_parameters
-        from sc_fm.tokenize import CellTokenizer
 
         self.cfg, self.plan, self.env = cfg, plan, plan.env
         self.run_dir, self.checkpoints, self.latest, self.resume = run_dir, checkpoints, latest, resume
@@ -88,7 +91,7 @@ class Trainer:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / CONFIG_FILE)
         self.tokenizer = (CellTokenizer.load(latest / "tokenizer") if latest is not None
-                          else CellTokenizer.from_stores(cfg.tokenizer, stores))
+                          else self._new_tokenizer(stores))
         seed_everything(cfg.train.seed)  # identical initial weights on every rank
         self.model = MaskedGeneTransformer(cfg.model, **self.tokenizer.model_inputs)
         self.n_parameters = count_parameters(self.model)
@@ -104,6 +107,14 @@ class Trainer:
         self.evaluator = evaluator(self.tokenizer) if evaluator is not None and self.env.is_main else None
         self.tracker = self._start_tracking() if self.env.is_main and cfg.tracking.enabled else None
         self.peak_flops = peak_flops(plan.device)
+
+    def _new_tokenizer(self, stores: list[CorpusStore]) -> CellTokenizer:
+        """Normalisers and condition categories of the cells that train: held-out cells
+        (``data.exclude``/``include``) reach neither."""
+        t = self.cfg.tokenizer
+        group = t.stats_group if is_group_normalised(t.stats_group) else None
+        kept = kept_cells(stores, self.cfg.data, group, t.condition_keys)
+        return CellTokenizer.from_stores(t, stores, kept)
 
     # ----------------------------------------------------------------------------------- run
     def run(self) -> Path:
