@@ -104,3 +104,24 @@ def test_merge_of_plain_parts_still_copies_everything(tmp_path):
     merged = merge_stores([p.path for p in parts], tmp_path / "merged.zarr").store
     assert merged.n_cells == 60
     np.testing.assert_array_equal(merged.read_rows(1, 0, 30)[2], parts[1].read_rows(0, 0, 30)[2])
+
+
+def test_hand_edited_or_damaged_store_files_are_input_errors(tmp_path):
+    path = tmp_path / "s.zarr"
+    small_store(path)
+    edit_attrs(path, lambda a: a.update(n_cells=31))
+    with pytest.raises(InputDataError, match="n_cells is 31 but the listed shards hold 30"):
+        CorpusStore(path)
+    edit_attrs(path, lambda a: a.update(n_cells=30))
+    (path / "manifest-v1.json").write_text("[{")
+    with pytest.raises(InputDataError, match="manifest is not valid JSON"):
+        CorpusStore(path).manifest
+    store = CorpusStore(path)
+    import shutil
+
+    shutil.rmtree(path / "shards" / store.shards[0].name)
+    with pytest.raises(InputDataError, match="listed in zarr.json but missing"):
+        store.read_rows(0, 0, 5)
+    (path / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": ')
+    with pytest.raises(InputDataError, match="zarr.json cannot be read"):
+        CorpusStore(path)

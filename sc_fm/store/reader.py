@@ -24,8 +24,12 @@ class CorpusStore:
         if not (self.path / "zarr.json").is_file():
             raise InputDataError(f"{self.path} is not a corpus store (no zarr.json)", str(self.path),
                                  "create it with `scfm prepare SOURCE -o STORE`")
-        self.root = zarr.open_group(self.path, mode="r")
-        attrs = dict(self.root.attrs)
+        try:
+            self.root = zarr.open_group(self.path, mode="r")
+            attrs = dict(self.root.attrs)
+        except Exception as err:  # zarr's JSON and metadata errors have no common base class
+            raise InputDataError(f"zarr.json cannot be read ({type(err).__name__}: {err})",
+                                 str(self.path / "zarr.json"), _DAMAGED) from err
         if attrs.get("format") != FORMAT:
             raise InputDataError(f"format is {attrs.get('format')!r}, not {FORMAT!r}", str(self.path),
                                  "point at a store written by `scfm prepare`")
@@ -39,6 +43,10 @@ class CorpusStore:
         self.attrs = attrs
         self.shards = _shard_infos(attrs.get("shards"), self.path / "zarr.json")
         self.stats_version = _stats_version(attrs.get("stats_version"), self.path / "zarr.json")
+        listed = sum(s.n_cells for s in self.shards)
+        if attrs.get("n_cells") != listed:
+            raise InputDataError(f"n_cells is {attrs.get('n_cells')!r} but the listed shards hold {listed} "
+                                 "cells", str(self.path / "zarr.json"), _DAMAGED)
         self.offsets = np.cumsum([0] + [s.n_cells for s in self.shards])
         self.categories: dict[str, list[str]] = attrs.get("categories", {})
         self._vocab: GeneVocab | None = None
@@ -67,11 +75,27 @@ class CorpusStore:
     @property
     def manifest(self) -> list[dict]:
         path = self.path / f"manifest-v{self.stats_version}.json"
-        return json.loads(path.read_text()) if path.is_file() else []
+        if not path.is_file():
+            return []
+        try:
+            rows = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputDataError(f"the manifest is not valid JSON ({err})", str(path),
+                                 "restore it from a copy (the cells and statistics do not depend on it), "
+                                 "or re-create the store with `scfm prepare`") from err
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise InputDataError("the manifest is not a list of source rows", str(path),
+                                 "restore it from a copy, or re-create the store with `scfm prepare`")
+        return rows
 
     def shard(self, k: int) -> zarr.Group:
         if k not in self._shard_groups:
-            self._shard_groups[k] = zarr.open_group(self.path / "shards" / self.shards[k].name, mode="r")
+            where = self.path / "shards" / self.shards[k].name
+            if not (where / "zarr.json").is_file():
+                raise InputDataError(f"shard {self.shards[k].name} is listed in zarr.json but missing",
+                                     str(where), "restore the shard folder from a copy, or re-create the "
+                                     "store with `scfm prepare` (`scfm verify` lists what else is wrong)")
+            self._shard_groups[k] = zarr.open_group(where, mode="r")
         return self._shard_groups[k]
 
     def locate(self, cell: int) -> tuple[int, int]:
@@ -155,6 +179,10 @@ class CorpusStore:
             node = self.root[f"stats/v{self.stats_version}/{group}/{key}"]
             out[value] = GeneStats(int(node.attrs["n_cells"]), *(node[f][:] for f in STATS_FIELDS))
         return out
+
+
+_DAMAGED = ("the store's zarr.json was edited or damaged: restore it, or re-create the store with "
+            "`scfm prepare`")
 
 
 def _shard_infos(listed: object, where: Path) -> list[ShardInfo]:
