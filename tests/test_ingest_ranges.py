@@ -28,11 +28,9 @@ def test_prepare_refuses_counts_above_int32(tmp_path, value, dtype):
     assert not (tmp_path / "s.zarr").exists()
 
 
-@pytest.mark.parametrize("value", HUGE)
-@pytest.mark.parametrize("dtype", [np.int64, np.uint32, np.float64])
+@pytest.mark.parametrize("value, dtype", [(v, t) for v in HUGE for t in (np.int64, np.float64)]
+                         + [(3_000_000_000, np.uint32)])
 def test_shard_writer_refuses_instead_of_wrapping(tmp_path, value, dtype):
-    if dtype == np.uint32 and value > np.iinfo(np.uint32).max:
-        pytest.skip("does not fit the source dtype either")
     data = np.array([1, 5, value, 2], dtype=dtype)
     appender = ShardAppender(tmp_path, "s")
     with pytest.raises(InputDataError, match="outside the stored int32 range"):
