@@ -134,13 +134,13 @@ def test_resume_mid_epoch_with_other_worker_count(tiny_store, tokenizer):
 
 def test_batches_are_the_same_through_zarr_reads(tiny_store, tokenizer, monkeypatch):
     """The direct chunk decoder (default for blosc stores) changes no batch."""
-    import sc_fm.store
+    import sc_fm.store.direct
 
     cfg = run_config(tiny_store.path)
     direct = build_train_loader(cfg, tokenizer)
     expected = [next(direct) for _ in range(14)]  # past an epoch
     assert direct.dataset.stores[0]._slices(0, "indices").directory is not None
-    monkeypatch.setattr(sc_fm.store, "_blosc", lambda: None)
+    monkeypatch.setattr(sc_fm.store.direct, "_blosc", lambda: None)
     through_zarr = build_train_loader(cfg, tokenizer)
     assert all(same(next(through_zarr), batch) for batch in expected)
     assert through_zarr.dataset.stores[0]._slices(0, "indices").directory is None

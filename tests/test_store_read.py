@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import sc_fm.store
+import sc_fm.store.direct
 from sc_fm.stats import GeneStatsAccumulator
 from sc_fm.store import CorpusStore, StoreWriter
 from sc_fm.vocab import GeneVocab
@@ -50,7 +50,7 @@ def test_rows_equal_zarr_slices(tmp_path, codec, direct):
 
 
 def test_without_c_blosc_reads_go_through_zarr(tmp_path, monkeypatch):
-    monkeypatch.setattr(sc_fm.store, "_blosc", lambda: None)
+    monkeypatch.setattr(sc_fm.store.direct, "_blosc", lambda: None)
     store, x = write_store(tmp_path / "s.zarr", "blosc-lz4-bitshuffle")
     indptr, indices, data = store.read_rows(0, 30, 250)
     assert store._slices(0, "data").directory is None

@@ -32,7 +32,7 @@ One job per module:
 """
 
 from sc_fm.errors import InputDataError
-from sc_fm.store.direct import SliceReader, _blosc  # noqa: F401  (the switch tests patch)
+from sc_fm.store.direct import SliceReader
 from sc_fm.store.layout import (FORMAT, FORMAT_VERSION, GLOBAL_GROUP, STATS_FIELDS, ShardInfo,
                                 codec_for, plain_name)
 from sc_fm.store.reader import CorpusStore

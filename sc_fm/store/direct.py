@@ -38,14 +38,6 @@ def _blosc() -> ctypes.CDLL | None:
     return lib
 
 
-def _library() -> ctypes.CDLL | None:
-    """``sc_fm.store._blosc()``: looked up through the package, so that patching
-    ``sc_fm.store._blosc`` (as tests do, to force reads through zarr) is the one switch."""
-    import sc_fm.store
-
-    return sc_fm.store._blosc()
-
-
 class SliceReader:
     """``reader(lo, hi)``: elements ``[lo, hi)`` of a 1-D store array.
 
@@ -60,7 +52,7 @@ class SliceReader:
     def __init__(self, array: zarr.Array):
         self.array = array
         self.chunk = int(array.chunks[0])
-        self.lib = _library()
+        self.lib = _blosc()
         self.directory = self._direct_directory(array, self.chunk) if self.lib is not None else None
 
     @staticmethod
