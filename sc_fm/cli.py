@@ -21,6 +21,7 @@ COMMANDS = {
     "verify": "check a corpus store end to end and report (or --repair) what interrupted writers left",
     "pretrain": "pretrain the masked-gene transformer on one or more corpus stores",
     "embed": "embed an AnnData with a checkpoint into .obsm['X_scfm']",
+    "adapt": "continue a checkpoint's self-supervised training on an AnnData's own cells (no labels)",
     "benchmark": "compare checkpoints with scVI, PCA and a random control on scIB metrics",
     "finetune": "fine-tune a checkpoint for cell-type annotation",
 }

@@ -225,6 +225,22 @@ class EmbedConfig:
 
 
 @dataclass
+class AdaptConfig:
+    """``scfm adapt``: continue the self-supervised objectives on a user's own cells (no labels)."""
+
+    batch_key: str | None = None  # obs column of batches: normaliser groups and new condition categories
+    steps: int = 200
+    lr: float | None = None  # None: the checkpoint's train.lr
+    seed: int = 0
+    min_gene_overlap: float = MIN_GENE_OVERLAP
+
+    def __post_init__(self) -> None:
+        require([(self.steps >= 1, f"adapt.steps={self.steps} must be at least 1"),
+                 (self.lr is None or self.lr > 0, "adapt.lr must be positive"),
+                 (0.0 < self.min_gene_overlap <= 1.0, "adapt.min_gene_overlap must be in (0, 1]")])
+
+
+@dataclass
 class BenchmarkConfig:
     """``scfm benchmark``: which checkpoints meet which cells (scoring settings: ``eval``)."""
 
@@ -278,6 +294,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 

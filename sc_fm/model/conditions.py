@@ -26,6 +26,19 @@ class ConditionEmbedding(nn.Module):
     def n_keys(self) -> int:
         return len(self.tables)
 
+    @torch.no_grad()
+    def grow(self, condition_sizes: list[int]) -> None:
+        """Append rows for new categories (adaptation to new batches): each starts as the
+        ``<unk>`` row, so a new batch is first seen as an unknown condition."""
+        for j, size in enumerate(condition_sizes):
+            old = self.tables[j]
+            if size < old.num_embeddings:
+                raise ValueError(f"condition table {j} cannot shrink from {old.num_embeddings} to {size}")
+            new = nn.Embedding(size, old.embedding_dim).to(old.weight)
+            new.weight[: old.num_embeddings] = old.weight
+            new.weight[old.num_embeddings:] = old.weight[0]
+            self.tables[j] = new
+
     def forward(self, condition_ids: torch.Tensor) -> torch.Tensor:
         return torch.stack([table(condition_ids[:, j]) for j, table in enumerate(self.tables)], dim=1)
 

@@ -118,6 +118,11 @@ class MaskedGeneTransformer(nn.Module):
                 "cell_embedding": pool_cells(hidden, cells.cu_seqlens, cells.cell_of_token,
                                              self.config.pooling)}
 
+    def grow_conditions(self, condition_sizes: list[int]) -> None:
+        """More categories per condition key (new batches of an adaptation); known rows keep."""
+        self.conditions.grow(list(condition_sizes))
+        self.init_args["condition_sizes"] = list(condition_sizes)
+
     def save_pretrained(self, directory: str | Path) -> None:
         """Weights and config, for ``from_pretrained`` (``sc_fm.Pretrained`` adds the tokenizer)."""
         write_model(self, directory)

@@ -51,6 +51,14 @@ class Pretrained:
         """Display name in reports: ``sc_fm-<size>``."""
         return f"sc_fm-{self.model.config.size}"
 
+    def untrained(self, seed: int) -> "Pretrained":
+        """The same architecture and tokenizer at random initialisation (seeded): the floor
+        pretraining must clear, and the start of a from-scratch control."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = MaskedGeneTransformer(self.model.config, **self.model.init_args).eval()
+        return Pretrained(model, self.tokenizer)
+
     # ---- persistence ---------------------------------------------------------------------
     @classmethod
     def load(cls, directory: str | Path) -> "Pretrained":

@@ -164,6 +164,15 @@ class CellTokenizer:
         normalisers = {GLOBAL_GROUP: self.normalisers[GLOBAL_GROUP], self.config.stats_group: by_value}
         return CellTokenizer(self.config, self.vocab, normalisers, self.condition_vocabs)
 
+    def adapted_to(self, stores: Sequence[CorpusStore]) -> "CellTokenizer":
+        """The tokenizer for new cells that will train further (adaptation): normalisers from
+        their stores, condition categories extended by theirs. New categories are appended, so
+        every known category keeps its id (and the model its embedding row)."""
+        fresh = CellTokenizer.from_stores(self.config, stores)
+        categories = {key: values + [v for v in fresh.condition_vocabs.get(key, []) if v not in values]
+                      for key, values in self.condition_vocabs.items()}
+        return CellTokenizer(self.config, self.vocab, fresh.normalisers, categories)
+
     @property
     def model_inputs(self) -> dict:
         """What the model needs to size its embeddings (condition sizes include ``<unk>``)."""

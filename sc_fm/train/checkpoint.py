@@ -86,7 +86,8 @@ CONFIG_FILE = "config.yaml"
 TRAINER_STATE_FILE = "trainer_state.json"
 # Settings that may change when a run is resumed; every other setting must match the checkpoint.
 RESUMABLE_CHANGES = {"train.max_steps", "train.checkpoint_every", "train.keep_last", "train.log_every",
-                     "train.eval_every", "tracking", "eval", "prepare", "data.num_workers"}
+                     "train.eval_every", "tracking", "eval", "prepare", "data.num_workers", "embed", "adapt",
+                     "benchmark", "finetune"}
 
 
 # Before JSON rank states, ``rank_R.pt`` was a pickle; reading one runs whatever it holds.

@@ -41,12 +41,14 @@ FINAL_DIR = "final"
 
 
 def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
-             evaluator: EvaluatorFactory | None = None) -> Path:
+             evaluator: EvaluatorFactory | None = None, initial: Pretrained | None = None) -> Path:
     """Train ``cfg`` into ``run_dir``; returns ``RUN_DIR/final`` (a ``Pretrained.load`` directory).
 
     With ``resume`` the latest complete checkpoint in ``run_dir`` is continued (a fresh start
     if there is none yet). ``evaluator`` builds the callback that scores the model every
-    ``train.eval_every`` steps. Config errors are raised before any data or model is loaded.
+    ``train.eval_every`` steps. ``initial`` starts from a model and tokenizer instead of a
+    random initialisation and the stores' statistics (adaptation); its model config is the
+    run's. Config errors are raised before any data or model is loaded.
     """
     if cfg.train.eval_every > 0 and evaluator is None:
         raise ConfigError(f"train.eval_every={cfg.train.eval_every} but no evaluator was given", "config",
@@ -64,7 +66,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
         check_resumable(latest, to_dict(cfg), env.world_size)
     created = cfg.train.engine == "deepspeed" and init_process_group(env, plan.device)
     try:
-        return Trainer(cfg, plan, run_dir, checkpoints, latest, resume, evaluator).run()
+        return Trainer(cfg, plan, run_dir, checkpoints, latest, resume, evaluator, initial).run()
     finally:
         # A lone process keeps its group: DeepSpeed caches it for later runs in the same process.
         if created and env.world_size > 1:
@@ -80,7 +82,8 @@ class Trainer:
     """One run's state: built in ``__init__``, advanced by ``run``."""
 
     def __init__(self, cfg: RunConfig, plan: TrainPlan, run_dir: Path, checkpoints: CheckpointManager,
-                 latest: Path | None, resume: bool, evaluator: EvaluatorFactory | None = None):
+                 latest: Path | None, resume: bool, evaluator: EvaluatorFactory | None = None,
+                 initial: Pretrained | None = None):
         from sc_fm.data import build_train_loader, open_stores
         from sc_fm.model import MaskedGeneTransformer, count_parameters
 
@@ -90,10 +93,14 @@ class Trainer:
         if self.env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / CONFIG_FILE)
-        self.tokenizer = (CellTokenizer.load(latest / "tokenizer") if latest is not None
-                          else self._new_tokenizer(stores))
+        if latest is not None:
+            self.tokenizer = CellTokenizer.load(latest / "tokenizer")
+        else:
+            self.tokenizer = initial.tokenizer if initial is not None else self._new_tokenizer(stores)
         seed_everything(cfg.train.seed)  # identical initial weights on every rank
         self.model = MaskedGeneTransformer(cfg.model, **self.tokenizer.model_inputs)
+        if initial is not None:
+            self.model.load_state_dict(initial.model.state_dict())
         self.n_parameters = count_parameters(self.model)
         seed_everything(cfg.train.seed + 1 + self.env.rank)  # per-rank dropout draws
         self.engine: TrainEngine = (

@@ -1,0 +1,122 @@
+"""``scfm adapt``: continue the self-supervised objectives on a user's own cells, no labels.
+
+The fair fight with scVI, which is trained on the evaluation cells themselves. The input's
+cells become a small corpus store in the checkpoint's vocabulary (no QC: every cell stays);
+its batches (``batch_key``) become the normaliser groups and new condition categories, whose
+embedding rows start as ``<unk>``; pretraining then continues from the checkpoint's weights
+for ``adapt.steps`` steps with the checkpoint's own settings. The result is a normal
+checkpoint directory (``Pretrained.load``), written beside and swapped in when complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from sc_fm.config import AdaptConfig, PrepareConfig, QCConfig, RunConfig, load_config, to_dict
+from sc_fm.errors import ConfigError, InputDataError
+from sc_fm.pretrained import Pretrained
+from sc_fm.pretrained.inputs import require_counts, require_obs_column, stored_values
+from sc_fm.store import CorpusStore
+from sc_fm.tokenize.normalisers import is_group_normalised
+
+ADAPT_FILE = "adapt.json"
+RUN_CONFIG_FILE = "config.yaml"
+INPUT_DATASET = "adapted_input"
+
+
+def check_input(pretrained: Pretrained, adata, config: AdaptConfig, where: str, settings: Path | None) -> None:
+    """Everything that can be refused before any work: batches, genes, counts, enough cells."""
+    require_obs_column(adata, config.batch_key, "--batch-key", where)
+    pretrained.gene_mapping(adata, config.min_gene_overlap, where)
+    try:
+        require_counts(stored_values(adata.X), where)
+    except InputDataError as err:
+        raise InputDataError(f"{err.what}; adaptation continues the count-based pretraining objectives",
+                             where, "pass raw counts in .X (e.g. adata.X = adata.layers['counts'])") from err
+    minimum = run_config(pretrained, config, [], settings).train.micro_batch_cells
+    if adata.n_obs < minimum:
+        raise InputDataError(f"only {adata.n_obs} cells; one adaptation step takes {minimum} "
+                             f"(train.micro_batch_cells of the checkpoint)", where,
+                             f"adapt on at least {minimum} cells, or pass train.micro_batch_cells=N "
+                             f"and train.global_batch_cells=N with a smaller N")
+
+
+def settings_of(pretrained: Pretrained) -> Path | None:
+    """The run config saved beside a checkpoint (its ``config.yaml``), if any."""
+    saved = pretrained.path / RUN_CONFIG_FILE if pretrained.path is not None else None
+    return saved if saved is not None and saved.is_file() else None
+
+
+def run_config(pretrained: Pretrained, config: AdaptConfig, stores: list[str], settings: Path | None,
+               overrides: list[str] = ()) -> RunConfig:
+    """The run settings (``settings``: a checkpoint's config.yaml; None: defaults), pointed at the
+    input's store for ``config.steps`` steps, with the checkpoint's tokenizer and model."""
+    base = ["tracking.enabled=false", "train.eval_every=0", "data.include={}", "data.exclude={}",
+            "data.num_workers=0", "train.engine=plain"]
+    fixed = [f"data.stores=[{','.join(stores)}]", f"train.max_steps={config.steps}",
+                f"train.checkpoint_every={config.steps}", "train.keep_last=1", f"train.seed={config.seed}"]
+    cfg = load_config(settings, [*base, *overrides, *fixed])
+    if config.lr is not None:
+        cfg.train.lr = config.lr
+    cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(config.steps // 10, 1))
+    cfg.tokenizer = pretrained.tokenizer.config
+    cfg.model = pretrained.model.config
+    return cfg
+
+
+def write_input_store(pretrained: Pretrained, adata, batch_key: str | None, path: Path,
+                      min_gene_overlap: float) -> Path:
+    """The input's cells as a corpus store: batches as the normaliser group and every condition."""
+    from data_pipelines import SourceSpec, prepare
+
+    tokenizer = pretrained.tokenizer
+    vocab = path.parent / "vocab.tsv"
+    tokenizer.vocab.save(vocab)
+    columns = {}
+    if batch_key is not None:
+        columns = {key: batch_key for key in tokenizer.config.condition_keys}
+        if is_group_normalised(tokenizer.config.stats_group):
+            columns[tokenizer.config.stats_group] = batch_key
+    groups = [tokenizer.config.stats_group] if is_group_normalised(tokenizer.config.stats_group) else []
+    no_qc = QCConfig(min_genes=0, min_counts=0, max_mito_fraction=None, drop_duplicate_barcodes=False)
+    prepare([SourceSpec(adata=adata, dataset=INPUT_DATASET, obs_columns=columns)], path,
+            PrepareConfig(vocab=str(vocab), min_gene_overlap=min_gene_overlap, qc=no_qc, stats_groups=groups),
+            progress=False)
+    return path
+
+
+def adapt(pretrained: Pretrained, adata, out_dir: str | Path, config: AdaptConfig, overrides: list[str] = (),
+          where: str = "input", settings: Path | None = None) -> Pretrained:
+    """Adapt ``pretrained`` to ``adata``'s cells; the checkpoint is written to ``out_dir``.
+
+    ``settings``: the run config to train with (default: the one saved beside the checkpoint;
+    a from-scratch control passes its pretrained sibling's, so both train alike)."""
+    from sc_fm.train import pretrain
+
+    settings = settings or settings_of(pretrained)
+    check_input(pretrained, adata, config, where, settings)
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise ConfigError(f"{out_dir} already exists", str(out_dir), "choose a new -o DIR or delete it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.adapt-", dir=out_dir.parent))
+    try:
+        store = write_input_store(pretrained, adata, config.batch_key, work / "cells.zarr", config.min_gene_overlap)
+        tokenizer = pretrained.tokenizer.adapted_to([CorpusStore(store)])
+        model = copy.deepcopy(pretrained.model)  # the caller's model stays as it was
+        model.grow_conditions(tokenizer.model_inputs["condition_sizes"])
+        cfg = run_config(pretrained, config, [str(store)], settings, overrides)
+        final = pretrain(cfg, work / "run", initial=Pretrained(model, tokenizer))
+        (final / ADAPT_FILE).write_text(json.dumps({
+            "base_checkpoint": str(pretrained.path) if pretrained.path else None, "n_cells": int(adata.n_obs),
+            "settings": str(settings) if settings else None, "config": to_dict(config)}, indent=2) + "\n")
+        shutil.copyfile(work / "run" / "metrics.jsonl", final / "metrics.jsonl")
+        os.replace(final, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Pretrained.load(out_dir)

@@ -1,0 +1,39 @@
+"""``scfm adapt CHECKPOINT INPUT.h5ad --batch-key B -o DIR [KEY=VALUE ...]``: self-supervised
+adaptation of a checkpoint to the input's cells (no labels); DIR is a normal checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+from sc_fm.commands.options import add_config_arguments, command_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="pretrained directory (RUN_DIR/final or checkpoints/step_N)")
+    parser.add_argument("input", help="AnnData .h5ad with raw counts in X")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR",
+                        help="the adapted checkpoint (accepted by embed, benchmark and finetune)")
+    parser.add_argument("--batch-key", default=None,
+                        help="obs column of batches: their own gene normalisers and new condition categories")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (adapt.steps)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the checkpoint's)")
+    parser.add_argument("--seed", type=int, default=None)
+    add_config_arguments(parser, "adapt")
+
+
+def run(args: argparse.Namespace) -> int:
+    import anndata
+
+    from sc_fm.adapt import adapt
+    from sc_fm.pretrained import Pretrained
+    from sc_fm.pretrained.h5ad import open_backed
+
+    adapt_keys = {"batch_key": args.batch_key, "steps": args.steps, "lr": args.lr, "seed": args.seed}
+    config = command_config(args, "adapt", adapt_keys).adapt
+    train_overrides = [o for o in args.overrides if not o.startswith("adapt.")]
+    pretrained = Pretrained.load(args.checkpoint)
+    open_backed(args.input).file.close()
+    adata = anndata.read_h5ad(args.input)
+    adapted = adapt(pretrained, adata, args.output, config, train_overrides, where=args.input)
+    print(f"adapted {adapted.name} on {adata.n_obs} cells for {config.steps} steps: {args.output}")
+    return 0

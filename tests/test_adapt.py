@@ -1,0 +1,67 @@
+"""``scfm adapt``: a checkpoint keeps training, unsupervised, on a user's own cells."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sc_fm.adapt import ADAPT_FILE, adapt
+from sc_fm.cli import main
+from sc_fm.config import AdaptConfig
+from sc_fm.errors import InputDataError
+from sc_fm.pretrained import Pretrained
+
+
+@pytest.fixture(scope="module")
+def adapted(tiny_checkpoint, tiny_atlas, tmp_path_factory):
+    base = Pretrained.load(tiny_checkpoint)
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    adata = tiny_atlas[:200].copy()
+    adata.obs["plate"] = np.where(np.arange(adata.n_obs) % 2, "plate_a", "plate_b")
+    out = tmp_path_factory.mktemp("adapt") / "adapted"
+    result = adapt(base, adata, out, AdaptConfig(batch_key="plate", steps=3), ["train.warmup_steps=1"])
+    return base, before, adata, out, result
+
+
+def test_adapted_directory_is_a_checkpoint_with_new_batches_as_conditions(adapted):
+    base, before, adata, out, result = adapted
+    assert Pretrained.load(out).name == base.name and (out / ADAPT_FILE).is_file()
+    for key, values in base.tokenizer.condition_vocabs.items():
+        grown = result.tokenizer.condition_vocabs[key]
+        assert grown[: len(values)] == values and grown[len(values):] == ["plate_a", "plate_b"]
+        table = result.model.conditions.tables[base.tokenizer.config.condition_keys.index(key)].weight
+        new_rows = table[len(values) + 1:]
+        assert len(new_rows) == 2
+    assert sorted(result.tokenizer.normalisers[base.tokenizer.config.stats_group]) == ["plate_a", "plate_b"]
+    moved = [k for k, v in result.model.state_dict().items() if k in before and v.shape == before[k].shape
+             and not torch.equal(v, before[k])]
+    assert moved  # the weights were trained
+    for key, value in base.model.state_dict().items():
+        assert torch.equal(value, before[key]), key  # the caller's model is untouched
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    embedding = result.embed(adata, "plate", progress=False)
+    assert embedding.shape == (adata.n_obs, base.model.config.d_model) and np.isfinite(embedding).all()
+
+
+def test_adapt_refuses_bad_input_before_any_work(tiny_checkpoint, tiny_atlas, tmp_path, capsys):
+    path = tmp_path / "in.h5ad"
+    adata = tiny_atlas[:100].copy()
+    adata.write_h5ad(path)
+    assert main(["adapt", str(tiny_checkpoint), str(path), "--batch-key", "plate", "-o", str(tmp_path / "a")]) == 2
+    assert "no column 'plate'" in capsys.readouterr().err
+    logged = adata.copy()
+    logged.X = np.log1p(logged.X.toarray())
+    with pytest.raises(InputDataError, match="count-based pretraining objectives"):
+        adapt(Pretrained.load(tiny_checkpoint), logged, tmp_path / "b", AdaptConfig(steps=1))
+    few = adata[:10].copy()
+    with pytest.raises(InputDataError, match="one adaptation step takes 32"):
+        adapt(Pretrained.load(tiny_checkpoint), few, tmp_path / "c", AdaptConfig(steps=1))
+    foreign = adata.copy()
+    foreign.var_names = [f"GENE{i}" for i in range(foreign.n_vars)]
+    with pytest.raises(InputDataError, match="genes"):
+        adapt(Pretrained.load(tiny_checkpoint), foreign, tmp_path / "d", AdaptConfig(steps=1))
+    assert not list(tmp_path.glob(".*adapt-*"))  # nothing half-written left behind
