@@ -11,6 +11,7 @@ optimizer stay fp32), again identical in both engines.
 from __future__ import annotations
 
 import contextlib
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +20,7 @@ import torch
 
 from sc_fm.batch import LOSS_NAMES
 from sc_fm.config import TrainConfig
+from sc_fm.errors import InputDataError
 from sc_fm.train.deepspeed_config import uses_cpu_offload
 from sc_fm.train.schedule import build_scheduler
 
@@ -167,6 +169,7 @@ class DeepSpeedEngine:
         self.engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, save_latest=False)
 
     def load_state(self, directory: Path) -> None:
+        self.engine.checkpoint_engine.load = _load_without_code
         path, _ = self.engine.load_checkpoint(str(directory), tag=DEEPSPEED_TAG, load_optimizer_states=True,
                                               load_lr_scheduler_states=True)
         if path is None:
@@ -182,6 +185,24 @@ class DeepSpeedEngine:
                 stack.enter_context(deepspeed.zero.GatheredParameters(params, modifier_rank=None))
             stack.enter_context(_standalone_copies(params))
             yield
+
+
+def _load_without_code(path: str, map_location=None):
+    """DeepSpeed's checkpoint files read with ``weights_only=True`` (its own engine unpickles
+    anything, so a crafted file would run code on resume): tensors, containers and the three
+    plain DeepSpeed records its optimizer state holds, nothing else."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise InputDataError(f"{Path(path).name} holds objects other than tensors and DeepSpeed's own "
+                                 f"state ({str(err).splitlines()[-1][:200]})", str(Path(path).parent),
+                                 "resume only from checkpoints written by sc_fm; this one was refused "
+                                 "rather than run") from err
 
 
 @contextlib.contextmanager
