@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 import traceback
 
 from sc_fm.errors import ScFmError
@@ -41,7 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame) -> None:
+    """SIGTERM (a scheduler's time limit, ``kill``) unwinds like Ctrl-C, so every command's
+    clean-up runs: staging folders removed, locks released, MLflow runs marked KILLED."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # KEY=VALUE overrides may follow options (`prepare SOURCE -o STORE k=v`)

@@ -167,6 +167,7 @@ class TrainConfig:
     keep_last: int = 3
     log_every: int = 10
     eval_every: int = 0  # 0: no evaluation hook during pretraining
+    allow_data_change: bool = False  # --resume on a store appended to since the run started (not exact)
 
     def __post_init__(self) -> None:
         require([(self.micro_batch_cells > 0 and self.global_batch_cells > 0,

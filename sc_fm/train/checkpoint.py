@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,6 +59,21 @@ class CheckpointManager:
         steps = self.steps()
         return self.path(steps[-1]) if steps else None
 
+    def latest_usable(self, world_size: int) -> Path | None:
+        """The newest checkpoint whose files are all present and readable; a damaged newer
+        one (a disk that filled up, a hand edit) is skipped with a message naming the problem."""
+        for step in reversed(self.steps()):
+            problem = checkpoint_problem(self.path(step), world_size)
+            if problem is None:
+                return self.path(step)
+            if self.env.is_main:
+                print(f"scfm pretrain: skipping checkpoint {self.path(step)}: {problem}; trying the one before",
+                      file=sys.stderr)
+        if self.steps():
+            raise InputDataError("no checkpoint in the run directory is complete and readable", str(self.root),
+                                 "start a new run directory (the messages above say what is damaged)")
+        return None
+
     def save(self, step: int, write: Callable[[Path], None]) -> Path:
         """Call ``write(tmp_dir)`` on every rank, then publish ``step_N`` atomically and prune."""
         tmp = self.root / f".step_{step}.partial"
@@ -87,7 +103,7 @@ TRAINER_STATE_FILE = "trainer_state.json"
 # Settings that may change when a run is resumed; every other setting must match the checkpoint.
 RESUMABLE_CHANGES = {"train.max_steps", "train.checkpoint_every", "train.keep_last", "train.log_every",
                      "train.eval_every", "tracking", "eval", "prepare", "data.num_workers", "embed", "adapt",
-                     "benchmark", "finetune"}
+                     "benchmark", "finetune", "train.allow_data_change"}
 
 
 # Before JSON rank states, ``rank_R.pt`` was a pickle; reading one runs whatever it holds.
@@ -139,6 +155,55 @@ def _legacy_rng(rng: dict) -> dict:
     if "cuda" in rng:
         out["cuda"] = [s.tolist() for s in rng["cuda"]]
     return out
+
+
+def checkpoint_problem(checkpoint: Path, world_size: int) -> str | None:
+    """What makes ``checkpoint`` unusable for resuming, or None: every file a resume reads must
+    be there and parse (the weights' header included), for every rank."""
+    from safetensors import SafetensorError, safe_open
+
+    from sc_fm.model.io import WEIGHTS_FILE
+    from sc_fm.train.engines import DEEPSPEED_TAG, ENGINE_STATE_FILE
+
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
+        yaml.safe_load((checkpoint / CONFIG_FILE).read_text())
+        with safe_open(str(checkpoint / WEIGHTS_FILE), "pt") as weights:
+            weights.keys()
+        if not ((checkpoint / ENGINE_STATE_FILE).is_file() or (checkpoint / DEEPSPEED_TAG).is_dir()):
+            return "the engine state is missing"
+        for rank in range(int(state.get("world_size", world_size))):
+            if not ((checkpoint / rank_state_file(rank)).is_file() or (checkpoint / f"rank_{rank}.pt").is_file()):
+                return f"{rank_state_file(rank)} is missing"
+            if (checkpoint / rank_state_file(rank)).is_file():
+                json.loads((checkpoint / rank_state_file(rank)).read_text())
+    except FileNotFoundError as err:
+        return f"{Path(err.filename).name} is missing"
+    except (json.JSONDecodeError, yaml.YAMLError, SafetensorError, OSError, AttributeError, TypeError) as err:
+        return f"a file is damaged ({type(err).__name__}: {str(err)[:120]})"
+    return None
+
+
+def data_identity(stores: list) -> list[dict]:
+    """What the run trains on, recorded at its start: an append or a rewrite under the same
+    path changes it (the batch sequence would no longer be the same)."""
+    return [{"path": str(store.path), "n_cells": int(store.n_cells), "stats_version": store.stats_version,
+             "shards": [[s.name, int(s.n_cells)] for s in store.shards]} for store in stores]
+
+
+def check_same_data(checkpoint: Path, stores: list) -> None:
+    """Refuse to resume on stores whose content changed since the checkpoint was written."""
+    recorded = json.loads((checkpoint / TRAINER_STATE_FILE).read_text()).get("data")
+    if recorded is None:  # written before the data was recorded
+        return
+    for before, now in zip(recorded, data_identity(stores)):
+        if before != now:
+            raise ConfigError(f"store {now['path']} changed since checkpoint {checkpoint} was written "
+                              f"({before['n_cells']} cells in {len(before['shards'])} shards then, "
+                              f"{now['n_cells']} in {len(now['shards'])} now)", "--resume",
+                              "resume on the data the run started with, start a new run directory, or pass "
+                              "train.allow_data_change=true to continue on the changed store (not an exact "
+                              "resume)")
 
 
 def write_trainer_state(directory: Path, state: dict) -> None:

@@ -27,8 +27,8 @@ from sc_fm.tokenize import CellTokenizer
 from sc_fm.tokenize.normalisers import is_group_normalised
 from sc_fm.tracking import RunTracker, flatten, system_info
 from sc_fm.train.callbacks import EvaluatorFactory
-from sc_fm.train.checkpoint import (CONFIG_FILE, CheckpointManager, check_resumable, read_rank_state,
-                                    write_rank_state, write_trainer_state)
+from sc_fm.train.checkpoint import (CONFIG_FILE, CheckpointManager, check_resumable, check_same_data, data_identity,
+                                    read_rank_state, write_rank_state, write_trainer_state)
 from sc_fm.train.distributed import DistEnv, all_reduce_sum, barrier, init_process_group
 from sc_fm.train.engines import DeepSpeedEngine, PlainEngine, TrainEngine
 from sc_fm.train.guards import check_finite, out_of_memory_advice
@@ -58,7 +58,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
     plan = make_plan(cfg, env)
     run_dir = Path(run_dir)
     checkpoints = CheckpointManager(run_dir, cfg.train.keep_last, env)
-    latest = checkpoints.latest() if resume else None
+    latest = checkpoints.latest_usable(env.world_size) if resume else None
     if not resume and checkpoints.steps():
         raise ConfigError(f"{run_dir} already holds checkpoints", str(run_dir),
                           "pass --resume to continue that run, or choose a new -o RUN_DIR")
@@ -90,6 +90,9 @@ class Trainer:
         self.cfg, self.plan, self.env = cfg, plan, plan.env
         self.run_dir, self.checkpoints, self.latest, self.resume = run_dir, checkpoints, latest, resume
         stores = open_stores(cfg.data.stores)
+        self.data_identity = data_identity(stores)
+        if latest is not None and not cfg.train.allow_data_change:
+            check_same_data(latest, stores)
         if self.env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / CONFIG_FILE)
@@ -230,7 +233,8 @@ class Trainer:
             save_config(self.cfg, directory / CONFIG_FILE)
             write_trainer_state(directory, {
                 "step": self.step, "world_size": self.env.world_size, "engine": self.cfg.train.engine,
-                "accumulation": self.plan.accumulation, "precision": self.plan.precision})
+                "accumulation": self.plan.accumulation, "precision": self.plan.precision,
+                "data": self.data_identity})
 
     def _save_checkpoint(self) -> None:
         if self.tracker is not None:
