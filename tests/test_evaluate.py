@@ -17,8 +17,9 @@ from sc_fm.datasets import load_sc_mixology
 from sc_fm.errors import InputDataError
 from sc_fm.evaluate import compute_baselines, run_benchmark, scib_scores
 from sc_fm.evaluate.metrics import BATCH, BIO, KNN_ACCURACY, TOTAL
-from sc_fm.evaluate.report import markdown_table, verdict
+from sc_fm.evaluate.report import PER_SEED_CSV, markdown_table, verdict
 from sc_fm.evaluate.scoring import HARMONY, PCA, RANDOM, SCVI, check_evaluation_set
+from sc_fm.evaluate.seeds import SD_SUFFIX, SEEDS
 from sc_fm.simulate import AtlasSpec, simulate_atlas
 
 # same 300 gene IDs as the tiny checkpoint's vocabulary; assay capture effects twice the default
@@ -48,12 +49,22 @@ def strong_batch_benchmark(strong_batch_atlas, tracked_checkpoint, tmp_path_fact
     adata = strong_batch_atlas
     batch_signal = pd.get_dummies(adata.obs["dataset"]).to_numpy(np.float32)
     batch_signal += np.random.default_rng(0).normal(0, 0.05, batch_signal.shape).astype(np.float32)
+    calls = []
+
+    def seeded_model(seed: int) -> np.ndarray:  # a stand-in for a seeded sc_fm row (e.g. adapted)
+        calls.append(seed)
+        noise = np.random.default_rng(seed).normal(0, 0.5, adata.obsm["X_latent"].shape)
+        return (adata.obsm["X_latent"] + noise).astype(np.float32)
+
     out = tmp_path_factory.mktemp("bench") / "report"
     started = time.time()
+    # two seeds: every seeded method twice; 80 scVI epochs so that both runs cost about one default run
     result = run_benchmark(adata, "dataset", "cell_type", out, [tracked_checkpoint],
-                           EvalConfig(n_hvg=200), extra_embeddings={"Oracle latent": adata.obsm["X_latent"],
-                                                                    "Batch signal": batch_signal},
-                           progress=False)
+                           EvalConfig(n_hvg=200, scvi_epochs=80, scvi_kl_warmup_epochs=20, seed=3),
+                           extra_embeddings={"Oracle latent": adata.obsm["X_latent"],
+                                             "Batch signal": batch_signal},
+                           seeded_candidates={"sc_fm-seeded": seeded_model}, n_seeds=2, progress=False)
+    assert calls == [3, 4]
     return result, out, time.time() - started
 
 
@@ -73,7 +84,8 @@ def test_report_files_verdict_and_mlflow_run(strong_batch_benchmark, tracked_che
     from mlflow import MlflowClient
 
     result, out, _ = strong_batch_benchmark
-    expected_rows = ["sc_fm-tiny", "Oracle latent", "Batch signal", PCA, SCVI, HARMONY, RANDOM]
+    expected_rows = ["sc_fm-tiny", "Oracle latent", "Batch signal", "sc_fm-seeded", PCA, SCVI, HARMONY,
+                     RANDOM]
     csv = pd.read_csv(out / "results.csv", index_col=0)
     assert list(csv.index) == expected_rows
     assert {BIO, BATCH, TOTAL, "KBET", "iLISI", "cLISI", KNN_ACCURACY} <= set(csv.columns)
@@ -86,6 +98,40 @@ def test_report_files_verdict_and_mlflow_run(strong_batch_benchmark, tracked_che
     assert result.tracking["run_id"] == info["run_id"]
     run = MlflowClient(info["tracking_uri"]).get_run(info["run_id"])
     assert run.data.metrics["benchmark/scVI/Total"] == pytest.approx(result.table.loc[SCVI, TOTAL])
+
+
+@pytest.mark.slow
+def test_two_seeds_give_one_row_per_method_with_sds_and_every_seed(strong_batch_benchmark):
+    result, out, _ = strong_batch_benchmark
+    seeded = ["sc_fm-seeded", SCVI, HARMONY, RANDOM]
+    csv = pd.read_csv(out / "results.csv", index_col=0)
+    for column in (BIO, BATCH, TOTAL):
+        assert list(csv.columns).index(column + SD_SUFFIX) == list(csv.columns).index(column) + 1
+    assert (csv.loc[["sc_fm-tiny", "Oracle latent", PCA], TOTAL + SD_SUFFIX] == 0).all()  # no seed
+    assert (csv.loc[[SCVI, RANDOM, "sc_fm-seeded"], TOTAL + SD_SUFFIX] > 0).all()
+    assert csv[SEEDS].to_dict() == {m: 2 if m in seeded else 1 for m in csv.index}
+    per_seed = pd.read_csv(out / PER_SEED_CSV)
+    assert per_seed.groupby("method").size().to_dict() == {m: 2 if m in seeded else 1 for m in csv.index}
+    assert sorted(per_seed.loc[per_seed["method"] == SCVI, "seed"]) == [3, 4]
+    assert per_seed.loc[per_seed["method"] == PCA, "seed"].isna().all()
+    np.testing.assert_allclose(csv[TOTAL], per_seed.groupby("method")[TOTAL].mean()[csv.index], atol=1e-9)
+    np.testing.assert_allclose(csv.loc[SCVI, TOTAL + SD_SUFFIX],
+                               per_seed.loc[per_seed["method"] == SCVI, TOTAL].std(ddof=1), atol=1e-9)
+    report = (out / "report.md").read_text()
+    assert "seeds 3, 4" in report and "Every seed" in report
+
+
+@pytest.mark.slow
+def test_harmony_row_is_finite_and_verdicts_cover_scvi_harmony_and_the_control(strong_batch_benchmark):
+    result = strong_batch_benchmark[0]
+    harmony = result.table.loc[HARMONY]
+    assert np.isfinite(harmony[[BIO, BATCH, TOTAL]].to_numpy(float)).all()
+    assert harmony[BATCH] > result.table.loc[PCA, BATCH]  # it integrates
+    candidates = ["sc_fm-tiny", "Oracle latent", "Batch signal", "sc_fm-seeded"]
+    assert [line.split(":")[0] for line in result.verdict] == [f"{c} vs {r}" for c in candidates
+                                                               for r in (SCVI, HARMONY, RANDOM)]
+    assert all(line.split("; ")[1].split(" ")[0] in {"beats", "matches", "trails"} for line in result.verdict)
+    assert "Oracle latent vs Random control: " in result.verdict[5] and "; beats (" in result.verdict[5]
 
 
 def test_without_batch_column_batch_metrics_are_not_applicable(strong_batch_atlas):

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="minimum fraction of the input's genes found in a checkpoint's vocabulary")
     parser.add_argument("--seed", type=int, default=0, help="first seed of every seeded method")
     parser.add_argument("--seeds", type=int, default=1,
-                        help="repeat every seeded method (scVI, Harmony, the random control, seeded sc_fm rows) "
+                        help="repeat every seeded method (scVI, Harmony, the random control, seeded sc_fm "
+                             "rows) "
                              "with seeds SEED..SEED+K-1; results.csv holds mean and sd (default 1)")
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 

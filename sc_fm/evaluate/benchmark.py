@@ -70,6 +70,10 @@ def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | P
     candidates = checkpoint_embeddings(adata, list(checkpoints), batch_key, config, min_gene_overlap, where,
                                        progress)
     candidates.update(extra_embeddings or {})
+    clash = set(candidates) & set(seeded_candidates) | (set(candidates) | set(seeded_candidates)) & {
+        PCA, SCVI, HARMONY, RANDOM}
+    if clash:
+        raise ValueError(f"candidate names {sorted(clash)} are used twice (or by a baseline); rename them")
     baselines = baseline_methods(adata, batch_key, config)
     fixed = {**candidates, PCA: baselines.pca}
     seeded = {**seeded_candidates, **baselines.seeded}
@@ -83,7 +87,8 @@ def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | P
             key = name if len(seeds) == 1 else f"{name} [seed {seed}]"
             runs[key] = (name, seed, np.asarray(seeded[name](seed), dtype=np.float32))
     settings = ScibSettings()
-    scores = score_embeddings({key: emb for key, (_, _, emb) in runs.items()}, adata.obs, batch_key, label_key,
+    scores = score_embeddings({key: emb for key, (_, _, emb) in runs.items()}, adata.obs, batch_key,
+                              label_key,
                               baselines.pca,
                               config, settings)
     per_seed = scores.loc[list(runs)].reset_index(drop=True)
@@ -94,7 +99,8 @@ def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | P
     first = {}
     for name, _, emb in runs.values():
         first.setdefault(name, emb)
-    report = write_report(table, first, adata.obs, batch_key, label_key, out_dir, lines, settings, config.seed,
+    report = write_report(table, first, adata.obs, batch_key, label_key, out_dir, lines, settings,
+                          config.seed,
                           per_seed=per_seed, notes=baselines.notes, seeds=seeds)
     tracking = log_benchmark(table, out_dir, list(checkpoints)) if track else {}
     return BenchmarkResult(table, report, lines, tracking, per_seed, seeds, baselines.notes)

@@ -102,7 +102,8 @@ def write_report(table: pd.DataFrame, embeddings: dict[str, np.ndarray], obs: pd
     batch_note = "" if batch_key else "\nNo batch column was given: batch metrics are not applicable.\n"
     seeds = seeds or [seed]
     seed_text = (f"Seeded methods (scVI, Harmony, the random control, seeded sc_fm rows) ran with seeds "
-                 f"{', '.join(map(str, seeds))}: each score is the mean, `<score> sd` the sample sd over seeds "
+                 f"{', '.join(map(str, seeds))}: each score is the mean, `<score> sd` the sample sd over "
+                 f"seeds "
                  f"(0 for a method without a seed, n/a for one seed). A verdict says \"beats\" only when the "
                  f"Total difference exceeds the larger of the two Total sds, \"matches\" within it, "
                  f"\"trails\" otherwise.")
