@@ -39,7 +39,9 @@ def tracked_checkpoint(tiny_checkpoint, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     shutil.copytree(tiny_checkpoint, run_dir / "final")
-    tracker = RunTracker.start(TrackingConfig(experiment="test"), run_dir, {}, {}, resume=False)
+    # its database inside the run directory: the kind of tracking.json a benchmark may follow (sc_fm.tracking)
+    tracker = RunTracker.start(TrackingConfig(experiment="test", uri=f"sqlite:///{run_dir}/mlflow.db"), run_dir,
+                               {}, {}, resume=False)
     tracker.finish("FINISHED")
     return run_dir / "final"
 
