@@ -40,8 +40,8 @@ def tracked_checkpoint(tiny_checkpoint, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     shutil.copytree(tiny_checkpoint, run_dir / "final")
     # its database inside the run directory: the kind of tracking.json a benchmark may follow (sc_fm.tracking)
-    tracker = RunTracker.start(TrackingConfig(experiment="test", uri=f"sqlite:///{run_dir}/mlflow.db"), run_dir,
-                               {}, {}, resume=False)
+    config = TrackingConfig(experiment="test", uri=f"sqlite:///{run_dir}/mlflow.db")
+    tracker = RunTracker.start(config, run_dir, {}, {}, resume=False)
     tracker.finish("FINISHED")
     return run_dir / "final"
 
