@@ -39,6 +39,7 @@ class SourceTask:
     rows: tuple[int, int] | None = None  # None: every row
     progress: bool = True
     progress_position: int | None = None
+    checksum: bool = True  # store format 2 (a crc32c per chunk); False appends to a format 1 store
 
 
 @dataclass
@@ -100,7 +101,7 @@ def _ingest(task: SourceTask, reader: SourceReader) -> SourceResult:
     barcodes = reader.obs.index.to_numpy()
     duplicated = reader.obs.index.duplicated(keep="first")
     shards = ShardSequence(task.stage_dir, task.shard_prefix, shard_cells=cfg.shard_cells,
-                           codec=cfg.codec, chunk_cells=cfg.chunk_cells)
+                           codec=cfg.codec, chunk_cells=cfg.chunk_cells, checksum=task.checksum)
     stats = SourceStatistics(vocab.n_genes, task.stats_groups, constants)
     drops = dict.fromkeys(DROP_REASONS, 0)
     kept_total = 0

@@ -101,7 +101,8 @@ def merge_stores(parts: list[str | Path], output: str | Path, append: bool = Fal
                 renamed[info.name] = f"{writer.shard_prefix(i)}{k:05d}"
                 copy_shard(store.path / "shards" / info.name,
                            writer.stage_dir / "shards" / renamed[info.name])
-                writer.register_shard(renamed[info.name], info.n_cells, info.nnz, info.source)
+                writer.register_shard(renamed[info.name], info.n_cells, info.nnz, info.source,
+                                      checksummed=store.format_version >= 2)
             merge_grouped(totals, _grouped_stats(store), first.n_genes)
             rows += [{**row, "shards": [renamed[name] for name in row.get("shards", [])]}
                      for row in store.manifest]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from contextlib import ExitStack, closing
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -86,9 +87,14 @@ def _run_tasks(tasks: list[SourceTask], workers: int) -> Iterator[SourceResult]:
     else:  # Windows
         context = multiprocessing.get_context("spawn")
     executor = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context)
+    finished = False
     try:
         yield from executor.map(ingest_source, tasks)
+        finished = True
     finally:
+        if not finished:  # an error, Ctrl-C or SIGTERM: stop the workers before the writer cleans up
+            for process in list(getattr(executor, "_processes", {}).values()):
+                process.terminate()
         executor.shutdown(wait=True, cancel_futures=True)
 
 
@@ -122,7 +128,7 @@ def prepare(sources: list[SourceSpec | str | Path], output: str | Path, config: 
     vocab = resolve_vocab(config.vocab, specs, output if append else None)
     writer = StoreWriter(output, vocab, append=append, codec=config.codec, chunk_cells=config.chunk_cells,
                          lock_timeout=lock_timeout)
-    with writer, ThreadPoolExecutor(max_workers=1) as hasher:
+    with writer, ThreadPoolExecutor(max_workers=1) as hasher, ExitStack() as stack:
         totals: Grouped = writer.existing_stats()
         groups = [g for g in totals if g != GLOBAL_GROUP] if writer.old else list(config.stats_groups)
         tasks = []
@@ -130,12 +136,13 @@ def prepare(sources: list[SourceSpec | str | Path], output: str | Path, config: 
             for rows in _row_ranges(spec, vocab, config.shard_cells):
                 position = len(tasks) % config.workers if config.workers > 1 else None
                 tasks.append(SourceTask(i, spec, writer.stage_dir, writer.shard_prefix(len(tasks)), vocab,
-                                        config, groups, rows, progress, position))
+                                        config, groups, rows, progress, position, writer.checksum))
         checksums = [hasher.submit(source_checksum, Path(s.path)) if s.path is not None else None
                      for s in specs]
         totals.setdefault(GLOBAL_GROUP, {"all": GeneStatsAccumulator(vocab.n_genes)})
         parts: list[list[SourceResult]] = [[] for _ in specs]
-        for task, result in zip(tasks, _run_tasks(tasks, config.workers)):
+        results = stack.enter_context(closing(_run_tasks(tasks, config.workers)))  # closed before abort
+        for task, result in zip(tasks, results):
             for name, n_cells, nnz in result.shards:
                 writer.register_shard(name, n_cells, nnz, task.spec.dataset)
             merge_grouped(totals, result.stats, vocab.n_genes)

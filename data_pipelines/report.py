@@ -67,6 +67,9 @@ def info_text(info: dict) -> str:
         f"({info['nnz'] / max(info['n_cells'], 1):,.0f} nonzero genes per cell)",
         f"genes       {info['n_genes']:,} (vocabulary {info['vocab_name']}, hash {info['vocab_hash']})",
         f"shards      {info['n_shards']}",
+        f"format      {info['format_version']} ("
+        + ("a crc32c checksum per chunk, verified on every read)" if info["format_version"] >= 2
+           else "unchecksummed: chunk damage cannot be detected)"),
         "metadata    " + ", ".join(f"{c} ({n})" for c, n in info["obs_columns"].items()),
         "statistics  " + ", ".join(info["stats_groups"]),
         f"QC drops    {drops_text(info['qc_drops'])}",

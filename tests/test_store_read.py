@@ -12,9 +12,10 @@ from sc_fm.store import CorpusStore, StoreWriter
 from sc_fm.vocab import GeneVocab
 
 
-def write_store(path, codec: str) -> tuple[CorpusStore, sp.csr_matrix]:
+def write_store(path, codec: str, format_version: int | None = None) -> tuple[CorpusStore, sp.csr_matrix]:
     """One shard of 400 cells in chunks of ~16 cells; the counts of the first 60 cells are all
-    zero, so zarr leaves those ``data`` chunks out (it stores no all-fill-value chunk)."""
+    zero, so in format 1 zarr leaves those ``data`` chunks out (it stores no all-fill-value
+    chunk); format 2 writes every chunk."""
     rng = np.random.default_rng(0)
     x = sp.random(400, 50, density=0.3, format="csr", random_state=2,
                   data_rvs=lambda n: rng.integers(1, 30, n).astype(np.int32))
@@ -22,19 +23,21 @@ def write_store(path, codec: str) -> tuple[CorpusStore, sp.csr_matrix]:
     vocab = GeneVocab([f"ENSG{i:011d}" for i in range(50)])
     datasets = np.array([f"d{i % 3}" if i % 7 else None for i in range(400)], dtype=object)
     acc = GeneStatsAccumulator(50)
-    with StoreWriter(path, vocab, codec=codec, chunk_cells=16) as writer:
+    with StoreWriter(path, vocab, codec=codec, chunk_cells=16, format_version=format_version) as writer:
         writer.add_shard(x.indptr, x.indices, x.data, {"dataset": datasets}, {}, "s")
         writer.commit({"global": {"all": acc}}, [])
     return CorpusStore(path), x
 
 
+@pytest.mark.parametrize("format_version", [1, 2])
 @pytest.mark.parametrize("codec,direct", [("blosc-lz4-bitshuffle", True), ("blosc-zstd", True),
                                           ("zstd", False)])
-def test_rows_equal_zarr_slices(tmp_path, codec, direct):
-    store, x = write_store(tmp_path / "s.zarr", codec)
+def test_rows_equal_zarr_slices(tmp_path, codec, direct, format_version):
+    store, x = write_store(tmp_path / "s.zarr", codec, format_version)
+    assert store.format_version == format_version
     group = store.shard(0)
-    if direct:
-        assert not (tmp_path / "s.zarr" / "shards" / store.shards[0].name / "data" / "c" / "0").exists()
+    zero_chunk = tmp_path / "s.zarr" / "shards" / store.shards[0].name / "data" / "c" / "0"
+    assert zero_chunk.exists() == (format_version == 2)
     rng = np.random.default_rng(1)
     ranges = [(0, 400), (0, 1), (399, 400), (5, 5), (10, 74), (60, 61)]
     ranges += [tuple(sorted(rng.integers(0, 401, 2).tolist())) for _ in range(40)]
@@ -66,9 +69,10 @@ def test_shard_obs_matches_obs_values(tmp_path):
     assert store.shard_obs(0, "tissue", 0, 10) is None
 
 
-def test_damaged_chunk_is_an_input_error(tmp_path):
-    store, _ = write_store(tmp_path / "s.zarr", "blosc-lz4-bitshuffle")
+@pytest.mark.parametrize("format_version,match", [(1, "does not decode"), (2, "fails its checksum")])
+def test_damaged_chunk_is_an_input_error(tmp_path, format_version, match):
+    store, _ = write_store(tmp_path / "s.zarr", "blosc-lz4-bitshuffle", format_version)
     chunk = tmp_path / "s.zarr" / "shards" / store.shards[0].name / "indices" / "c" / "3"
     chunk.write_bytes(chunk.read_bytes()[:40])
-    with pytest.raises(sc_fm.store.InputDataError, match="does not decode"):
+    with pytest.raises(sc_fm.store.InputDataError, match=match):
         CorpusStore(tmp_path / "s.zarr").read_rows(0, 0, 400)

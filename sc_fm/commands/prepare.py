@@ -1,10 +1,41 @@
-"""``scfm prepare SOURCE... -o STORE [--config FILE] [--append] [KEY=VALUE ...]``."""
+"""``scfm prepare SOURCE... -o STORE [--config FILE] [--append] [KEY=VALUE ...]``.
+
+SIGTERM (what SLURM and ``kill`` send at a time limit) is handled like SIGINT: it raises inside
+the ingest, the store writer aborts (the staging folder or an append's new shards are removed,
+the writer lock is released), and the command exits with 143 (128 + SIGTERM).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
+import sys
+from contextlib import contextmanager
 from pathlib import Path
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwinds like Ctrl-C, so every clean-up that SIGINT runs runs."""
+
+
+@contextmanager
+def sigterm_unwinds():
+    """Within the block, SIGTERM raises ``Terminated`` in the main thread (once: a second
+    SIGTERM during the clean-up is ignored so the clean-up finishes)."""
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (prepare called from a thread): leave it alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +69,6 @@ def split_items(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_pipelines import prepare
-    from data_pipelines.merge import is_corpus_store, merge_stores
     from sc_fm.config import load_config
     from sc_fm.errors import ConfigError
 
@@ -47,6 +76,20 @@ def run(args: argparse.Namespace) -> int:
     if not sources:
         raise ConfigError("no SOURCE given", "command line", "name at least one input file or source list")
     config = load_config(args.config, overrides).prepare
+    try:
+        with sigterm_unwinds():
+            return _run(args, sources, config)
+    except Terminated:
+        print(f"scfm prepare: terminated (SIGTERM); what it had staged is removed and "
+              f"{args.output} is as it was before", file=sys.stderr)
+        return 143
+
+
+def _run(args: argparse.Namespace, sources: list[str], config) -> int:
+    from data_pipelines import prepare
+    from data_pipelines.merge import is_corpus_store, merge_stores
+    from sc_fm.errors import ConfigError
+
     stores = [is_corpus_store(source) for source in sources]
     if any(stores) and not all(stores):
         raise ConfigError("sources mix corpus stores and atlas files", "command line",

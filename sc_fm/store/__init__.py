@@ -1,8 +1,9 @@
 """The corpus store: a self-describing Zarr directory of CSR cell shards.
 
-Layout (all arrays compressed; see ``codec_for``)::
+Layout (all arrays compressed, and in format 2 every chunk ends with a crc32c verified on every
+read; see ``codec_for`` and ``direct.py``)::
 
-    STORE/zarr.json           root attrs: format, format_version, vocab hash/name, n_cells,
+    STORE/zarr.json           root attrs: format, format_version (1 or 2), vocab hash/name, n_cells,
                               n_genes, shards [{name, n_cells, nnz, source}], categories,
                               stats_version, complete
     STORE/vocab.tsv           the gene vocabulary (``GeneVocab.save``)

@@ -2,6 +2,13 @@
 
 ``SliceReader`` is what every row read goes through; chunks it cannot decode directly
 (other codecs, store kinds, byte orders, or no c-blosc) are read through zarr instead.
+
+Format 2 chunks end with zarr's ``crc32c`` codec: the CRC-32C (Castagnoli) of the compressed
+chunk, 4 bytes little-endian. Both paths verify it before a single value is used: the direct
+path over the whole frame it read (``google_crc32c``, zarr's own dependency, hardware
+accelerated; one pass over the compressed bytes, checked through the CRC's residue so the
+frame is not copied), the zarr path by zarr's codec. A mismatch, or a missing chunk file (format
+2 writes every chunk), raises ``InputDataError`` naming the store, shard, array and chunk.
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ import numpy as np
 import zarr
 
 from sc_fm.errors import InputDataError
+
+# CRC-32C of (message + its own CRC-32C, little-endian) is this constant for every message
+_CRC32C_RESIDUE = 0x48674BC7
 
 
 @functools.cache
@@ -38,6 +48,20 @@ def _blosc() -> ctypes.CDLL | None:
     return lib
 
 
+def _crc32c(data: bytes) -> int:
+    import google_crc32c  # zarr's crc32c codec depends on it
+
+    return google_crc32c.value(data)
+
+
+def has_checksum(array: zarr.Array) -> bool:
+    """Whether the array's chunks end with a crc32c (its last codec is zarr's ``crc32c``)."""
+    from zarr.codecs import Crc32cCodec
+
+    codecs = getattr(array.metadata, "codecs", ())  # Zarr v2 metadata has none
+    return bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+
+
 class SliceReader:
     """``reader(lo, hi)``: elements ``[lo, hi)`` of a 1-D store array.
 
@@ -47,49 +71,124 @@ class SliceReader:
     copies). Chunks that are plain blosc frames in local files are instead decoded straight
     into the result, and of a partly needed chunk only the blosc blocks that hold the range.
     Any other layout (codecs, store kind, byte order) reads through zarr.
+
+    ``store``, ``shard`` and ``name`` only label errors (``name``: the array inside the shard).
     """
 
-    def __init__(self, array: zarr.Array):
+    def __init__(self, array: zarr.Array, store: str | Path | None = None, shard: str | None = None,
+                 name: str | None = None):
         self.array = array
         self.chunk = int(array.chunks[0])
+        self.store, self.shard, self.name = store, shard, name or array.path
+        self.checksum = has_checksum(array)
         self.lib = _blosc()
-        self.directory = self._direct_directory(array, self.chunk) if self.lib is not None else None
+        self.folder = self._local_folder(array)
+        self.directory = (self.folder if self.lib is not None and self._plain(array, self.chunk, self.checksum)
+                          else None)
 
     @staticmethod
-    def _direct_directory(array: zarr.Array, chunk: int) -> Path | None:
+    def _local_folder(array: zarr.Array) -> Path | None:
+        from zarr.storage import LocalStore
+
+        return Path(array.store.root) / array.path if isinstance(array.store, LocalStore) else None
+
+    @staticmethod
+    def _plain(array: zarr.Array, chunk: int, checksum: bool) -> bool:
         from zarr.codecs import BloscCodec, BytesCodec
         from zarr.storage import LocalStore
 
-        codecs = getattr(array.metadata, "codecs", ())  # Zarr v2 metadata has none
-        plain = (array.ndim == 1 and chunk < 2**31 and isinstance(array.store, LocalStore)
-                 and sys.byteorder == "little" and len(codecs) == 2 and isinstance(codecs[0], BytesCodec)
-                 and (array.dtype.itemsize == 1 or codecs[0].endian == codecs[0].endian.little)
-                 and isinstance(codecs[1], BloscCodec))
-        return Path(array.store.root) / array.path if plain else None
+        codecs = list(getattr(array.metadata, "codecs", ()))  # Zarr v2 metadata has none
+        if checksum:
+            codecs = codecs[:-1]
+        return (array.ndim == 1 and chunk < 2**31 and isinstance(array.store, LocalStore)
+                and sys.byteorder == "little" and len(codecs) == 2 and isinstance(codecs[0], BytesCodec)
+                and (array.dtype.itemsize == 1 or codecs[0].endian == codecs[0].endian.little)
+                and isinstance(codecs[1], BloscCodec))
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-int(self.array.shape[0]) // self.chunk) if self.chunk else 0
+
+    def whole(self) -> np.ndarray:
+        """The whole array (of any number of dimensions, chunked along the first only)."""
+        if self.array.ndim == 1:
+            return self(0, int(self.array.shape[0]))
+        return self._through_zarr(0, int(self.array.shape[0]), 0, self.n_chunks - 1, whole=True)
 
     def __call__(self, lo: int, hi: int) -> np.ndarray:
         if hi <= lo:
             return np.zeros(0, self.array.dtype)
+        first, last = lo // self.chunk, (hi - 1) // self.chunk
         if self.directory is None:
-            return self.array[lo:hi]
+            return self._through_zarr(lo, hi, first, last)
         out = np.empty(hi - lo, self.array.dtype)
-        for j in range(lo // self.chunk, (hi - 1) // self.chunk + 1):
-            first = j * self.chunk
-            a, b = max(lo, first), min(hi, first + self.chunk)
-            self._decode(j, a - first, b - a, out[a - lo: b - lo])
+        for j in range(first, last + 1):
+            start = j * self.chunk
+            a, b = max(lo, start), min(hi, start + self.chunk)
+            self._decode(j, a - start, b - a, out[a - lo: b - lo])
         return out
+
+    def _chunk_path(self, j: int) -> Path | None:
+        key = self.array.metadata.encode_chunk_key((j,) + (0,) * (self.array.ndim - 1))
+        return self.folder / key if self.folder else None
+
+    def _through_zarr(self, lo: int, hi: int, first: int, last: int, whole: bool = False) -> np.ndarray:
+        if self.checksum and self.folder is not None:
+            for j in range(first, last + 1):  # zarr reads a missing chunk as fill values
+                if not self._chunk_path(j).is_file():
+                    raise self._missing(j)
+        try:
+            return self.array[...] if whole else self.array[lo:hi]
+        except Exception:  # zarr's checksum error is a ValueError; find and name the chunk
+            if not self.checksum:
+                raise
+            for j in range(first, last + 1):
+                self.check_chunk(j)
+            raise
+
+    def check_chunk(self, j: int) -> None:
+        """Verify chunk ``j``'s checksum (without decoding it where the file can be read directly);
+        raises the damaged-chunk error. Nothing to check in an unchecksummed array."""
+        if not self.checksum:
+            return
+        path = self._chunk_path(j)
+        if path is None:  # not a local file: zarr reads and verifies it
+            try:
+                self.array[j * self.chunk: (j + 1) * self.chunk]
+            except Exception as err:
+                raise self._damaged(j, f"does not read ({type(err).__name__}: {err})") from err
+            return
+        try:
+            frame = path.read_bytes()
+        except FileNotFoundError:
+            raise self._missing(j) from None
+        self._verify(j, frame)
+
+    def _verify(self, j: int, frame: bytes) -> None:
+        if len(frame) < 4 or _crc32c(frame) != _CRC32C_RESIDUE:
+            stored = int.from_bytes(frame[-4:], "little") if len(frame) >= 4 else None
+            computed = _crc32c(frame[:-4]) if len(frame) >= 4 else None
+            raise self._damaged(j, "fails its checksum (CRC-32C stored "
+                                   + (f"{stored:08x}, computed {computed:08x})" if stored is not None
+                                      else f"nothing: the file holds {len(frame)} bytes)"))
 
     def _decode(self, j: int, start: int, n: int, out: np.ndarray) -> None:
         """Items ``[start, start + n)`` of chunk ``j`` into ``out``."""
         path = self.directory / self.array.metadata.encode_chunk_key((j,))
         try:
             frame = path.read_bytes()
-        except FileNotFoundError:  # zarr leaves out chunks that are all fill value
+        except FileNotFoundError:  # format 1: zarr leaves out chunks that are all fill value
+            if self.checksum:
+                raise self._missing(j) from None
             out[:] = self.array.metadata.fill_value
             return
+        length = len(frame)
+        if self.checksum:
+            self._verify(j, frame)
+            length -= 4  # blosc reads only the frame its header describes
         lib = self.lib
         size = ctypes.c_size_t()  # the header must fit the file and hold one whole chunk
-        done = lib.blosc_cbuffer_validate(frame, len(frame), ctypes.byref(size))
+        done = lib.blosc_cbuffer_validate(frame, length, ctypes.byref(size))
         if done == 0 and size.value != self.chunk * out.itemsize:
             done = -1
         elif done == 0 and n == self.chunk:
@@ -97,5 +196,26 @@ class SliceReader:
         elif done == 0:
             done = lib.blosc_getitem(frame, start, n, out.ctypes.data)
         if done != out.nbytes:
-            raise InputDataError(f"chunk {path} does not decode ({done})", str(path),
-                                 "the store is damaged: re-run `scfm prepare`")
+            raise self._damaged(j, f"does not decode (c-blosc returned {done})")
+
+    def _label(self, j: int) -> str:
+        parts = [f"store {self.store}" if self.store else None,
+                 f"shard {self.shard}" if self.shard else None, f"array {self.name}", f"chunk {j}"]
+        return ", ".join(p for p in parts if p)
+
+    def _damaged(self, j: int, why: str) -> InputDataError:
+        path = self._chunk_path(j)
+        return InputDataError(
+            f"{self._label(j)}{f' (file {path})' if path else ''} {why}: the chunk's bytes changed after "
+            "it was written (disk, copy or transfer damage), so none of its values are used",
+            str(path or self.store or self.name), _FIX)
+
+    def _missing(self, j: int) -> InputDataError:
+        path = self._chunk_path(j)
+        return InputDataError(
+            f"{self._label(j)} is missing (no file {path}); a format 2 store writes every chunk, so the "
+            "store lost a file", str(path), _FIX)
+
+
+_FIX = ("restore the store (or that shard folder) from a good copy, or re-create it with `scfm prepare`; "
+        "`scfm verify STORE` lists every damaged chunk")

@@ -11,8 +11,8 @@ import zarr
 from sc_fm.errors import InputDataError
 from sc_fm.stats import GeneStats
 from sc_fm.store.direct import SliceReader
-from sc_fm.store.layout import (FORMAT, FORMAT_VERSION, GLOBAL_GROUP, STATS_FIELDS, ShardInfo,
-                                plain_name)
+from sc_fm.store.layout import (FORMAT, FORMAT_VERSION, GLOBAL_GROUP, READ_VERSIONS, STATS_FIELDS,
+                                ShardInfo, plain_name)
 from sc_fm.vocab import GeneVocab
 
 
@@ -33,9 +33,10 @@ class CorpusStore:
         if attrs.get("format") != FORMAT:
             raise InputDataError(f"format is {attrs.get('format')!r}, not {FORMAT!r}", str(self.path),
                                  "point at a store written by `scfm prepare`")
-        if attrs.get("format_version") != FORMAT_VERSION:
-            raise InputDataError(f"store format version {attrs.get('format_version')} is not supported "
-                                 f"(this sc_fm reads version {FORMAT_VERSION})", str(self.path),
+        if attrs.get("format_version") not in READ_VERSIONS:
+            raise InputDataError(f"store format version {attrs.get('format_version')!r} is not supported "
+                                 f"(this sc_fm reads versions {', '.join(map(str, READ_VERSIONS))} and "
+                                 f"writes {FORMAT_VERSION})", str(self.path),
                                  "re-run `scfm prepare` with this version of sc_fm")
         if not attrs.get("complete"):
             raise InputDataError("store is incomplete (its ingest did not finish)", str(self.path),
@@ -53,6 +54,11 @@ class CorpusStore:
         self._shard_groups: dict[int, zarr.Group] = {}
         self._readers: dict[tuple[int, str], SliceReader] = {}
         self._obs_categories: dict[tuple[int, str], list[str] | None] = {}
+
+    @property
+    def format_version(self) -> int:
+        """1: chunks carry no checksums; 2: every chunk ends with a crc32c, verified on read."""
+        return int(self.attrs["format_version"])
 
     @property
     def n_cells(self) -> int:
@@ -128,7 +134,7 @@ class CorpusStore:
 
     def _slices(self, k: int, name: str) -> SliceReader:
         if (k, name) not in self._readers:
-            self._readers[k, name] = SliceReader(self.shard(k)[name])
+            self._readers[k, name] = SliceReader(self.shard(k)[name], self.path, self.shards[k].name, name)
         return self._readers[k, name]
 
     def obs_codes(self, column: str) -> np.ndarray:
@@ -157,7 +163,8 @@ class CorpusStore:
         parts = []
         for k, info in enumerate(self.shards):
             num = self.shard(k)["obs_num"]
-            parts.append(num[column][:] if column in num else np.full(info.n_cells, np.nan, np.float32))
+            parts.append(self._slices(k, f"obs_num/{column}").whole() if column in num
+                         else np.full(info.n_cells, np.nan, np.float32))
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
     @property
@@ -176,8 +183,11 @@ class CorpusStore:
         for key, value in groups[group].items():
             plain_name(group, "statistics group", where)
             plain_name(key, f"statistics key of group {group!r}", where)
-            node = self.root[f"stats/v{self.stats_version}/{group}/{key}"]
-            out[value] = GeneStats(int(node.attrs["n_cells"]), *(node[f][:] for f in STATS_FIELDS))
+            name = f"stats/v{self.stats_version}/{group}/{key}"
+            node = self.root[name]
+            out[value] = GeneStats(int(node.attrs["n_cells"]),
+                                   *(SliceReader(node[f], self.path, None, f"{name}/{f}").whole()
+                                     for f in STATS_FIELDS))
         return out
 
 

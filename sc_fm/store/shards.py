@@ -13,12 +13,12 @@ import numpy as np
 import zarr
 
 from sc_fm.errors import InputDataError
-from sc_fm.store.layout import codec_for
+from sc_fm.store.layout import array_config, codec_for
 
-def _write_array(group: zarr.Group, name: str, values: np.ndarray, chunk: int, codec) -> None:
+def _write_array(group: zarr.Group, name: str, values: np.ndarray, chunk: int, codec, config: dict) -> None:
     chunk = max(1, min(chunk, len(values))) if len(values) else 1
     arr = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=(chunk,),
-                             compressors=codec)
+                             compressors=codec, config=config)
     if len(values):
         arr[:] = values
 
@@ -67,10 +67,11 @@ class _ChunkAlignedArray:
     old tail to the new values is assembled in memory.
     """
 
-    def __init__(self, group: zarr.Group, name: str, dtype, chunk: int, codec):
+    def __init__(self, group: zarr.Group, name: str, dtype, chunk: int, codec, config: dict):
         self.group, self.name, self.chunk, self.codec = group, name, max(1, chunk), codec
+        self.config = config
         self.array = group.create_array(name, shape=(0,), dtype=dtype, chunks=(self.chunk,),
-                                        compressors=codec)
+                                        compressors=codec, config=config)
         self.tail = np.zeros(0, dtype=dtype)
 
     def append(self, values: np.ndarray) -> None:
@@ -95,7 +96,8 @@ class _ChunkAlignedArray:
         written = self.array[:]
         del self.group[self.name]
         self.array = self.group.create_array(self.name, shape=written.shape, dtype=dtype,
-                                             chunks=(self.chunk,), compressors=self.codec)
+                                             chunks=(self.chunk,), compressors=self.codec,
+                                             config=self.config)
         if len(written):
             self.array[:] = written
         self.tail = self.tail.astype(dtype)
@@ -115,17 +117,20 @@ class ShardAppender:
     ``indices``/``data`` chunks hold about ``chunk_cells`` cells (sized from the first block's
     nonzeros per cell); ``data`` is int32 while every value is integral, else float32.
     Per-cell metadata (small) is kept until ``close`` and stored as codes + categories.
+    ``checksum``: format 2 (a crc32c per chunk, every chunk written); False writes format 1.
     """
 
     def __init__(self, root: Path, name: str, *, codec: str = "blosc-lz4-bitshuffle",
-                 chunk_cells: int = 1024):
+                 chunk_cells: int = 1024, checksum: bool = True):
         self.where = Path(root) / "shards" / name
         self.group = zarr.open_group(self.where, mode="w")
-        self.codec = codec_for(codec)
+        self.codec = codec_for(codec, checksum)
+        self.config = array_config(checksum)
         self.chunk_cells = chunk_cells
         self.n_cells = 0
         self.nnz = 0
-        self._indptr = _ChunkAlignedArray(self.group, "indptr", np.int64, chunk_cells * 8, self.codec)
+        self._indptr = _ChunkAlignedArray(self.group, "indptr", np.int64, chunk_cells * 8, self.codec,
+                                         self.config)
         self._indptr.append(np.zeros(1, np.int64))
         self._indices: _ChunkAlignedArray | None = None
         self._data: _ChunkAlignedArray | None = None
@@ -142,8 +147,8 @@ class ShardAppender:
         if self._data is None:
             chunk = self.chunk_cells * max(int(indptr[-1]) // max(n, 1), 1)
             dtype = np.int32 if whole is not None else np.float32
-            self._indices = _ChunkAlignedArray(self.group, "indices", np.int32, chunk, self.codec)
-            self._data = _ChunkAlignedArray(self.group, "data", dtype, chunk, self.codec)
+            self._indices = _ChunkAlignedArray(self.group, "indices", np.int32, chunk, self.codec, self.config)
+            self._data = _ChunkAlignedArray(self.group, "data", dtype, chunk, self.codec, self.config)
         elif self._data.array.dtype == np.int32 and whole is None:
             self._data.widen(np.float32)
         self._indptr.append(self.nnz + indptr[1:].astype(np.int64))
@@ -164,8 +169,8 @@ class ShardAppender:
     def close(self) -> tuple[int, int]:
         """Flush the tails and write metadata; returns ``(n_cells, nnz)``."""
         if self._data is None:
-            self._indices = _ChunkAlignedArray(self.group, "indices", np.int32, 1, self.codec)
-            self._data = _ChunkAlignedArray(self.group, "data", np.int32, 1, self.codec)
+            self._indices = _ChunkAlignedArray(self.group, "indices", np.int32, 1, self.codec, self.config)
+            self._data = _ChunkAlignedArray(self.group, "data", np.int32, 1, self.codec, self.config)
         for array in (self._indptr, self._indices, self._data):
             array.close()
         self.group.attrs.update({"n_cells": self.n_cells, "nnz": self.nnz})
@@ -177,22 +182,22 @@ class ShardAppender:
             if len(cats) and cats[0] == "":
                 codes -= 1
                 cats = cats[1:]
-            _write_array(obs_group, col, codes, 65536, self.codec)
+            _write_array(obs_group, col, codes, 65536, self.codec, self.config)
             obs_group[col].attrs["categories"] = [str(c) for c in cats]
         num_group = self.group.create_group("obs_num")
         for col, parts in self._obs_num.items():
-            _write_array(num_group, col, np.concatenate(parts), 65536, self.codec)
+            _write_array(num_group, col, np.concatenate(parts), 65536, self.codec, self.config)
         return self.n_cells, self.nnz
 
 
 def write_shard(root: Path, name: str, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
                 obs: dict[str, np.ndarray], obs_num: dict[str, np.ndarray], *,
-                codec: str = "blosc-lz4-bitshuffle", chunk_cells: int = 1024) -> None:
+                codec: str = "blosc-lz4-bitshuffle", chunk_cells: int = 1024, checksum: bool = True) -> None:
     """Write one whole CSR shard under ``root/shards/name`` (``StoreWriter.add_shard``).
 
     ``obs`` values are string arrays (``None``/"" = missing), stored as codes + categories.
     """
-    appender = ShardAppender(root, name, codec=codec, chunk_cells=chunk_cells)
+    appender = ShardAppender(root, name, codec=codec, chunk_cells=chunk_cells, checksum=checksum)
     appender.append(indptr, indices, data, obs, obs_num)
     appender.close()
 
@@ -205,9 +210,9 @@ class ShardSequence:
     """
 
     def __init__(self, root: Path, prefix: str, *, shard_cells: int, codec: str = "blosc-lz4-bitshuffle",
-                 chunk_cells: int = 1024):
+                 chunk_cells: int = 1024, checksum: bool = True):
         self.root, self.prefix, self.shard_cells = Path(root), prefix, shard_cells
-        self.codec, self.chunk_cells = codec, chunk_cells
+        self.codec, self.chunk_cells, self.checksum = codec, chunk_cells, checksum
         self.done: list[tuple[str, int, int]] = []  # (name, n_cells, nnz)
         self._current: ShardAppender | None = None
         self._done_integral = True
@@ -218,7 +223,7 @@ class ShardSequence:
         while pos < n:
             if self._current is None:
                 self._current = ShardAppender(self.root, self._name(), codec=self.codec,
-                                              chunk_cells=self.chunk_cells)
+                                              chunk_cells=self.chunk_cells, checksum=self.checksum)
             take = min(n - pos, self.shard_cells - self._current.n_cells)
             rows = matrix if take == n else matrix[pos: pos + take]
             self._current.append(rows.indptr, rows.indices, rows.data,

@@ -1,6 +1,8 @@
 """Checking a whole store (``scfm verify``), and removing what interrupted writers left behind.
 
-``verify_store`` reads every listed shard (through the same direct decoder training uses),
+``verify_store`` first checks the checksum of every chunk of a format 2 store (each damaged or
+missing chunk is one problem, naming shard, array and chunk; a format 1 store is reported as
+unchecksummed), then reads every listed shard (through the same direct decoder training uses),
 checks each against the root attributes (cells, nonzeros, a monotone row pointer, gene indices
 inside the vocabulary, finite non-negative values, per-cell metadata lengths), and checks the
 statistics, manifest and vocabulary against the shards. It lists as orphans what no listing
@@ -20,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from sc_fm.errors import ScFmError
-from sc_fm.store.layout import FORMAT_VERSION, GLOBAL_GROUP, STATS_FIELDS
+from sc_fm.store.direct import SliceReader
+from sc_fm.store.layout import GLOBAL_GROUP, STATS_FIELDS
 from sc_fm.store.lock import StoreLock, _read, _stale, lock_path
 from sc_fm.store.reader import CorpusStore
 
@@ -35,20 +38,26 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     n_cells: int = 0
     n_shards: int = 0
+    format_version: int | None = None
+    n_chunks: int = 0  # chunk checksums verified
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def text(self) -> str:
+        form = ("" if self.format_version is None else
+                f", format {self.format_version}: " + (f"{self.n_chunks:,} chunk checksums verified"
+                                                       if self.format_version >= 2 else "unchecksummed"))
         head = (f"{self.path}: {'ok' if self.ok else f'{len(self.problems)} problem(s)'} "
-                f"({self.n_cells:,} cells in {self.n_shards} shards checked)")
+                f"({self.n_cells:,} cells in {self.n_shards} shards checked{form})")
         lines = [head] + [f"problem: {p}" for p in self.problems]
         lines += [f"orphan:  {o}" for o in self.orphans] + [f"note:    {n}" for n in self.notes]
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
         return {"path": str(self.path), "ok": self.ok, "n_cells": self.n_cells, "n_shards": self.n_shards,
+                "format_version": self.format_version, "checksummed_chunks": self.n_chunks,
                 "problems": self.problems, "orphans": [str(o) for o in self.orphans], "notes": self.notes}
 
 
@@ -63,10 +72,12 @@ def verify_store(path: str | Path) -> VerifyReport:
         report.problems.append(f"zarr.json cannot be read ({type(err).__name__}: {err})")
         return report
     report.n_shards, report.n_cells = len(store.shards), store.n_cells
+    report.format_version = store.format_version
     _check_vocab(store, report)
     for k in range(len(store.shards)):
         try:
-            _check_shard(store, k, report)
+            if _check_chunks(store, k, report):
+                _check_shard(store, k, report)
         except Exception as err:  # anything a damaged shard raises is a finding, not a crash
             why = err.message if isinstance(err, ScFmError) else f"{type(err).__name__}: {err}"
             report.problems.append(f"shard {store.shards[k].name}: cannot be read ({why})")
@@ -82,10 +93,51 @@ def verify_store(path: str | Path) -> VerifyReport:
         state = "stale: its process is gone" if stale else "a writer is running"
         report.notes.append(f"writer lock {lock_path(store.path)} present ({state}); files it is "
                             "staging show as orphans until it commits")
-    if store.attrs.get("format_version") == FORMAT_VERSION:
-        report.notes.append(f"format version {FORMAT_VERSION}: chunks carry no checksums, so damage that "
-                            "still decodes to plausible numbers cannot be detected")
+    if store.format_version < 2:
+        report.notes.append(f"unchecksummed (format {store.format_version}): chunks carry no checksums, so "
+                            "damage that still decodes to plausible numbers cannot be detected; a store "
+                            "written again by `scfm prepare` from its sources is format 2")
     return report
+
+
+_MAX_LISTED = 20  # damaged chunks listed per shard
+
+
+def _arrays(group, prefix: str = ""):
+    """``(path inside the group, array)`` of every array below ``group``."""
+    for name, array in sorted(group.arrays()):
+        yield f"{prefix}{name}", array
+    for name, sub in sorted(group.groups()):
+        yield from _arrays(sub, f"{prefix}{name}/")
+
+
+def _check_chunk_files(readers: list[SliceReader], where: str, report: VerifyReport) -> bool:
+    """Verify every chunk's checksum; True when all are sound."""
+    damaged = []
+    for reader in readers:
+        if not reader.checksum:
+            if report.format_version >= 2:
+                damaged.append(f"{where}: array {reader.name} has no chunk checksums in a format 2 store")
+            continue
+        for j in range(reader.n_chunks):
+            try:
+                reader.check_chunk(j)
+                report.n_chunks += 1
+            except ScFmError as err:
+                damaged.append(err.what)
+    report.problems += damaged[:_MAX_LISTED]
+    if len(damaged) > _MAX_LISTED:
+        report.problems.append(f"{where}: {len(damaged) - _MAX_LISTED} more damaged chunks")
+    return not damaged
+
+
+def _check_chunks(store: CorpusStore, k: int, report: VerifyReport) -> bool:
+    """The checksums of every chunk of shard ``k`` (format 2); True when the rows can be checked."""
+    info = store.shards[k]
+    if not (store.path / "shards" / info.name / "zarr.json").is_file():
+        return True  # _check_shard reports it
+    readers = [SliceReader(array, store.path, info.name, name) for name, array in _arrays(store.shard(k))]
+    return _check_chunk_files(readers, f"shard {info.name}", report)
 
 
 def _check_vocab(store: CorpusStore, report: VerifyReport) -> None:
@@ -147,6 +199,12 @@ def _check_shard(store: CorpusStore, k: int, report: VerifyReport) -> None:
 
 
 def _check_stats(store: CorpusStore, report: VerifyReport) -> None:
+    prefix = f"stats/v{store.stats_version}"
+    if prefix in store.root:
+        readers = [SliceReader(array, store.path, None, f"{prefix}/{name}")
+                   for name, array in _arrays(store.root[prefix])]
+        if not _check_chunk_files(readers, "statistics", report):
+            return
     for group in store.stats_groups:
         try:
             stats = store.stats(group)

@@ -15,7 +15,7 @@ import zarr
 from sc_fm.errors import InputDataError
 from sc_fm.stats import GeneStatsAccumulator
 from sc_fm.store.lock import StoreLock
-from sc_fm.store.layout import FORMAT, FORMAT_VERSION, STATS_FIELDS, ShardInfo, codec_for
+from sc_fm.store.layout import FORMAT, FORMAT_VERSION, STATS_FIELDS, ShardInfo, array_config, codec_for
 from sc_fm.store.reader import CorpusStore
 from sc_fm.store.shards import write_shard
 from sc_fm.vocab import GeneVocab
@@ -35,11 +35,18 @@ class StoreWriter:
     next version number, statistics and manifest are only ever decided by the lock's holder.
     Clean-up removes only what this writer made (its token's shards, the statistics and
     manifest it wrote), never another writer's files.
+
+    Format: a new store is written as ``FORMAT_VERSION`` (2: a checksum per chunk) unless
+    ``format_version=1`` is asked for (tests of old stores); an append keeps the store's own
+    format, so a format 1 store stays format 1 (its old chunks have no checksums to add).
+    ``self.checksum`` tells shard writers which to write.
     """
 
     def __init__(self, path: str | Path, vocab: GeneVocab, *, append: bool = False,
                  codec: str = "blosc-lz4-bitshuffle", chunk_cells: int = 1024,
-                 lock_timeout: float | None = None):
+                 lock_timeout: float | None = None, format_version: int | None = None):
+        if format_version not in (None, 1, FORMAT_VERSION):
+            raise ValueError(f"format_version {format_version!r}: this sc_fm writes 1 or {FORMAT_VERSION}")
         self.path = Path(path)
         self.lock = StoreLock(self.path, lock_timeout)
         self._written: list[Path] = []  # statistics and manifest this writer made, for abort
@@ -47,12 +54,13 @@ class StoreWriter:
         self.lock.acquire()
         self._release = weakref.finalize(self, self.lock.release)  # a writer dropped unfinished
         try:
-            self._open(vocab, append, codec, chunk_cells)
+            self._open(vocab, append, codec, chunk_cells, format_version)
         except BaseException:
             self.lock.release()
             raise
 
-    def _open(self, vocab: GeneVocab, append: bool, codec: str, chunk_cells: int) -> None:
+    def _open(self, vocab: GeneVocab, append: bool, codec: str, chunk_cells: int,
+              format_version: int | None) -> None:
         self.vocab = vocab
         self.append = append
         self.codec = codec
@@ -68,6 +76,7 @@ class StoreWriter:
                     str(self.path), "append with the store's own vocabulary (prepare.vocab="
                     f"{self.path / 'vocab.tsv'}) or write a new store")
             self.stage_dir = self.path
+            self.format_version = self.old.format_version
         else:
             if self.path.exists():
                 raise InputDataError(f"{self.path} already exists", str(self.path),
@@ -79,6 +88,13 @@ class StoreWriter:
                       file=sys.stderr)
             self.stage_dir = self.path.with_name(f"{self.path.name}.partial-{self._token}")
             self.stage_dir.mkdir(parents=True)
+            self.format_version = format_version or FORMAT_VERSION
+        self._unchecksummed = False  # a registered shard copied from a format 1 store (merge)
+
+    @property
+    def checksum(self) -> bool:
+        """Whether new shards carry a checksum per chunk (the store is format 2)."""
+        return self.format_version >= 2
 
     def shard_name(self, index: int) -> str:
         return f"s{self._token}-{index:05d}"
@@ -90,10 +106,14 @@ class StoreWriter:
     def add_shard(self, indptr, indices, data, obs, obs_num, source: str) -> ShardInfo:
         name = self.shard_name(len(self.new_shards))
         write_shard(self.stage_dir, name, indptr, indices, data, obs, obs_num,
-                    codec=self.codec, chunk_cells=self.chunk_cells)
+                    codec=self.codec, chunk_cells=self.chunk_cells, checksum=self.checksum)
         return self.register_shard(name, len(indptr) - 1, int(indptr[-1]), source)
 
-    def register_shard(self, name: str, n_cells: int, nnz: int, source: str) -> ShardInfo:
+    def register_shard(self, name: str, n_cells: int, nnz: int, source: str,
+                       checksummed: bool = True) -> ShardInfo:
+        """List a shard written under ``stage_dir``; ``checksummed=False`` for one copied from a
+        format 1 store, which makes the result format 1 (every chunk of format 2 has a checksum)."""
+        self._unchecksummed |= not checksummed
         info = ShardInfo(name, int(n_cells), int(nnz), source)
         self.new_shards.append(info)
         return info
@@ -117,7 +137,9 @@ class StoreWriter:
         stats_dir.mkdir(parents=True)  # exclusive: under the lock, no other writer makes it
         self._written.append(stats_dir)
         root = zarr.open_group(self.stage_dir, mode="a")
-        comp = codec_for(self.codec)
+        format_version = 1 if self._unchecksummed else self.format_version
+        comp = codec_for(self.codec, format_version >= 2)
+        config = array_config(format_version >= 2)
         groups_index: dict[str, dict[str, str]] = {}
         for group, by_value in stats.items():
             groups_index[group] = {}
@@ -128,7 +150,7 @@ class StoreWriter:
                 for name in STATS_FIELDS:
                     values = getattr(finished, name)
                     node.create_array(name, shape=values.shape, dtype=values.dtype,
-                                      chunks=values.shape, compressors=comp)[...] = values
+                                      chunks=values.shape, compressors=comp, config=config)[...] = values
                 groups_index[group][str(i)] = value
         old_manifest = self.old.manifest if self.old else []
         self._written.append(manifest_path)
@@ -142,7 +164,7 @@ class StoreWriter:
                 known = categories.setdefault(col, [])
                 known.extend(c for c in obs[col].attrs["categories"] if c not in set(known))
         root.attrs.put({
-            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "format": FORMAT, "format_version": format_version,
             "vocab_hash": self.vocab.hash, "vocab_name": self.vocab.name,
             "n_cells": int(sum(s["n_cells"] for s in shards)), "n_genes": self.vocab.n_genes,
             "shards": shards, "categories": categories,
