@@ -18,7 +18,14 @@ LABELS = "labels"
 TARGET_VALUES = "target_values"
 CELL_INDEX = "cell_index"
 
+# Each cell's whole count row (vocabulary gene index, raw count), sparse over cells: the
+# target of the cell-level objective (present when the model has one).
+EXPRESSION_OFFSETS = "expression_offsets"
+EXPRESSION_GENES = "expression_genes"
+EXPRESSION_COUNTS = "expression_counts"
+
 INPUT_KEYS = (GENE_IDS, VALUES, CU_SEQLENS, MAX_SEQLEN, CONDITION_IDS)
+EXPRESSION_KEYS = (EXPRESSION_OFFSETS, EXPRESSION_GENES, EXPRESSION_COUNTS)
 TARGET_KEYS = (LABELS, TARGET_VALUES)
 
 # Labels and value targets at positions that carry no loss (PyTorch's cross-entropy default).
@@ -30,4 +37,5 @@ HIDDEN_VALUE = -1.0
 LOSS = "loss"
 GENE_LOSS = "gene_loss"
 VALUE_LOSS = "value_loss"
-LOSS_NAMES = (LOSS, GENE_LOSS, VALUE_LOSS)
+EXPRESSION_LOSS = "expression_loss"  # the cell-level objective (reconstruction + KL), weighted into LOSS
+LOSS_NAMES = (LOSS, GENE_LOSS, VALUE_LOSS, EXPRESSION_LOSS)

@@ -113,6 +113,10 @@ class TokenizerConfig:
     n_unexpressed: int = 0
     mask_ratio: float = 0.15
     mask_mode: Literal["bert", "value"] = "bert"
+    # training only: a cell is binomially down-sampled to U(downsample_min_fraction, 1) of its
+    # counts with this probability (depth robustness); the cell-level target stays the full cell
+    downsample_prob: float = 0.0
+    downsample_min_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         require([
@@ -124,6 +128,8 @@ class TokenizerConfig:
             (0.0 < self.mask_ratio < 1.0, f"tokenizer.mask_ratio={self.mask_ratio} must be in (0, 1)"),
             (self.target_sum > 0, "tokenizer.target_sum must be positive"),
             (self.min_group_cells >= 0, "tokenizer.min_group_cells must be >= 0"),
+            (0.0 <= self.downsample_prob <= 1.0, "tokenizer.downsample_prob must be in [0, 1]"),
+            (0.0 < self.downsample_min_fraction <= 1.0, "tokenizer.downsample_min_fraction must be in (0, 1]"),
         ])
 
 
@@ -140,8 +146,20 @@ class ModelConfig:
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     mlp: Literal["swiglu", "gelu"] = "swiglu"
     attention: Literal["auto", "flash", "sdpa", "math"] = "auto"
-    positional: bool | None = None  # None: on for rank tokens, off for set-like (bin) input
-    pooling: Literal["cls", "mean"] = "cls"
+    # a learned position per rank: off by default, since it drowned the gene tokens (the embedding
+    # tracked cell length; docs/evaluate.md); None (older checkpoints): on for rank tokens, off for bins
+    positional: bool | None = False
+    pooling: Literal["cls", "mean"] = "mean"
+    # condition tokens (tokenizer.condition_keys) in front of each cell in the encoder; off, the
+    # conditions reach only the expression decoder, so the embedding need not encode them (scVI)
+    encoder_conditions: bool = False
+    # the cell-level objective (model/decoder.py): every gene of the cell decoded from the cell
+    # embedding and its conditions; "nb" needs raw counts, "mse" works on log1p(CP10k)
+    cell_objective: Literal["nb", "mse", "none"] = "nb"
+    cell_loss_weight: float = 1.0
+    cell_latent: int = 32  # dimensions of the cell embedding (the decoder's bottleneck)
+    cell_kl_weight: float = 1.0  # 1: scVI's ELBO; 0: a plain autoencoder bottleneck
+    token_loss_weight: float = 1.0  # weight of the masked gene and value losses
     activation_checkpointing: bool = False
     tie_embeddings: bool = True
     init_std: float = 0.02  # weights ~ N(0, init_std); residual outputs scaled by 1/sqrt(2 n_layers)
@@ -248,11 +266,17 @@ class BenchmarkConfig:
     min_gene_overlap: float = MIN_GENE_OVERLAP
     seeds: int = 1  # seeded methods (scVI, Harmony, ...) are repeated with seeds eval.seed .. + seeds - 1
     tracking: bool = True  # log the report to MLflow
+    # > 0: each checkpoint is also adapted to the input's cells for this many steps ("(adapted)"),
+    # and the same architecture from random initialisation too ("(scratch, adapted)")
+    adapt_steps: int = 0
+    scratch_multipliers: list[int] = field(default_factory=lambda: [1, 4])  # scratch runs adapt_steps x these
 
     def __post_init__(self) -> None:
         require([(0.0 < self.min_gene_overlap <= 1.0, "benchmark.min_gene_overlap must be in (0, 1]"),
                  (self.seeds >= 1, f"benchmark.seeds={self.seeds} must be at least 1 (--seeds K repeats "
-                                   f"every seeded method K times)")])
+                                   f"every seeded method K times)"),
+                 (self.adapt_steps >= 0, "benchmark.adapt_steps must be >= 0 (0: no adaptation rows)"),
+                 (all(m >= 1 for m in self.scratch_multipliers), "benchmark.scratch_multipliers must be >= 1")])
 
 
 @dataclass

@@ -40,10 +40,11 @@ class DemoSize:
     sim_genes: int
     max_steps: int
     scvi_epochs: int
+    adapt_steps: int
 
 
-FULL = DemoSize(sim_cells=6000, sim_genes=4000, max_steps=150, scvi_epochs=150)
-QUICK = DemoSize(sim_cells=1500, sim_genes=4000, max_steps=20, scvi_epochs=30)
+FULL = DemoSize(sim_cells=6000, sim_genes=4000, max_steps=150, scvi_epochs=150, adapt_steps=100)
+QUICK = DemoSize(sim_cells=1500, sim_genes=4000, max_steps=20, scvi_epochs=30, adapt_steps=10)
 
 
 def mixture_gene_universe(n_genes: int) -> list[str]:
@@ -83,19 +84,25 @@ def pretrain(out: Path, store: Path, size: DemoSize) -> Path:
 
 
 def evaluate(out: Path, checkpoint: Path, size: DemoSize):
-    """Embed the held-out real cells into an h5ad and benchmark the checkpoint against scVI on them."""
+    """Embed the held-out real cells into an h5ad, then benchmark the checkpoint on them: zero-shot,
+    adapted to them (``scfm adapt``), against its untrained and from-scratch controls, scVI,
+    Harmony, PCA and a random control (``scfm benchmark --adapt-steps N``, one seed)."""
+    from sc_fm.candidates import seeded_rows
     from sc_fm.datasets import load_sc_mixology
     from sc_fm.evaluate import run_benchmark
     from sc_fm.pretrained import embed_h5ad
 
-    run = load_config(RUN_CONFIG, [f"eval.scvi_epochs={size.scvi_epochs}", "embed.batch_key=batch"])
+    run = load_config(RUN_CONFIG, [f"eval.scvi_epochs={size.scvi_epochs}", "embed.batch_key=batch",
+                                   f"benchmark.adapt_steps={size.adapt_steps}", "benchmark.scratch_multipliers=[1]"])
     config = run.eval
     adata = load_sc_mixology()
     singlets = out / "sc_mixology_singlets.h5ad"
     adata.write_h5ad(singlets)
     embedded = embed_h5ad(checkpoint, singlets, out / "sc_mixology_embedded.h5ad", run.embed)
     print(embedded.mapping.summary())
-    return run_benchmark(adata, config.batch_key, config.label_key, out / "report", [checkpoint], config)
+    rows = seeded_rows([checkpoint], adata, config.batch_key, run.benchmark, out / "report", config.embed_batch_cells)
+    return run_benchmark(adata, config.batch_key, config.label_key, out / "report", [checkpoint], config,
+                         seeded_candidates=rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,9 +32,9 @@ def test_adapted_directory_is_a_checkpoint_with_new_batches_as_conditions(adapte
     for key, values in base.tokenizer.condition_vocabs.items():
         grown = result.tokenizer.condition_vocabs[key]
         assert grown[: len(values)] == values and grown[len(values):] == ["plate_a", "plate_b"]
-        table = result.model.conditions.tables[base.tokenizer.config.condition_keys.index(key)].weight
-        new_rows = table[len(values) + 1:]
-        assert len(new_rows) == 2
+        j = base.tokenizer.config.condition_keys.index(key)
+        table = result.model.decoder.offsets[j].weight  # conditions reach the decoder (model/decoder.py)
+        assert len(table) == len(values) + 1 + 2
     assert sorted(result.tokenizer.normalisers[base.tokenizer.config.stats_group]) == ["plate_a", "plate_b"]
     moved = [k for k, v in result.model.state_dict().items() if k in before and v.shape == before[k].shape
              and not torch.equal(v, before[k])]
@@ -44,7 +44,7 @@ def test_adapted_directory_is_a_checkpoint_with_new_batches_as_conditions(adapte
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and all(np.isfinite(losses))
     embedding = result.embed(adata, "plate", progress=False)
-    assert embedding.shape == (adata.n_obs, base.model.config.d_model) and np.isfinite(embedding).all()
+    assert embedding.shape == (adata.n_obs, base.model.embedding_dim) and np.isfinite(embedding).all()
 
 
 def test_adapt_refuses_bad_input_before_any_work(tiny_checkpoint, tiny_atlas, tmp_path, capsys):

@@ -11,7 +11,7 @@ from sc_fm.store import CorpusStore
 
 
 def test_demo_corpus_holds_simulated_and_mixture_profiles_but_no_evaluation_cell(tmp_path):
-    size = DemoSize(sim_cells=400, sim_genes=1500, max_steps=1, scvi_epochs=1)
+    size = DemoSize(sim_cells=400, sim_genes=1500, max_steps=1, scvi_epochs=1, adapt_steps=1)
     store = CorpusStore(build_corpus(tmp_path, size, progress=False))
     datasets = store.obs_values("dataset")
     mixture_sets = {f"sc_mixology_{name}" for name in MIXTURES}

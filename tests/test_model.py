@@ -21,7 +21,9 @@ N_GENES = 40
 N_TOKENS = N_SPECIAL + N_GENES
 N_BINS = 5
 CONDITION_SIZES = [3, 4]
-TINY = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_ff=64, attention="math")
+# the token transformer's mechanics (the cell-level objective has its own tests: test_cell_objective.py)
+TINY = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_ff=64, attention="math", cell_objective="none",
+                   encoder_conditions=True, pooling="cls", positional=None)
 
 
 def make_cells(lengths: list[int], value_encoding: str, seed: int = 0) -> list[dict]:

@@ -15,7 +15,7 @@ def test_save_load_round_trip_with_tokenizer(tiny_store, tmp_path):
     tokenizer = CellTokenizer.from_stores(TokenizerConfig(max_len=64), [tiny_store])
     indptr, indices, data = tiny_store.read_rows(0, 0, 8)
     conditions = {key: tiny_store.obs_values(key)[:8] for key in tokenizer.config.condition_keys}
-    cells = tokenizer.encode_rows(indptr, indices, data, conditions)
+    cells = tokenizer.encode_rows(indptr, indices, data, conditions, with_expression=True)
     batch = tokenizer.mask_and_pack(cells, np.random.default_rng(0), range(8))
     torch.manual_seed(0)
     config = ModelConfig(n_layers=1, d_model=32, n_heads=2, d_ff=64)
@@ -27,7 +27,8 @@ def test_save_load_round_trip_with_tokenizer(tiny_store, tmp_path):
     assert pretrained.vocab.hash == tokenizer.vocab.hash and pretrained.path == tmp_path / "final"
     assert loaded_tokenizer.model_inputs == tokenizer.model_inputs
     reloaded_batch = loaded_tokenizer.mask_and_pack(
-        loaded_tokenizer.encode_rows(indptr, indices, data, conditions), np.random.default_rng(0), range(8))
+        loaded_tokenizer.encode_rows(indptr, indices, data, conditions, with_expression=True),
+        np.random.default_rng(0), range(8))
     assert all(torch.equal(batch[k], reloaded_batch[k]) for k in batch if torch.is_tensor(batch[k]))
     with torch.no_grad():
         out, again = model(batch), loaded(reloaded_batch)

@@ -1,8 +1,11 @@
-"""``scfm benchmark INPUT.h5ad --checkpoint CKPT --batch-key B --label-key L -o REPORT_DIR [--seeds K]``."""
+"""``scfm benchmark INPUT.h5ad --checkpoint CKPT --batch-key B --label-key L -o REPORT_DIR
+[--adapt | --adapt-steps N] [--seeds K]``."""
 
 from __future__ import annotations
 
 import argparse
+
+from sc_fm.commands.options import add_config_arguments, command_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,34 +18,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="report directory")
     parser.add_argument("--scvi-epochs", type=int, default=None,
                         help="scVI epochs (default: eval.scvi_epochs)")
-    parser.add_argument("--min-gene-overlap", type=float, default=0.1,
+    parser.add_argument("--min-gene-overlap", type=float, default=None,
                         help="minimum fraction of the input's genes found in a checkpoint's vocabulary")
-    parser.add_argument("--seed", type=int, default=0, help="first seed of every seeded method")
-    parser.add_argument("--seeds", type=int, default=1,
-                        help="repeat every seeded method (scVI, Harmony, the random control, seeded sc_fm "
-                             "rows) "
-                             "with seeds SEED..SEED+K-1; results.csv holds mean and sd (default 1)")
+    parser.add_argument("--seed", type=int, default=None, help="first seed of every seeded method (eval.seed)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="repeat every seeded method (scVI, Harmony, the random control, the untrained, "
+                             "adapted and scratch sc_fm rows) with seeds SEED..SEED+K-1; results.csv holds "
+                             "mean and sd (default 1)")
+    adapt = parser.add_mutually_exclusive_group()
+    adapt.add_argument("--adapt", action="store_true",
+                       help="also adapt each checkpoint to the input's cells (adapt.steps steps), and the same "
+                            "architecture from scratch, as rows '(adapted)' and '(scratch, adapted)'")
+    adapt.add_argument("--adapt-steps", type=int, default=None, metavar="N", help="--adapt with N steps")
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    add_config_arguments(parser, "benchmark")
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
     import anndata
 
-    from sc_fm.config import EvalConfig
+    from sc_fm.candidates import seeded_rows
     from sc_fm.evaluate.benchmark import run_benchmark
+    from sc_fm.evaluate.scoring import check_evaluation_set
     from sc_fm.pretrained.h5ad import open_backed
-    from sc_fm.evaluate.seeds import seed_list
 
-    seed_list(args.seed, args.seeds, "--seeds")  # refused before anything is read or trained
+    flags = {"min_gene_overlap": args.min_gene_overlap, "seeds": args.seeds,
+             "tracking": False if args.no_tracking else None}
+    overrides = [f"eval.batch_key={args.batch_key}" if args.batch_key else "eval.batch_key=null",
+                 f"eval.label_key={args.label_key}"]
+    if args.seed is not None:
+        overrides.append(f"eval.seed={args.seed}")
+    if args.scvi_epochs is not None:
+        overrides.append(f"eval.scvi_epochs={args.scvi_epochs}")
+    args.overrides = [*args.overrides, *overrides]
+    cfg = command_config(args, "benchmark", flags)
+    config = cfg.benchmark
+    if args.adapt_steps is not None or args.adapt:
+        steps = args.adapt_steps if args.adapt_steps is not None else cfg.adapt.steps
+        config = dataclasses.replace(config, adapt_steps=steps)  # checked like the YAML key
     backed = open_backed(args.input)
     backed.file.close()
     adata = anndata.read_h5ad(args.input)
-    config = EvalConfig(batch_key=args.batch_key, label_key=args.label_key, seed=args.seed)
-    if args.scvi_epochs is not None:
-        config.scvi_epochs = args.scvi_epochs
-    result = run_benchmark(adata, args.batch_key, args.label_key, args.output, args.checkpoint, config,
-                           min_gene_overlap=args.min_gene_overlap, track=not args.no_tracking,
-                           where=args.input, n_seeds=args.seeds)
+    check_evaluation_set(adata, args.batch_key, args.label_key, args.input)
+    rows = seeded_rows(args.checkpoint, adata, args.batch_key, config, Path(args.output),
+                       cfg.eval.embed_batch_cells, where=args.input)
+    result = run_benchmark(adata, args.batch_key, args.label_key, args.output, args.checkpoint, cfg.eval,
+                           min_gene_overlap=config.min_gene_overlap, track=config.tracking, where=args.input,
+                           n_seeds=config.seeds, seeded_candidates=rows)
     for line in result.verdict:
         print(line)
     print(f"report: {result.report}")

@@ -21,7 +21,6 @@ import torch
 from sc_fm.config import RunConfig
 from sc_fm.data.dataset import CellBlock, CorpusDataset
 from sc_fm.data.stores import open_stores
-from sc_fm.store import GLOBAL_GROUP
 from sc_fm.tokenize import CellTokenizer, TokenizedCells, check_vocabulary
 
 _ENCODE, _MASK = 0, 1
@@ -30,10 +29,11 @@ _ENCODE, _MASK = 0, 1
 class TokenizedFetches(torch.utils.data.IterableDataset):
     """Each fetch of ``dataset`` as unmasked tokenised cells (runs inside workers)."""
 
-    def __init__(self, dataset: CorpusDataset, tokenizer: CellTokenizer):
+    def __init__(self, dataset: CorpusDataset, tokenizer: CellTokenizer, with_expression: bool = False):
         super().__init__()
         self.dataset = dataset
         self.tokenizer = tokenizer
+        self.with_expression = with_expression  # cells carry their whole count row (cell-level target)
 
     def __iter__(self) -> Iterator[dict]:
         for fetch, skip in self.dataset.worker_fetches():
@@ -44,8 +44,7 @@ class TokenizedFetches(torch.utils.data.IterableDataset):
                                          fetch.epoch, fetch.number, _ENCODE])
             order = self.dataset.cell_order(fetch)[skip:]
             cells = TokenizedCells.gather([self.encode(block, rng) for block in blocks], order)
-            yield {"gene_ids": cells.gene_ids, "values": cells.values, "offsets": cells.offsets,
-                   "condition_ids": cells.condition_ids,
+            yield {**cells.to_arrays(),
                    "cell_index": np.concatenate([b.cell_index for b in blocks])[order],
                    "epoch": fetch.epoch, "start": fetch.start + skip}
 
@@ -53,7 +52,7 @@ class TokenizedFetches(torch.utils.data.IterableDataset):
         tok = self.tokenizer
         return tok.encode_rows(block.counts.indptr, block.counts.indices, block.counts.data,
                                {k: block.obs[k] for k in tok.config.condition_keys},
-                               block.obs.get(tok.config.stats_group), rng)
+                               block.obs.get(tok.config.stats_group), rng, self.with_expression)
 
 
 @dataclass
@@ -68,8 +67,7 @@ class _Pending:
 
     @classmethod
     def from_item(cls, item: dict) -> "_Pending":
-        arrays = {k: np.asarray(item[k]) for k in ("gene_ids", "values", "offsets", "condition_ids")}
-        return cls(TokenizedCells(**arrays), np.asarray(item["cell_index"]), int(item["epoch"]),
+        return cls(TokenizedCells.from_arrays(item), np.asarray(item["cell_index"]), int(item["epoch"]),
                    int(item["start"]))
 
     @property
@@ -79,8 +77,7 @@ class _Pending:
 
 def tokenizer_columns(tokenizer: CellTokenizer) -> list[str]:
     """Cell metadata the tokenizer reads: condition keys and the normaliser group."""
-    group = tokenizer.config.stats_group
-    extra = [] if group in (GLOBAL_GROUP, "none") else [group]
+    extra = [tokenizer.config.stats_group] if tokenizer.normalises_by_group else []
     return list(tokenizer.config.condition_keys) + extra
 
 
@@ -88,11 +85,12 @@ class TrainBatches:
     """Endless packed, masked batches of exactly ``batch_cells`` cells; resumable exactly."""
 
     def __init__(self, dataset: CorpusDataset, tokenizer: CellTokenizer, batch_cells: int,
-                 num_workers: int = 0):
+                 num_workers: int = 0, with_expression: bool = False):
         self.dataset = dataset
         self.tokenizer = tokenizer
         self.batch_cells = batch_cells
         self.num_workers = num_workers
+        self.with_expression = with_expression
         self._stream: Iterator[dict] | None = None
         self._pending: deque[_Pending] = deque()
         self._position = (dataset.epoch, dataset.offset)
@@ -123,7 +121,7 @@ class TrainBatches:
 
     def _open(self) -> Iterator[dict]:
         self.dataset.epoch, self.dataset.offset = self._position
-        source = TokenizedFetches(self.dataset, self.tokenizer)
+        source = TokenizedFetches(self.dataset, self.tokenizer, self.with_expression)
         if self.num_workers == 0:
             return iter(source)
         loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=self.num_workers,
@@ -151,4 +149,5 @@ def build_train_loader(config: RunConfig, tokenizer: CellTokenizer, rank: int = 
         check_vocabulary(store, tokenizer.vocab)
     dataset = CorpusDataset(stores, config.data, tokenizer_columns(tokenizer), seed=config.train.seed,
                             rank=rank, world_size=world_size)
-    return TrainBatches(dataset, tokenizer, config.train.micro_batch_cells, config.data.num_workers)
+    return TrainBatches(dataset, tokenizer, config.train.micro_batch_cells, config.data.num_workers,
+                        with_expression=config.model.cell_objective != "none")

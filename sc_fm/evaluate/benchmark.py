@@ -36,15 +36,22 @@ class BenchmarkResult:
     notes: list[str] = field(default_factory=list)
 
 
+def checkpoint_names(names: list[str], paths: list[str | Path]) -> list[str]:
+    """Report names of checkpoints: ``sc_fm-<size>``, with the directory name added on a clash."""
+    out: list[str] = []
+    for name, path in zip(names, paths):
+        out.append(name if name not in out else f"{name} ({Path(path).name})")
+    return out
+
+
 def checkpoint_embeddings(adata, checkpoints: list[str | Path], batch_key: str | None, config: EvalConfig,
                           min_gene_overlap: float, where: str, progress: bool) -> dict[str, np.ndarray]:
-    """``{"sc_fm-<size>": embedding}`` per checkpoint (the directory name is added on a clash)."""
+    """``{"sc_fm-<size>": embedding}`` per checkpoint, zero-shot."""
     from sc_fm.pretrained import Pretrained
 
+    loaded = [Pretrained.load(path) for path in checkpoints]
     out: dict[str, np.ndarray] = {}
-    for path in checkpoints:
-        pretrained = Pretrained.load(path)
-        name = pretrained.name if pretrained.name not in out else f"{pretrained.name} ({Path(path).name})"
+    for name, pretrained in zip(checkpoint_names([p.name for p in loaded], checkpoints), loaded):
         mapping = pretrained.gene_mapping(adata, min_gene_overlap, where)
         out[name] = pretrained.embed(adata, batch_key, key_added=None, mapping=mapping,
                                      batch_cells=config.embed_batch_cells, progress=progress, where=where)

@@ -49,19 +49,19 @@ class Standardize(nn.Module):
 
 
 class CellClassifier(nn.Module):
-    """``encoder.embed(batch)`` -> class logits (and batch logits when ``n_batches`` > 0)."""
+    """``encoder.pool(batch)`` -> class logits (and batch logits when ``n_batches`` > 0)."""
 
     def __init__(self, encoder: nn.Module, n_classes: int, n_batches: int = 0):
         super().__init__()
         self.encoder = encoder
-        d_model = encoder.config.d_model
+        d_model = encoder.config.d_model  # the pooled state: richer than the embedding's bottleneck
         self.standardize = Standardize(d_model)
         self.head = nn.Linear(d_model, n_classes)
         self.adversary = (nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, n_batches))
                           if n_batches > 0 else None)
 
     def forward(self, batch: dict, adversarial_scale: float = 1.0) -> dict[str, torch.Tensor]:
-        embedding = self.standardize(self.encoder.embed(batch))
+        embedding = self.standardize(self.encoder.pool(batch))
         out = {"embedding": embedding, "logits": self.head(embedding)}
         if self.adversary is not None:
             out["batch_logits"] = self.adversary(reverse_gradient(embedding, adversarial_scale))

@@ -104,7 +104,7 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
     classifier = CellClassifier(pretrained.model, len(classes), len(batches))
     with torch.no_grad():
         blocks = np.array_split(train_rows, max(len(train_rows) // 64, 1))
-        classifier.standardize.fit(torch.cat([pretrained.model.embed(_batch(tokenizer, cells, rows))
+        classifier.standardize.fit(torch.cat([pretrained.model.pool(_batch(tokenizer, cells, rows))
                                               for rows in blocks]))
     optimizer = _optimizer(classifier, config)
     history = []

@@ -23,6 +23,8 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 INIT_ARGS = ("n_tokens", "value_encoding", "n_bins", "condition_sizes")
+# What a directory saved before the cell-level objective means by the keys it lacks.
+LEGACY_MODEL_KEYS = {"pooling": "cls", "encoder_conditions": True, "cell_objective": "none"}
 
 
 def required_file(directory: Path, name: str) -> Path:
@@ -61,7 +63,7 @@ def read_model_config(directory: str | Path) -> tuple[ModelConfig, dict]:
     if missing:
         raise InputDataError(f"{missing[0]!r} is missing from the model config", str(path),
                              "re-save the model with save_pretrained")
-    config = section_from_dict(ModelConfig, meta["config"])
+    config = section_from_dict(ModelConfig, {**LEGACY_MODEL_KEYS, **meta["config"]})
     return config, {key: meta[key] for key in INIT_ARGS}
 
 

@@ -1,7 +1,8 @@
-"""The masked-gene transformer: packed cells in, masked-gene and masked-value losses out.
+"""The masked-gene transformer: packed cells in, masked-gene, masked-value and cell-level losses out.
 
-Reading order: embed tokens -> put condition tokens in front of each cell -> pre-norm blocks
--> final norm -> drop the condition tokens -> heads. Initialisation (GPT-2 style): every
+Reading order: embed tokens -> put condition tokens in front of each cell (when the encoder
+reads conditions) -> pre-norm blocks -> final norm -> drop the condition tokens -> heads on the
+masked tokens -> pool each cell -> the expression decoder (``decoder.py``) on the pooled state. Initialisation (GPT-2 style): every
 Linear and Embedding weight ~ N(0, init_std), biases 0, norms 1; the last projection of
 each residual branch (attention output, MLP down) ~ N(0, init_std / sqrt(2 * n_layers)) so
 that the residual stream's variance does not grow with depth.
@@ -16,12 +17,14 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sc_fm.batch import GENE_LOSS, INPUT_KEYS, LOSS, TARGET_KEYS, VALUE_LOSS
+from sc_fm.batch import (EXPRESSION_COUNTS, EXPRESSION_GENES, EXPRESSION_KEYS, EXPRESSION_LOSS, EXPRESSION_OFFSETS,
+                         GENE_LOSS, INPUT_KEYS, LOSS, TARGET_KEYS, VALUE_LOSS)
 from sc_fm.config import ModelConfig, resolve_model
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.model.attention import PackedCells
 from sc_fm.model.blocks import Block, make_norm
 from sc_fm.model.conditions import ConditionEmbedding, ConditionedPack, prepend_conditions
+from sc_fm.model.decoder import ExpressionDecoder, dense_counts
 from sc_fm.model.embeddings import TokenEmbedding
 from sc_fm.model.heads import GeneHead, ValueHead, pool_cells
 from sc_fm.model.io import load_weights, read_model_config, write_model
@@ -53,14 +56,21 @@ class MaskedGeneTransformer(nn.Module):
         positional = (value_encoding == "continuous") if config.positional is None else config.positional
         d = config.d_model
         self.embedding = TokenEmbedding(n_tokens, d, value_encoding, n_bins, positional)
-        self.conditions = ConditionEmbedding(list(condition_sizes), d)
+        # batches always carry the condition ids; the encoder reads them only when asked to
+        self.n_condition_keys = len(condition_sizes)
+        self.conditions = ConditionEmbedding(list(condition_sizes) if config.encoder_conditions else [], d)
         self.blocks = nn.ModuleList(
             Block(d, config.n_heads, config.d_ff, config.norm, config.mlp, config.attention,
                   config.dropout) for _ in range(config.n_layers))
         self.norm = make_norm(config.norm, d)
         self.gene_head = GeneHead(d, n_tokens, self.embedding.gene.weight if config.tie_embeddings else None)
         self.value_head = ValueHead(d, value_encoding, n_bins)
+        self.decoder = (None if config.cell_objective == "none" else
+                        ExpressionDecoder(d, n_tokens, list(condition_sizes), config.cell_objective,
+                                          config.cell_latent))
         self._init_weights()
+        if self.decoder is not None:
+            self.decoder.reset_parameters()
 
     def _init_weights(self) -> None:
         std = self.config.init_std
@@ -77,9 +87,9 @@ class MaskedGeneTransformer(nn.Module):
         """Final hidden states of the batch's own tokens ``[T, d]`` and their layout."""
         _require(batch, INPUT_KEYS)
         n_condition_columns = batch["condition_ids"].shape[1]
-        if n_condition_columns != self.conditions.n_keys:
+        if n_condition_columns != self.n_condition_keys:
             raise InputDataError(f"the batch has {n_condition_columns} condition columns, the model "
-                                 f"{self.conditions.n_keys}", "model input",
+                                 f"{self.n_condition_keys}", "model input",
                                  "tokenize with the tokenizer saved beside the model")
         cells = PackedCells(batch["cu_seqlens"], int(batch["max_seqlen"]))
         x = self.embedding(batch["gene_ids"], batch["values"], cells.position_in_cell)
@@ -100,27 +110,53 @@ class MaskedGeneTransformer(nn.Module):
         """Per-token output ``[T, d]`` aligned with ``batch["gene_ids"]`` (condition tokens removed)."""
         return self._encode(batch)[0]
 
-    def embed(self, batch: dict) -> torch.Tensor:
-        """Cell embeddings ``[B, d]`` (``config.pooling``); unmasked batches are fine.
+    @property
+    def embedding_dim(self) -> int:
+        """Width of a cell embedding: the decoder's bottleneck, or the pooled state without one."""
+        return self.config.d_model if self.decoder is None else self.config.cell_latent
 
-        Gradient mode is the caller's: wrap in ``torch.inference_mode()`` for pure inference.
-        """
+    def _cell_embedding(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled if self.decoder is None else self.decoder.mean(pooled)
+
+    def pool(self, batch: dict) -> torch.Tensor:
+        """Each cell's pooled final state ``[B, d_model]`` (``config.pooling``), before any bottleneck:
+        what task heads (fine-tuning) read. Unmasked batches are fine."""
         hidden, cells = self._encode(batch)
         return pool_cells(hidden, cells.cu_seqlens, cells.cell_of_token, self.config.pooling)
 
+    def embed(self, batch: dict) -> torch.Tensor:
+        """Cell embeddings ``[B, embedding_dim]``: the pooled state or, with the cell-level
+        objective, its bottleneck mean (as scVI's latent mean); unmasked batches are fine.
+
+        Gradient mode is the caller's: wrap in ``torch.inference_mode()`` for pure inference.
+        """
+        return self._cell_embedding(self.pool(batch))
+
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Losses on the masked positions of a training batch, plus the cell embeddings."""
+        """Losses on the masked positions of a training batch, the cell-level loss, and the cell
+        embeddings."""
         _require(batch, TARGET_KEYS)
         hidden, cells = self._encode(batch)
         gene_loss = self.gene_head.loss(hidden, batch["labels"])
         value_loss = self.value_head.loss(hidden, batch["target_values"])
-        return {LOSS: gene_loss + value_loss, GENE_LOSS: gene_loss, VALUE_LOSS: value_loss,
-                "cell_embedding": pool_cells(hidden, cells.cu_seqlens, cells.cell_of_token,
-                                             self.config.pooling)}
+        pooled = pool_cells(hidden, cells.cu_seqlens, cells.cell_of_token, self.config.pooling)
+        loss = self.config.token_loss_weight * (gene_loss + value_loss)
+        expression_loss = gene_loss.new_zeros(())
+        if self.decoder is not None:
+            _require(batch, EXPRESSION_KEYS)
+            counts = dense_counts(batch[EXPRESSION_OFFSETS], batch[EXPRESSION_GENES], batch[EXPRESSION_COUNTS],
+                                  self.init_args["n_tokens"])
+            expression_loss = self.decoder.loss(pooled, batch["condition_ids"], counts, self.config.cell_kl_weight)
+            loss = loss + self.config.cell_loss_weight * expression_loss
+        return {LOSS: loss, GENE_LOSS: gene_loss, VALUE_LOSS: value_loss, EXPRESSION_LOSS: expression_loss,
+                "cell_embedding": self._cell_embedding(pooled)}
 
     def grow_conditions(self, condition_sizes: list[int]) -> None:
         """More categories per condition key (new batches of an adaptation); known rows keep."""
-        self.conditions.grow(list(condition_sizes))
+        if self.conditions.n_keys:
+            self.conditions.grow(list(condition_sizes))
+        if self.decoder is not None:
+            self.decoder.grow(list(condition_sizes))
         self.init_args["condition_sizes"] = list(condition_sizes)
 
     def save_pretrained(self, directory: str | Path) -> None:

@@ -121,4 +121,4 @@ def embed_cells(model: MaskedGeneTransformer, cells: InputCells, conditions: dic
                 bar.update(hi - lo)
     bar.close()
     model.train(was_training)
-    return np.concatenate(parts) if parts else np.zeros((0, model.config.d_model), np.float32)
+    return np.concatenate(parts) if parts else np.zeros((0, model.embedding_dim), np.float32)

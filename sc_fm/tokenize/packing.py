@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from sc_fm.batch import HIDDEN_VALUE, IGNORE_INDEX
+from sc_fm.batch import EXPRESSION_COUNTS, EXPRESSION_GENES, EXPRESSION_OFFSETS, HIDDEN_VALUE, IGNORE_INDEX
 from sc_fm.tokenize.cells import TokenizedCells
 from sc_fm.tokenize.masking import MaskedTokens
-from sc_fm.vocab import PAD_ID
+from sc_fm.vocab import N_SPECIAL, PAD_ID
 
 TOKEN_KEYS = ("gene_ids", "values", "labels", "target_values")
 CELL_KEYS = ("condition_ids", "cell_index")
@@ -34,7 +34,16 @@ def pack(cells: TokenizedCells, tokens: MaskedTokens, cell_index: Sequence[int])
         "labels": torch.from_numpy(np.ascontiguousarray(tokens.labels, np.int64)),
         "target_values": torch.from_numpy(np.ascontiguousarray(tokens.target_values, np.float32)),
         "cell_index": torch.as_tensor(np.asarray(cell_index, np.int64)),
+        **({} if cells.expression is None else expression_targets(cells)),
     }
+
+
+def expression_targets(cells: TokenizedCells) -> dict:
+    """Each cell's whole count row, sparse, genes as token ids: the cell-level objective's target."""
+    genes, counts = cells.expression.arrays
+    return {EXPRESSION_OFFSETS: torch.from_numpy(cells.expression.offsets.astype(np.int64)),
+            EXPRESSION_GENES: torch.from_numpy(genes.astype(np.int64) + N_SPECIAL),
+            EXPRESSION_COUNTS: torch.from_numpy(np.ascontiguousarray(counts, np.float32))}
 
 
 def to_padded(batch: dict) -> dict:

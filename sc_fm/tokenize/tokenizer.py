@@ -18,6 +18,7 @@ blocks of cells:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ import scipy.sparse as sp
 from sc_fm.config import TokenizerConfig, section_from_dict, to_dict
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.store import GLOBAL_GROUP, CorpusStore
-from sc_fm.tokenize.cells import TokenizedCells
+from sc_fm.tokenize.cells import Ragged, TokenizedCells
 from sc_fm.tokenize.encode import (_scratch, descending_positions, quantile_bins, random_positions,
                                    sample_unexpressed)
 from sc_fm.batch import HIDDEN_VALUE
@@ -184,15 +185,20 @@ class CellTokenizer:
     # ---- the cell -> tokens function ----------------------------------------------------
     def encode_rows(self, indptr, indices, data, conditions: dict[str, Sequence[str | None]],
                     normaliser_group_values: Sequence[str | None] | None = None,
-                    rng: np.random.Generator | None = None) -> TokenizedCells:
+                    rng: np.random.Generator | None = None, with_expression: bool = False) -> TokenizedCells:
         """Raw-count CSR rows (vocabulary space) -> unmasked cells.
 
         ``conditions[key][row]`` is the row's category (a key left out means ``<unk>``);
         ``normaliser_group_values[row]`` picks ``normalisers[stats_group][value]`` (None or an
         unseen value -> global). ``rng`` None: deterministic (``top`` context, gene order for
-        ``bin``, no condition dropout).
+        ``bin``, no condition dropout, no down-sampling). ``with_expression``: the cells also
+        carry their whole count row (before any down-sampling), the cell-level objective's target.
         """
         indptr, indices, data = self._expressed_csr(indptr, indices, data)
+        expression = (Ragged(indptr.copy(), (indices.astype(np.int32), data.astype(np.float32)))
+                      if with_expression else None)
+        if rng is not None and self.config.downsample_prob > 0:
+            indptr, indices, data = self._expressed_csr(*self._downsampled(indptr, indices, data, rng))
         n = len(indptr) - 1
         group_values = normaliser_group_values
         parts = []
@@ -203,7 +209,21 @@ class CellTokenizer:
                 indptr[lo: hi + 1] - a, indices[a:b], data[a:b],
                 {key: values[lo:hi] for key, values in conditions.items()},
                 None if group_values is None else group_values[lo:hi], rng))
-        return parts[0] if len(parts) == 1 else TokenizedCells.concat(parts)
+        cells = parts[0] if len(parts) == 1 else TokenizedCells.concat(parts)
+        return cells if expression is None else dataclasses.replace(cells, expression=expression)
+
+    def _downsampled(self, indptr, indices, data, rng: np.random.Generator):
+        """Binomial thinning of counts (cellarium's depth augmentation): each cell is, with
+        probability ``downsample_prob``, kept at a fraction ~ U(``downsample_min_fraction``, 1) of
+        its molecules, so the model sees the same cell at many depths. Non-integer values are kept."""
+        cfg = self.config
+        n = len(indptr) - 1
+        thinned = rng.random(n) < cfg.downsample_prob
+        fraction = np.where(thinned, rng.uniform(cfg.downsample_min_fraction, 1.0, n), 1.0)
+        if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
+            return indptr, indices, data
+        p = np.repeat(fraction, np.diff(indptr))
+        return indptr, indices, rng.binomial(data.astype(np.int64), p).astype(data.dtype)
 
     def _encode_block(self, indptr, indices, data, conditions, group_values, rng) -> TokenizedCells:
         """``encode_rows`` on validated rows, all at once."""

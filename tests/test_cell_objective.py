@@ -1,0 +1,108 @@
+"""The cell-level objective: the cell's whole expression decoded from its embedding and conditions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.stats
+import torch
+
+from sc_fm.batch import EXPRESSION_COUNTS, EXPRESSION_GENES, EXPRESSION_LOSS, EXPRESSION_OFFSETS
+from sc_fm.config import ModelConfig, TokenizerConfig
+from sc_fm.errors import InputDataError
+from sc_fm.model import MaskedGeneTransformer
+from sc_fm.model.decoder import dense_counts, negative_binomial_log_prob
+from sc_fm.tokenize import CellTokenizer
+from sc_fm.vocab import N_SPECIAL
+
+SMALL = ModelConfig(n_layers=1, d_model=32, n_heads=2, d_ff=64, attention="math", cell_latent=8)
+
+
+def test_negative_binomial_matches_scipy():
+    x = torch.tensor([0.0, 1.0, 5.0, 40.0])
+    mu = torch.tensor([0.5, 2.0, 4.0, 30.0])
+    theta = torch.tensor([0.7, 3.0, 10.0, 2.5])
+    expected = scipy.stats.nbinom.logpmf(x.numpy(), theta.numpy(), (theta / (theta + mu)).numpy())
+    np.testing.assert_allclose(negative_binomial_log_prob(x, mu, theta).numpy(), expected, rtol=1e-5)
+
+
+def test_dense_counts_places_every_value():
+    offsets, genes, counts = torch.tensor([0, 2, 2, 3]), torch.tensor([4, 1, 0]), torch.tensor([3.0, 1.0, 7.0])
+    dense = dense_counts(offsets, genes, counts, 5)
+    expected = torch.zeros(3, 5)
+    expected[0, 4], expected[0, 1], expected[2, 0] = 3.0, 1.0, 7.0
+    assert torch.equal(dense, expected)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_store):
+    return CellTokenizer.from_stores(TokenizerConfig(max_len=32), [tiny_store])
+
+
+def _batch(tokenizer, store, n=24, rng=0):
+    indptr, indices, data = store.read_rows(0, 0, n)
+    cells = tokenizer.encode_rows(indptr, indices, data, {k: store.obs_values(k)[:n] for k in
+                                                          tokenizer.config.condition_keys},
+                                  rng=np.random.default_rng(rng), with_expression=True)
+    return tokenizer.mask_and_pack(cells, np.random.default_rng(rng), range(n)), (indptr, indices, data)
+
+
+def test_cells_carry_their_whole_count_row_as_the_target(tokenizer, tiny_store):
+    batch, (indptr, indices, data) = _batch(tokenizer, tiny_store)
+    rows = sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, tokenizer.vocab.n_genes))
+    dense = dense_counts(batch[EXPRESSION_OFFSETS], batch[EXPRESSION_GENES], batch[EXPRESSION_COUNTS],
+                         tokenizer.vocab.n_tokens)
+    np.testing.assert_array_equal(dense[:, N_SPECIAL:].numpy(), rows.toarray())  # every gene, not the context
+    assert (batch["cu_seqlens"].diff() <= 32).all() and rows.getnnz(axis=1).max() > 32
+
+
+def test_downsampling_thins_the_input_but_not_the_target(tiny_store):
+    indptr, indices, data = tiny_store.read_rows(0, 0, 40)
+    plain = CellTokenizer.from_stores(TokenizerConfig(max_len=512), [tiny_store])
+    thinned = CellTokenizer.from_stores(TokenizerConfig(max_len=512, downsample_prob=1.0,
+                                                        downsample_min_fraction=0.3), [tiny_store])
+    a = plain.encode_rows(indptr, indices, data, {}, rng=np.random.default_rng(1), with_expression=True)
+    b = thinned.encode_rows(indptr, indices, data, {}, rng=np.random.default_rng(1), with_expression=True)
+    assert b.lengths.sum() < a.lengths.sum()  # fewer genes detected after thinning
+    for x, y in zip(a.expression.arrays, b.expression.arrays):
+        np.testing.assert_array_equal(x, y)
+    at_inference = thinned.encode_rows(indptr, indices, data, {})
+    reference = plain.encode_rows(indptr, indices, data, {})
+    np.testing.assert_array_equal(at_inference.gene_ids, reference.gene_ids)  # never without an rng
+
+
+def test_model_learns_to_reconstruct_and_embeds_in_the_bottleneck(tokenizer, tiny_store):
+    torch.manual_seed(0)
+    model = MaskedGeneTransformer(SMALL, **tokenizer.model_inputs)
+    assert model.embedding_dim == 8 and model.conditions.n_keys == 0  # conditions reach the decoder only
+    batch, _ = _batch(tokenizer, tiny_store)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(40):
+        out = model(batch)
+        first = first if first is not None else float(out[EXPRESSION_LOSS].detach())
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        assert float(model(batch)[EXPRESSION_LOSS]) < 0.8 * first
+    unmasked = tokenizer.mask_and_pack(tokenizer.encode_rows(*tiny_store.read_rows(0, 0, 5), {}), None, range(5))
+    assert model.embed(unmasked).shape == (5, 8)
+    without_targets = {k: v for k, v in batch.items() if k != EXPRESSION_COUNTS}
+    with pytest.raises(InputDataError, match="expression_counts"):
+        model(without_targets)
+
+
+def test_grown_conditions_start_as_unknown_in_the_decoder(tokenizer):
+    torch.manual_seed(0)
+    model = MaskedGeneTransformer(SMALL, **tokenizer.model_inputs)
+    sizes = [s + 2 for s in tokenizer.model_inputs["condition_sizes"]]
+    with torch.no_grad():
+        model.decoder.offsets[0].weight.normal_()
+    before = model.decoder.offsets[0].weight.clone()
+    model.grow_conditions(sizes)
+    after = model.decoder.offsets[0].weight
+    assert after.shape[0] == sizes[0] and torch.equal(after[: before.shape[0]], before)
+    assert torch.equal(after[-1], before[0]) and model.init_args["condition_sizes"] == sizes
