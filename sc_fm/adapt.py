@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sc_fm.config import AdaptConfig, PrepareConfig, QCConfig, RunConfig, load_config, to_dict
+from sc_fm.config import AdaptConfig, PrepareConfig, QCConfig, RunConfig, load_config, read_yaml, to_dict
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.pretrained import Pretrained
 from sc_fm.pretrained.inputs import require_counts, require_obs_column, stored_values
@@ -60,12 +60,13 @@ def run_config(pretrained: Pretrained, config: AdaptConfig, stores: list[str], s
             "data.num_workers=0", "train.engine=plain"]
     fixed = [f"data.stores=[{','.join(stores)}]", f"train.max_steps={config.steps}",
                 f"train.checkpoint_every={config.steps}", "train.keep_last=1", f"train.seed={config.seed}"]
-    cfg = load_config(settings, [*base, *overrides, *fixed])
+    saved = read_yaml(settings) if settings is not None else {}
+    # the checkpoint's own model and tokenizer, under the user's overrides (loss weights, say)
+    saved.update(model=to_dict(pretrained.model.config), tokenizer=to_dict(pretrained.tokenizer.config))
+    cfg = load_config(None, [*base, *overrides, *fixed], base=saved)
     if config.lr is not None:
         cfg.train.lr = config.lr
     cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(config.steps // 10, 1))
-    cfg.tokenizer = pretrained.tokenizer.config
-    cfg.model = pretrained.model.config
     return cfg
 
 

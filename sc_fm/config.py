@@ -115,7 +115,7 @@ class TokenizerConfig:
     mask_mode: Literal["bert", "value"] = "bert"
     # training only: a cell is binomially down-sampled to U(downsample_min_fraction, 1) of its
     # counts with this probability (depth robustness); the cell-level target stays the full cell
-    downsample_prob: float = 0.0
+    downsample_prob: float = 0.5
     downsample_min_fraction: float = 0.2
 
     def __post_init__(self) -> None:
@@ -248,7 +248,7 @@ class AdaptConfig:
     """``scfm adapt``: continue the self-supervised objectives on a user's own cells (no labels)."""
 
     batch_key: str | None = None  # obs column of batches: normaliser groups and new condition categories
-    steps: int = 200
+    steps: int = 300
     lr: float | None = None  # None: the checkpoint's train.lr
     seed: int = 0
     min_gene_overlap: float = MIN_GENE_OVERLAP

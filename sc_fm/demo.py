@@ -43,7 +43,7 @@ class DemoSize:
     adapt_steps: int
 
 
-FULL = DemoSize(sim_cells=6000, sim_genes=4000, max_steps=150, scvi_epochs=150, adapt_steps=100)
+FULL = DemoSize(sim_cells=6000, sim_genes=4000, max_steps=150, scvi_epochs=150, adapt_steps=300)
 QUICK = DemoSize(sim_cells=1500, sim_genes=4000, max_steps=20, scvi_epochs=30, adapt_steps=10)
 
 

@@ -76,7 +76,8 @@ def test_sigterm_stops_pretraining_like_ctrl_c(tiny_store, tmp_path):
     from mlflow import MlflowClient
 
     run = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MLFLOW_TRACKING_URI")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MLFLOW_TRACKING_URI", "MASTER_ADDR", "MASTER_PORT")}
     process = subprocess.Popen(
         [sys.executable, "-m", "sc_fm", "pretrain", "--config", "tiny", "-o", str(run), f"data.stores=[{tiny_store.path}]",
          "data.num_workers=0", "tokenizer.max_len=32", "train.global_batch_cells=16", "train.micro_batch_cells=16",

@@ -37,7 +37,8 @@ def _outside_the_source(directory: str, names: list[str]) -> set[str]:
 def wheel_env(tmp_path_factory) -> tuple[Path, dict]:
     """``(bin directory of a venv with only the wheel installed, its environment)``."""
     base = tmp_path_factory.mktemp("wheel")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     source = base / "source"  # a copy, so the build leaves nothing in the checkout (nor reuses its build/)
     shutil.copytree(ROOT, source, symlinks=True, ignore=_outside_the_source)
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(base / "dist"),
