@@ -35,3 +35,22 @@ def test_save_load_round_trip_with_tokenizer(tiny_store, tmp_path):
     assert torch.isfinite(out["loss"]) and torch.equal(out["loss"], again["loss"])
     assert torch.equal(out["cell_embedding"], again["cell_embedding"])
     assert loaded.embed(tokenizer.mask_and_pack(cells, None, range(8))).shape == (8, 32)
+
+
+def test_a_directory_saved_before_the_cell_objective_loads_with_its_old_meaning(tiny_store, tmp_path):
+    import json
+
+    tokenizer = CellTokenizer.from_stores(TokenizerConfig(max_len=64), [tiny_store])
+    old = ModelConfig(n_layers=1, d_model=32, n_heads=2, d_ff=64, cell_objective="none", encoder_conditions=True,
+                      pooling="cls", positional=None)
+    torch.manual_seed(0)
+    Pretrained(MaskedGeneTransformer(old, **tokenizer.model_inputs), tokenizer).save(tmp_path / "old")
+    meta_path = tmp_path / "old" / "model_config.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("encoder_conditions", "cell_objective", "cell_loss_weight", "cell_latent", "cell_kl_weight",
+                "token_loss_weight", "pooling"):
+        meta["config"].pop(key)  # what an older sc_fm wrote
+    meta_path.write_text(json.dumps(meta))
+    tokenizer.vocab.save(tmp_path / "old" / "vocab.tsv")  # older directories also held a top-level copy
+    loaded = Pretrained.load(tmp_path / "old")
+    assert loaded.model.config == old and loaded.model.decoder is None and loaded.model.conditions.n_keys == 2
