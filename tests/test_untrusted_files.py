@@ -101,3 +101,23 @@ def test_old_pickled_rank_state_resumes_only_on_opt_in(tiny_store, tmp_path, mon
     pretrain(cfg, tmp_path / "run", resume=True)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "tokenizer" / "tokenizer.json").write_text("{not json"), "not valid JSON"),
+    (lambda d: (d / "tokenizer" / "normalisers.npz").unlink(), "normalisers.npz is missing or damaged"),
+    (lambda d: (d / "tokenizer" / "normalisers.npz").write_bytes(b"PK\x03\x04 truncated"),
+     "normalisers.npz is missing or damaged"),
+    (lambda d: (d / "model_config.json").unlink(), "model_config.json is missing"),
+])
+def test_damaged_checkpoint_files_give_one_paragraph(tiny_checkpoint, tiny_atlas, tmp_path, capsys, damage, message):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    damage(broken)
+    cells = tmp_path / "cells.h5ad"
+    tiny_atlas[:40].copy().write_h5ad(cells)
+    assert main(["embed", str(broken), str(cells), "-o", str(tmp_path / "o.h5ad")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -138,16 +139,29 @@ class CellTokenizer:
         if not path.is_file():
             raise InputDataError(f"no tokenizer.json in {directory}", str(directory),
                                  "point at a tokenizer/ directory saved with CellTokenizer.save")
-        meta = json.loads(path.read_text())
+        damaged = "restore the checkpoint's tokenizer/ folder as pretraining wrote it"
+        try:
+            meta = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise InputDataError(f"tokenizer.json is not valid JSON ({err})", str(path), damaged) from err
+        if not isinstance(meta, dict):
+            raise InputDataError("tokenizer.json does not hold a mapping", str(path), damaged)
         if meta.get("format") != TOKENIZER_FORMAT or meta.get("version") != TOKENIZER_VERSION:
             raise InputDataError(f"unsupported tokenizer format {meta.get('format')!r} version "
                                  f"{meta.get('version')!r}", str(path), "re-save it with this sc_fm")
+        missing = [key for key in ("vocab_hash", "config", "normalisers", "condition_vocabs") if key not in meta]
+        if missing:
+            raise InputDataError(f"tokenizer.json has no {missing[0]!r}", str(path), damaged)
         vocab = GeneVocab.load(directory / "vocab.tsv")
         if vocab.hash != meta["vocab_hash"]:
             raise InputDataError("vocab.tsv does not match the tokenizer's vocabulary hash", str(directory),
                                  "restore the vocab.tsv saved with this tokenizer")
         config = section_from_dict(TokenizerConfig, meta["config"])
-        normalisers = load_normalisers(directory / "normalisers.npz", meta["normalisers"])
+        try:
+            normalisers = load_normalisers(directory / "normalisers.npz", meta["normalisers"])
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:  # missing, truncated, not the listed arrays
+            raise InputDataError(f"normalisers.npz is missing or damaged ({type(err).__name__}: {err})",
+                                 str(directory), damaged) from err
         return cls(config, vocab, normalisers, meta["condition_vocabs"])
 
     @property
