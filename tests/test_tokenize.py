@@ -17,7 +17,8 @@ VOCAB = GeneVocab([f"ENSG{i:011d}" for i in range(N_GENES)], name="test")
 
 
 def make_tokenizer(normalisers=None, conditions=None, **overrides) -> CellTokenizer:
-    config = TokenizerConfig(**{"stats_group": "global", "condition_keys": [], **overrides})
+    # the encoding rules alone: depth augmentation (its own test in test_cell_objective.py) off
+    config = TokenizerConfig(**{"stats_group": "global", "condition_keys": [], "downsample_prob": 0.0, **overrides})
     rng = np.random.default_rng(0)
     normalisers = normalisers or {"global": {"all": rng.uniform(0.5, 5.0, N_GENES).astype(np.float32)}}
     return CellTokenizer(config, VOCAB, normalisers, conditions or {})
