@@ -18,6 +18,8 @@ from data_pipelines.statistics import Grouped, merge_grouped
 from sc_fm.errors import InputDataError
 from sc_fm.stats import GeneStatsAccumulator
 from sc_fm.store import FORMAT, CorpusStore, StoreWriter
+from sc_fm.store.location import is_url
+from sc_fm.store.publish import write_remote
 
 
 def is_corpus_store(path: str | Path) -> bool:
@@ -70,6 +72,11 @@ def merge_stores(parts: list[str | Path], output: str | Path, append: bool = Fal
     """
     from data_pipelines.pipeline import PrepareSummary
 
+    if is_url(output):  # merged locally, then published (sc_fm.store.publish)
+        summary = write_remote(str(output), append, lock_timeout, lambda local: merge_stores(
+            parts, local, append, allow_duplicate_sources, lock_timeout), progress=True)
+        summary.store = CorpusStore(output)
+        return summary
     began = time.perf_counter()
     resolved = [Path(p).resolve() for p in parts]
     for i, path in enumerate(resolved):

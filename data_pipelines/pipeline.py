@@ -31,6 +31,8 @@ from sc_fm.config import PrepareConfig
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.stats import GeneStatsAccumulator
 from sc_fm.store import GLOBAL_GROUP, CorpusStore, StoreWriter
+from sc_fm.store.location import is_url
+from sc_fm.store.publish import write_remote
 from sc_fm.vocab import GeneVocab
 
 STREAMING_SUFFIXES = (".h5ad", ".h5")
@@ -119,7 +121,14 @@ def prepare(sources: list[SourceSpec | str | Path], output: str | Path, config: 
 
     The store's writer lock is held from start to commit; another writer waits up to
     ``lock_timeout`` seconds for it (default ``SCFM_LOCK_TIMEOUT`` or 60 s), then is refused.
+    ``output`` may be an fsspec URL (``s3://bucket/corpus.zarr``): the store is then written in a
+    local staging folder and published there, visible only when complete.
     """
+    if is_url(output):  # written locally, then published (sc_fm.store.publish)
+        summary = write_remote(str(output), append, lock_timeout, lambda local: prepare(
+            sources, local, config, append, progress, lock_timeout), progress)
+        summary.store = CorpusStore(output)
+        return summary
     began = time.perf_counter()
     check_prepare_config(config)
     specs = expand_sources(list(sources))

@@ -3,6 +3,11 @@
 ``SliceReader`` is what every row read goes through; chunks it cannot decode directly
 (other codecs, store kinds, byte orders, or no c-blosc) are read through zarr instead.
 
+The frames come from local chunk files, or, for a store on object storage (zarr's
+``FsspecStore``), from one concurrent multi-object fetch per read (``fs.cat`` of every chunk the
+range touches), retried with back-off (``location.remote_call``) and kept in the optional local
+chunk cache (``cache.py``); the decoding and checks are the same.
+
 Format 2 chunks end with zarr's ``crc32c`` codec: the CRC-32C (Castagnoli) of the compressed
 chunk, 4 bytes little-endian. Both paths verify it before a single value is used: the direct
 path over the whole frame it read (``google_crc32c``, zarr's own dependency, hardware
@@ -22,6 +27,8 @@ import numpy as np
 import zarr
 
 from sc_fm.errors import InputDataError
+from sc_fm.store.cache import chunk_cache
+from sc_fm.store.location import filesystem, is_object, remote_call
 
 # CRC-32C of (message + its own CRC-32C, little-endian) is this constant for every message
 _CRC32C_RESIDUE = 0x48674BC7
@@ -83,8 +90,11 @@ class SliceReader:
         self.checksum = has_checksum(array)
         self.lib = _blosc()
         self.folder = self._local_folder(array)
-        self.directory = (self.folder if self.lib is not None and self._plain(array, self.chunk, self.checksum)
-                          else None)
+        self.url = self._remote_prefix(array)
+        self.cache = chunk_cache() if self.url is not None and shard is not None else None
+        # where the directly decoded chunks come from (a folder or a URL); None: through zarr
+        self.directory = (self.folder or self.url if self.lib is not None
+                          and self._plain(array, self.chunk, self.checksum) else None)
 
     @staticmethod
     def _local_folder(array: zarr.Array) -> Path | None:
@@ -93,14 +103,25 @@ class SliceReader:
         return Path(array.store.root) / array.path if isinstance(array.store, LocalStore) else None
 
     @staticmethod
+    def _remote_prefix(array: zarr.Array) -> str | None:
+        """``protocol://bucket/.../array`` of an array on object storage, else None."""
+        from zarr.storage import FsspecStore
+
+        if not isinstance(array.store, FsspecStore):
+            return None
+        protocol = array.store.fs.protocol
+        protocol = protocol[0] if isinstance(protocol, (tuple, list)) else protocol
+        return f"{protocol}://{array.store.path.rstrip('/')}/{array.path}"
+
+    @staticmethod
     def _plain(array: zarr.Array, chunk: int, checksum: bool) -> bool:
         from zarr.codecs import BloscCodec, BytesCodec
-        from zarr.storage import LocalStore
+        from zarr.storage import FsspecStore, LocalStore
 
         codecs = list(getattr(array.metadata, "codecs", ()))  # Zarr v2 metadata has none
         if checksum:
             codecs = codecs[:-1]
-        return (array.ndim == 1 and chunk < 2**31 and isinstance(array.store, LocalStore)
+        return (array.ndim == 1 and chunk < 2**31 and isinstance(array.store, (LocalStore, FsspecStore))
                 and sys.byteorder == "little" and len(codecs) == 2 and isinstance(codecs[0], BytesCodec)
                 and (array.dtype.itemsize == 1 or codecs[0].endian == codecs[0].endian.little)
                 and isinstance(codecs[1], BloscCodec))
@@ -121,21 +142,53 @@ class SliceReader:
         first, last = lo // self.chunk, (hi - 1) // self.chunk
         if self.directory is None:
             return self._through_zarr(lo, hi, first, last)
+        frames = self._frames(range(first, last + 1))
         out = np.empty(hi - lo, self.array.dtype)
         for j in range(first, last + 1):
             start = j * self.chunk
             a, b = max(lo, start), min(hi, start + self.chunk)
-            self._decode(j, a - start, b - a, out[a - lo: b - lo])
+            self._decode(j, frames[j], a - start, b - a, out[a - lo: b - lo])
         return out
 
-    def _chunk_path(self, j: int) -> Path | None:
-        key = self.array.metadata.encode_chunk_key((j,) + (0,) * (self.array.ndim - 1))
-        return self.folder / key if self.folder else None
+    def _chunk_key(self, j: int) -> str:
+        return self.array.metadata.encode_chunk_key((j,) + (0,) * (self.array.ndim - 1))
+
+    def _chunk_path(self, j: int) -> Path | str | None:
+        """The chunk's file, or its URL on object storage."""
+        if self.folder is not None:
+            return self.folder / self._chunk_key(j)
+        return f"{self.url}/{self._chunk_key(j)}" if self.url is not None else None
+
+    def _frames(self, chunks: range) -> dict[int, bytes | None]:
+        """The stored bytes of each chunk (None: no such file or object)."""
+        if self.url is None:
+            out = {}
+            for j in chunks:
+                try:
+                    out[j] = self._chunk_path(j).read_bytes()
+                except FileNotFoundError:
+                    out[j] = None
+            return out
+        urls = {j: self._chunk_path(j) for j in chunks}
+        out = {j: self.cache.get(u) for j, u in urls.items()} if self.cache else {}
+        wanted = [j for j in chunks if out.get(j) is None]
+        if wanted:
+            fs, _ = filesystem(self.url)
+            keys = [urls[j].split("://", 1)[1] for j in wanted]
+            fetched = remote_call(lambda: _cat(fs, keys), self.url,
+                                  f"reading {self._label(wanted[0])}" + (f" (and {len(wanted) - 1} more "
+                                                                         "chunks)" if len(wanted) > 1 else ""),
+                                  _REMOTE_FIX)
+            for j, key in zip(wanted, keys):
+                out[j] = fetched[key]
+                if self.cache and out[j] is not None:
+                    self.cache.put(urls[j], out[j])
+        return out
 
     def _through_zarr(self, lo: int, hi: int, first: int, last: int, whole: bool = False) -> np.ndarray:
-        if self.checksum and self.folder is not None:
+        if self.checksum and (self.folder is not None or self.url is not None):
             for j in range(first, last + 1):  # zarr reads a missing chunk as fill values
-                if not self._chunk_path(j).is_file():
+                if not self._exists(j):
                     raise self._missing(j)
         try:
             return self.array[...] if whole else self.array[lo:hi]
@@ -146,22 +199,21 @@ class SliceReader:
                 self.check_chunk(j)
             raise
 
+    def _exists(self, j: int) -> bool:
+        path = self._chunk_path(j)
+        if isinstance(path, Path):
+            return path.is_file()
+        fs, key = filesystem(path)
+        return remote_call(lambda: is_object(fs, key), path, f"looking up {self._label(j)}", _REMOTE_FIX)
+
     def check_chunk(self, j: int) -> None:
-        """Verify chunk ``j``'s checksum (without decoding it where the file can be read directly);
-        raises the damaged-chunk error. Nothing to check in an unchecksummed array."""
+        """Verify chunk ``j``'s checksum (without decoding it); raises the damaged-chunk error.
+        Nothing to check in an unchecksummed array."""
         if not self.checksum:
             return
-        path = self._chunk_path(j)
-        if path is None:  # not a local file: zarr reads and verifies it
-            try:
-                self.array[j * self.chunk: (j + 1) * self.chunk]
-            except Exception as err:
-                raise self._damaged(j, f"does not read ({type(err).__name__}: {err})") from err
-            return
-        try:
-            frame = path.read_bytes()
-        except FileNotFoundError:
-            raise self._missing(j) from None
+        frame = self._frames(range(j, j + 1))[j]
+        if frame is None:
+            raise self._missing(j)
         self._verify(j, frame)
 
     def _verify(self, j: int, frame: bytes) -> None:
@@ -172,16 +224,19 @@ class SliceReader:
                                    + (f"{stored:08x}, computed {computed:08x})" if stored is not None
                                       else f"nothing: the file holds {len(frame)} bytes)"))
 
-    def _decode(self, j: int, start: int, n: int, out: np.ndarray) -> None:
-        """Items ``[start, start + n)`` of chunk ``j`` into ``out``."""
-        path = self.directory / self.array.metadata.encode_chunk_key((j,))
-        try:
-            frame = path.read_bytes()
-        except FileNotFoundError:  # format 1: zarr leaves out chunks that are all fill value
+    def _decode(self, j: int, frame: bytes | None, start: int, n: int, out: np.ndarray) -> None:
+        """Items ``[start, start + n)`` of chunk ``j`` (stored as ``frame``) into ``out``."""
+        if frame is None:  # format 1: zarr leaves out chunks that are all fill value
             if self.checksum:
-                raise self._missing(j) from None
+                raise self._missing(j)
             out[:] = self.array.metadata.fill_value
             return
+        if self.cache is not None and self.checksum and _crc32c(frame) != _CRC32C_RESIDUE:
+            url = self._chunk_path(j)  # a damaged cache entry: fetch the chunk again
+            self.cache.drop(url)
+            frame = self._frames(range(j, j + 1))[j]
+            if frame is None:
+                raise self._missing(j)
         length = len(frame)
         if self.checksum:
             self._verify(j, frame)
@@ -213,9 +268,32 @@ class SliceReader:
     def _missing(self, j: int) -> InputDataError:
         path = self._chunk_path(j)
         return InputDataError(
-            f"{self._label(j)} is missing (no file {path}); a format 2 store writes every chunk, so the "
-            "store lost a file", str(path), _FIX)
+            f"{self._label(j)} is missing (no {'object' if self.url else 'file'} {path}); a format 2 store "
+            "writes every chunk, so the store lost a file", str(path), _FIX)
 
+
+def _cat(fs, keys: list[str]) -> dict[str, bytes | None]:
+    """Every object of ``keys`` in one concurrent fetch; None for a missing one (any other error
+    is raised, to be retried)."""
+    found = fs.cat(keys, on_error="return") if len(keys) > 1 else {keys[0]: _cat_one(fs, keys[0])}
+    for key, value in found.items():
+        if isinstance(value, FileNotFoundError) and "bucket does not exist" not in str(value):
+            found[key] = None
+        elif isinstance(value, BaseException):
+            raise value
+    return found
+
+
+def _cat_one(fs, key: str) -> bytes | BaseException:
+    try:
+        return fs.cat_file(key)
+    except FileNotFoundError as err:
+        return err
+
+
+_REMOTE_FIX = ("check the storage endpoint is reachable and run again: `scfm pretrain ... --resume` "
+               "continues from the run's last checkpoint (SCFM_REMOTE_RETRIES sets how often a failed "
+               "read is retried)")
 
 _FIX = ("restore the store (or that shard folder) from a good copy, or re-create it with `scfm prepare`; "
         "`scfm verify STORE` lists every damaged chunk")

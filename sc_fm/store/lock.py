@@ -1,7 +1,8 @@
 """The store-level writer lock: one writer at a time per store path.
 
-The lock is a file beside the store, ``STORE.lock``, made with an exclusive create (the
-local-disk form of an object store's conditional put): whoever creates it holds it. It records
+The lock is a file beside the store, ``STORE.lock``, made with an exclusive create (beside a
+remote store, an object made with a conditional put, ``If-None-Match: *``, through
+``location.RemoteFile``): whoever creates it holds it. It records
 the holder's host, process id, time and a random token. A second writer polls until the lock
 is gone or ``timeout`` seconds have passed, then is refused naming the holder.
 
@@ -22,13 +23,16 @@ import uuid
 from pathlib import Path
 
 from sc_fm.errors import InputDataError
+from sc_fm.store.location import RemoteFile, is_url
 
 DEFAULT_TIMEOUT_S = 60.0
 TIMEOUT_ENV = "SCFM_LOCK_TIMEOUT"
 _EMPTY_GRACE_S = 10.0  # a lock file with no content yet: its writer is between create and write
 
 
-def lock_path(store: str | Path) -> Path:
+def lock_path(store: str | Path) -> Path | RemoteFile:
+    if is_url(store):
+        return RemoteFile(str(store).rstrip("/") + ".lock")
     store = Path(store)
     return store.with_name(store.name + ".lock")
 
@@ -49,7 +53,7 @@ class StoreLock:
     """``with StoreLock(store, timeout):`` holds the writer lock of ``store``."""
 
     def __init__(self, store: str | Path, timeout: float | None = None, poll_s: float = 0.05):
-        self.store = Path(store)
+        self.store = store if is_url(store) else Path(store)
         self.path = lock_path(store)
         self.timeout = default_timeout() if timeout is None else float(timeout)
         self.poll_s = poll_s
@@ -60,7 +64,8 @@ class StoreLock:
         deadline = time.monotonic() + self.timeout
         record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
                              "token": self.token}).encode()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.path, Path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             if _create_exclusive(self.path, record):
                 self.held = True
@@ -110,7 +115,9 @@ class StoreLock:
         self.release()
 
 
-def _create_exclusive(path: Path, content: bytes) -> bool:
+def _create_exclusive(path: Path | RemoteFile, content: bytes) -> bool:
+    if isinstance(path, RemoteFile):
+        return path.create_exclusive(content)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:

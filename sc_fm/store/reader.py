@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,23 +14,34 @@ from sc_fm.stats import GeneStats
 from sc_fm.store.direct import SliceReader
 from sc_fm.store.layout import (FORMAT, FORMAT_VERSION, GLOBAL_GROUP, READ_VERSIONS, STATS_FIELDS,
                                 ShardInfo, plain_name)
+from sc_fm.store.location import filesystem, is_object, is_url, join, remote_call
 from sc_fm.vocab import GeneVocab
 
 
 class CorpusStore:
-    """Read access to a complete corpus store; all cell indices are global across shards."""
+    """Read access to a complete corpus store; all cell indices are global across shards.
+
+    ``path`` is a local folder or an fsspec URL (``s3://bucket/corpus.zarr``): ``self.path`` is
+    then a ``Path`` or the URL string. A remote store reads through zarr's ``FsspecStore``; its
+    handles are made again in a forked loader worker (an S3 client does not survive a fork).
+    """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not (self.path / "zarr.json").is_file():
+        self.remote = is_url(path)
+        self.path: Path | str = str(path).rstrip("/") if self.remote else Path(path)
+        if not self._is_file("zarr.json"):
             raise InputDataError(f"{self.path} is not a corpus store (no zarr.json)", str(self.path),
-                                 "create it with `scfm prepare SOURCE -o STORE`")
+                                 "create it with `scfm prepare SOURCE -o STORE`"
+                                 + (" (a store being uploaded shows as this until its upload is "
+                                    "complete)" if self.remote else ""))
         try:
-            self.root = zarr.open_group(self.path, mode="r")
+            self.root = self._group("")
             attrs = dict(self.root.attrs)
+        except InputDataError:
+            raise
         except Exception as err:  # zarr's JSON and metadata errors have no common base class
             raise InputDataError(f"zarr.json cannot be read ({type(err).__name__}: {err})",
-                                 str(self.path / "zarr.json"), _DAMAGED) from err
+                                 self._where("zarr.json"), _DAMAGED) from err
         if attrs.get("format") != FORMAT:
             raise InputDataError(f"format is {attrs.get('format')!r}, not {FORMAT!r}", str(self.path),
                                  "point at a store written by `scfm prepare`")
@@ -42,18 +54,60 @@ class CorpusStore:
             raise InputDataError("store is incomplete (its ingest did not finish)", str(self.path),
                                  "delete it and re-run `scfm prepare`")
         self.attrs = attrs
-        self.shards = _shard_infos(attrs.get("shards"), self.path / "zarr.json")
-        self.stats_version = _stats_version(attrs.get("stats_version"), self.path / "zarr.json")
+        self.shards = _shard_infos(attrs.get("shards"), self._where("zarr.json"))
+        self.stats_version = _stats_version(attrs.get("stats_version"), self._where("zarr.json"))
         listed = sum(s.n_cells for s in self.shards)
         if attrs.get("n_cells") != listed:
             raise InputDataError(f"n_cells is {attrs.get('n_cells')!r} but the listed shards hold {listed} "
-                                 "cells", str(self.path / "zarr.json"), _DAMAGED)
+                                 "cells", self._where("zarr.json"), _DAMAGED)
         self.offsets = np.cumsum([0] + [s.n_cells for s in self.shards])
         self.categories: dict[str, list[str]] = attrs.get("categories", {})
         self._vocab: GeneVocab | None = None
         self._shard_groups: dict[int, zarr.Group] = {}
         self._readers: dict[tuple[int, str], SliceReader] = {}
         self._obs_categories: dict[tuple[int, str], list[str] | None] = {}
+        self._pid = os.getpid()
+
+    # ---- where the files are: a local folder or object storage ----------------------------
+    def _where(self, rel: str) -> str:
+        """A file of the store, as messages name it."""
+        return join(self.path, rel) if self.remote else str(self.path / rel)
+
+    def _is_file(self, rel: str) -> bool:
+        if not self.remote:
+            return (self.path / rel).is_file()
+        fs, key = filesystem(join(self.path, rel))
+        return remote_call(lambda: is_object(fs, key), self._where(rel), "looking up the store")
+
+    def _read_bytes(self, rel: str) -> bytes:
+        if not self.remote:
+            return (self.path / rel).read_bytes()
+        fs, key = filesystem(join(self.path, rel))
+        return remote_call(lambda: fs.cat_file(key), self._where(rel), f"reading {rel}")
+
+    def _group(self, rel: str) -> zarr.Group:
+        if not self.remote:
+            return zarr.open_group(self.path / rel, mode="r")
+        from zarr.storage import FsspecStore
+
+        url = join(self.path, rel) if rel else self.path
+        return remote_call(lambda: zarr.open_group(FsspecStore.from_url(url, read_only=True), mode="r"),
+                           url, "opening the store")
+
+    def _fresh(self) -> None:
+        """In a forked process, drop the parent's remote handles (opened again on use)."""
+        if self.remote and self._pid != os.getpid():
+            self._pid = os.getpid()
+            self.root = self._group("")
+            self._shard_groups.clear()
+            self._readers.clear()
+
+    def __getstate__(self) -> dict:
+        """Pickled (a spawned worker): remote handles are made again on the other side."""
+        state = dict(self.__dict__)
+        if self.remote:
+            state.update(root=None, _shard_groups={}, _readers={}, _pid=-1)
+        return state
 
     @property
     def format_version(self) -> int:
@@ -75,16 +129,26 @@ class CorpusStore:
     @property
     def vocab(self) -> GeneVocab:
         if self._vocab is None:
-            self._vocab = GeneVocab.load(self.path / "vocab.tsv")
+            self._vocab = self._remote_vocab() if self.remote else GeneVocab.load(self.path / "vocab.tsv")
         return self._vocab
+
+    def _remote_vocab(self) -> GeneVocab:
+        """``vocab.tsv`` fetched into a temporary folder and read there, as a local store's is."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="scfm-vocab-") as folder:
+            local = Path(folder) / "vocab.tsv"
+            local.write_bytes(self._read_bytes("vocab.tsv"))
+            return GeneVocab.load(local)
 
     @property
     def manifest(self) -> list[dict]:
-        path = self.path / f"manifest-v{self.stats_version}.json"
-        if not path.is_file():
+        name = f"manifest-v{self.stats_version}.json"
+        path = self._where(name)
+        if not self._is_file(name):
             return []
         try:
-            rows = json.loads(path.read_text())
+            rows = json.loads(self._read_bytes(name))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise InputDataError(f"the manifest is not valid JSON ({err})", str(path),
                                  "restore it from a copy (the cells and statistics do not depend on it), "
@@ -95,13 +159,14 @@ class CorpusStore:
         return rows
 
     def shard(self, k: int) -> zarr.Group:
+        self._fresh()
         if k not in self._shard_groups:
-            where = self.path / "shards" / self.shards[k].name
-            if not (where / "zarr.json").is_file():
+            rel = f"shards/{self.shards[k].name}"
+            if not self._is_file(f"{rel}/zarr.json"):
                 raise InputDataError(f"shard {self.shards[k].name} is listed in zarr.json but missing",
-                                     str(where), "restore the shard folder from a copy, or re-create the "
-                                     "store with `scfm prepare` (`scfm verify` lists what else is wrong)")
-            self._shard_groups[k] = zarr.open_group(where, mode="r")
+                                     self._where(rel), "restore the shard folder from a copy, or re-create "
+                                     "the store with `scfm prepare` (`scfm verify` lists what else is wrong)")
+            self._shard_groups[k] = self._group(rel)
         return self._shard_groups[k]
 
     def locate(self, cell: int) -> tuple[int, int]:
@@ -133,6 +198,7 @@ class CorpusStore:
         return self._slices(k, f"obs/{column}")(start, stop), categories
 
     def _slices(self, k: int, name: str) -> SliceReader:
+        self._fresh()
         if (k, name) not in self._readers:
             self._readers[k, name] = SliceReader(self.shard(k)[name], self.path, self.shards[k].name, name)
         return self._readers[k, name]
@@ -179,7 +245,8 @@ class CorpusStore:
                                  f"use one of {sorted(groups)} or re-run `scfm prepare` with "
                                  f"prepare.stats_groups including {group!r}")
         out = {}
-        where = str(self.path / "zarr.json")
+        self._fresh()
+        where = self._where("zarr.json")
         for key, value in groups[group].items():
             plain_name(group, "statistics group", where)
             plain_name(key, f"statistics key of group {group!r}", where)
@@ -195,7 +262,7 @@ _DAMAGED = ("the store's zarr.json was edited or damaged: restore it, or re-crea
             "`scfm prepare`")
 
 
-def _shard_infos(listed: object, where: Path) -> list[ShardInfo]:
+def _shard_infos(listed: object, where: str) -> list[ShardInfo]:
     """The root attrs' ``shards`` list, each name a plain name inside ``shards/``."""
     fix = ("the store's zarr.json was edited or damaged: restore it, or re-create the store with "
            "`scfm prepare`")
@@ -213,7 +280,7 @@ def _shard_infos(listed: object, where: Path) -> list[ShardInfo]:
     return infos
 
 
-def _stats_version(version: object, where: Path) -> int:
+def _stats_version(version: object, where: str) -> int:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise InputDataError(f"root attribute 'stats_version' is {version!r}, not a positive integer",
                              str(where), "the store's zarr.json was edited or damaged: restore it, or "
