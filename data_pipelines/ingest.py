@@ -157,7 +157,8 @@ def source_manifest(spec: SourceSpec, parts: list[SourceResult], checksum: str |
     """The manifest row of a source from the results of its row ranges (in order)."""
     non_counts = any(p.non_counts for p in parts)
     return {
-        "dataset": spec.dataset, "path": str(Path(spec.path).resolve()) if spec.path is not None else None,
+        "dataset": spec.dataset, "path": str(Path(spec.path).resolve()) if spec.path is not None else spec.soma,
+        **({"measurement": spec.measurement, "filter": spec.filter} if spec.soma is not None else {}),
         "format": parts[0].format, "layer": spec.layer, "checksum": checksum,
         "assay": spec.assay, "species": spec.species, "tissue": spec.tissue,
         "obs_columns": dict(spec.obs_columns),

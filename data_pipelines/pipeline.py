@@ -64,6 +64,15 @@ class PrepareSummary:
                 f"({self.store.n_cells:,} cells, {len(self.store.shards)} shards)")
 
 
+def soma_content_id(spec: SourceSpec) -> str:
+    """The manifest's content identifier of a SOMA source (its stand-in for a file checksum)."""
+    reader = open_reader(spec)
+    try:
+        return reader.content_id
+    finally:
+        reader.close()
+
+
 def check_prepare_config(cfg: PrepareConfig) -> None:
     """Range checks the types cannot express."""
     for key in ("shard_cells", "chunk_cells", "read_block_cells", "read_block_nnz", "workers"):
@@ -146,8 +155,8 @@ def prepare(sources: list[SourceSpec | str | Path], output: str | Path, config: 
                 position = len(tasks) % config.workers if config.workers > 1 else None
                 tasks.append(SourceTask(i, spec, writer.stage_dir, writer.shard_prefix(len(tasks)), vocab,
                                         config, groups, rows, progress, position, writer.checksum))
-        checksums = [hasher.submit(source_checksum, Path(s.path)) if s.path is not None else None
-                     for s in specs]
+        checksums = [hasher.submit(source_checksum, Path(s.path)) if s.path is not None else
+                     hasher.submit(soma_content_id, s) if s.soma is not None else None for s in specs]
         totals.setdefault(GLOBAL_GROUP, {"all": GeneStatsAccumulator(vocab.n_genes)})
         parts: list[list[SourceResult]] = [[] for _ in specs]
         results = stack.enter_context(closing(_run_tasks(tasks, config.workers)))  # closed before abort

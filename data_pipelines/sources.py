@@ -17,8 +17,14 @@ from blake3 import blake3
 
 from sc_fm.errors import ConfigError, InputDataError
 
+
+def is_soma_experiment(path: Path) -> bool:
+    """Whether a local folder is a TileDB-SOMA experiment (a TileDB group with ``obs`` and ``ms``)."""
+    return (path.is_dir() and ((path / "__tiledb_group.tdb").exists() or (path / "__group").is_dir())
+            and (path / "ms").is_dir() and (path / "obs").is_dir())
+
 SOURCE_LIST_SUFFIXES = (".yaml", ".yml")
-_DATA_SUFFIXES = (".gz", ".h5ad", ".h5", ".csv", ".tsv", ".txt", ".count", ".counts")
+_DATA_SUFFIXES = (".gz", ".h5ad", ".h5", ".soma", ".csv", ".tsv", ".txt", ".count", ".counts")
 _TENX_FOLDERS = ("filtered_feature_bc_matrix", "raw_feature_bc_matrix", "filtered_gene_bc_matrices",
                  "raw_gene_bc_matrices", "outs")
 
@@ -29,6 +35,9 @@ class SourceSpec:
 
     path: str | Path | None = None  # file or 10x directory
     adata: Any = None  # an in-memory anndata.AnnData instead of a path
+    soma: str | None = None  # a TileDB-SOMA experiment (folder or URI) instead of a path
+    measurement: str = "RNA"  # soma: the measurement to read
+    filter: str | None = None  # soma: an obs value filter, e.g. is_primary_data == True
     dataset: str | None = None  # default: file stem
     assay: str | None = None
     species: str = "human"
@@ -39,13 +48,15 @@ class SourceSpec:
     transpose: bool | None = None  # count tables: None = detect genes x cells
 
     def __post_init__(self) -> None:
-        if (self.path is None) == (self.adata is None):
-            raise ConfigError("a source needs exactly one of path or adata", "source list",
-                              "give each source a file path (or, from Python, an AnnData)")
+        if sum(x is not None for x in (self.path, self.adata, self.soma)) != 1:
+            raise ConfigError("a source needs exactly one of path, soma or adata", "source list",
+                              "give each source a file path or a soma: URI (or, from Python, an AnnData)")
 
     @property
     def label(self) -> str:
         """How the source is named in messages and the manifest."""
+        if self.soma is not None:
+            return str(self.soma)
         return str(self.path) if self.path is not None else f"<AnnData {self.dataset}>"
 
 
@@ -71,9 +82,11 @@ def _spec_from_entry(entry: Any, base: Path, where: str) -> SourceSpec:
     if unknown:
         raise ConfigError(f"unknown source key {unknown[0]!r}", where,
                           f"use only: {', '.join(sorted(names))}")
-    if "path" not in entry:
-        raise ConfigError("a source entry has no path", where, "add path: FILE to every entry")
+    if "path" not in entry and "soma" not in entry:
+        raise ConfigError("a source entry has no path", where, "add path: FILE (or soma: URI) to every entry")
     entry = dict(entry)
+    if entry.get("soma") is not None and "://" not in str(entry["soma"]):
+        entry["soma"] = str(base / str(entry["soma"]))
     for key in ("path", "metadata"):
         if entry.get(key) is not None:
             entry[key] = base / str(entry[key])
@@ -105,6 +118,9 @@ def expand_sources(sources: list) -> list[SourceSpec]:
             specs.append(dataclasses.replace(item))
             continue
         path = Path(item)
+        if is_soma_experiment(path):
+            specs.append(SourceSpec(soma=str(path)))
+            continue
         if path.suffix.lower() in SOURCE_LIST_SUFFIXES:
             if not path.is_file():
                 raise InputDataError("source list does not exist", str(path), "check the path")
@@ -115,7 +131,8 @@ def expand_sources(sources: list) -> list[SourceSpec]:
         raise ConfigError("no sources given", "command line", "pass at least one SOURCE")
     for i, spec in enumerate(specs):
         if spec.dataset is None:
-            spec.dataset = default_dataset_name(Path(spec.path)) if spec.path is not None else f"adata{i}"
+            named = spec.path if spec.path is not None else spec.soma
+            spec.dataset = default_dataset_name(Path(str(named).rstrip("/"))) if named is not None else f"adata{i}"
     return specs
 
 
@@ -143,7 +160,8 @@ def duplicate_paths(specs: list[SourceSpec], allow: bool) -> None:
     """Refuse one file (or in-memory AnnData) named twice in a call, unless ``allow``."""
     seen: dict[object, SourceSpec] = {}
     for spec in specs:
-        key = Path(spec.path).resolve() if spec.path is not None else id(spec.adata)
+        key = (Path(spec.path).resolve() if spec.path is not None else (spec.soma, spec.measurement, spec.filter)
+               if spec.soma is not None else id(spec.adata))
         if key in seen and not allow:
             raise InputDataError(f"source is named twice (as {seen[key].dataset!r} and {spec.dataset!r}); "
                                  "every one of its cells would be in the store twice", spec.label,

@@ -73,7 +73,6 @@ def test_pretrain_from_s3_equals_local_then_embed(tiny_atlas, tiny_store, bucket
         # one loader worker: a forked process opens its own S3 client
         pretrain(run_config(store, "train.max_steps=3", "train.engine=plain", "data.num_workers=1"), runs[name])
     assert losses(runs["s3"]) == losses(runs["local"])
-    saved = json.loads((runs["s3"] / "config.yaml").read_text()) if False else None  # noqa: F841
     assert url in (runs["s3"] / "config.yaml").read_text()
     adata = tiny_atlas[:40].copy()
     adata.write_h5ad(tmp_path / "cells.h5ad")

@@ -17,7 +17,11 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
 
 def open_reader(spec: SourceSpec, vocab: GeneVocab | None = None) -> SourceReader:
     """The reader for a source (by file type), validated against its own gene/cell tables."""
-    if spec.adata is not None:
+    if spec.soma is not None:
+        from data_pipelines.readers.soma import SomaReader
+
+        reader = SomaReader(spec.soma, spec.measurement, spec.layer, spec.filter, list(spec.obs_columns.values()))
+    elif spec.adata is not None:
         reader = anndata_reader(spec.adata, spec.label, spec.layer)
         reader.format = "anndata"
     else:
