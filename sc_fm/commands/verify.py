@@ -22,7 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sc_fm.errors import InputDataError
+    from sc_fm.store.location import is_url
     from sc_fm.store.verify import repair_store, verify_store
+
+    if is_url(args.store):
+        raise InputDataError("scfm verify checks local stores (its orphan and file checks walk folders)",
+                             args.store, "every remote read already verifies each chunk's crc32c; to check "
+                             "the whole store, copy it locally (e.g. `aws s3 sync`) and verify the copy")
 
     removed = repair_store(args.store, args.lock_timeout) if args.repair else []
     report = verify_store(args.store)
