@@ -145,7 +145,7 @@ class ModelConfig:
     dropout: float = 0.0
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     mlp: Literal["swiglu", "gelu"] = "swiglu"
-    attention: Literal["auto", "flash", "sdpa", "math"] = "auto"
+    attention: Literal["auto", "varlen", "flash", "sdpa", "math"] = "auto"
     # a learned position per rank: off by default, since it drowned the gene tokens (the embedding
     # tracked cell length; docs/evaluate.md); None (older checkpoints): on for rank tokens, off for bins
     positional: bool | None = False

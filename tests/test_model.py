@@ -280,13 +280,44 @@ def test_parameter_count_matches_the_architecture():
     assert count_parameters(build("continuous")) == count_parameters(model) - d * N_TOKENS
 
 
+def test_varlen_without_cuda_says_what_it_needs():
+    batch = pack(make_cells(LENGTHS, "continuous"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="varlen needs CUDA tensors in fp16/bf16"):
+            build(attention="varlen").embed(batch)
+    with pytest.raises(ConfigError, match="no attention dropout"):
+        build(attention="varlen", dropout=0.1).train().embed(batch)
+
+
+def _skip_without(backend: str) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip(f"the {backend} backend needs a CUDA device (benchmarks/gpu.py runs it on one)")
+    if backend == "flash":
+        pytest.importorskip("flash_attn", reason="flash-attn is not installed")
+    if backend == "varlen":
+        from sc_fm.model.attention import _torch_varlen
+
+        if _torch_varlen() is None:
+            pytest.skip(f"torch.nn.attention.varlen needs PyTorch >= 2.10, this is {torch.__version__}")
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-attn needs a CUDA device")
-def test_flash_matches_math_on_gpu():
-    pytest.importorskip("flash_attn", reason="flash-attn is not installed")
+@pytest.mark.parametrize("backend", ["varlen", "flash"])
+def test_flash_backends_match_math_on_gpu(backend):
+    _skip_without(backend)
     batch = {key: value.cuda() if torch.is_tensor(value) else value
              for key, value in pack(make_cells(LENGTHS, "continuous"), mask_seed=1).items()}
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        flash = build(attention="flash").cuda().hidden_states(batch).float()
+        fast = build(attention=backend).cuda().hidden_states(batch).float()
         reference = build(attention="math").cuda().hidden_states(batch).float()
-    torch.testing.assert_close(flash, reference, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(fast, reference, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.gpu
+def test_auto_picks_varlen_on_cuda_in_bf16():
+    _skip_without("varlen")
+    from sc_fm.model.attention import select_backend, varlen_attention
+
+    qkv = torch.zeros(8, 3, 2, 16, device="cuda", dtype=torch.bfloat16)
+    assert select_backend("auto", qkv) is varlen_attention
+    assert select_backend("auto", qkv.float()) is BACKENDS["sdpa"]

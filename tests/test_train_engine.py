@@ -188,6 +188,6 @@ def test_two_process_deepspeed_zero2_run(tiny_store, tmp_path):
     run = MlflowClient(info["tracking_uri"]).get_run(info["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["run.world_size"] == "2" and run.data.tags["sys.world_size"] == "2"
-    assert {"loss", "gene_loss", "value_loss", "tokens_per_s", "lr", "grad_norm"} <= set(run.data.metrics)
+    assert {"loss", "gene_loss", "value_loss", "tokens_per_s", "lr", "grad_norm", "mfu"} <= set(run.data.metrics)
     model = Pretrained.load(run_dir / FINAL_DIR).model
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -1,10 +1,13 @@
-"""Multi-head self-attention over packed cells, with three interchangeable backends.
+"""Multi-head self-attention over packed cells, with four interchangeable backends.
 
 Cells arrive packed back to back (``qkv [T, 3, H, D]`` with ``cu_seqlens``); a token attends
 only to tokens of its own cell. The backends compute the same function and differ only in speed:
 
+- ``varlen``: PyTorch's own FlashAttention-2 for packed variable-length batches,
+  ``torch.nn.attention.varlen.varlen_attn`` (PyTorch >= 2.10, CUDA, fp16/bf16; no attention
+  dropout): FlashAttention speed with a stock PyTorch wheel and nothing to compile.
 - ``flash``: flash-attn 2 ``flash_attn_varlen_qkvpacked_func`` on the packed tokens (CUDA,
-  fp16/bf16).
+  fp16/bf16), for installations that have the ``flash-attn`` package.
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` once per cell, on 4-D
   ``[1, H, L, D]`` slices of the pack (4-D without a mask is what reaches PyTorch's fused CPU
   kernel). Work is ``sum(L_i^2)``: on CPU this beats a padded ``[B, H, L_max, D]`` call with a
@@ -12,8 +15,8 @@ only to tokens of its own cell. The backends compute the same function and diffe
   whole pack (``T^2``); ``benchmarks/model.py`` measures all three.
 - ``math``: the reference: ``softmax(q k^T / sqrt(d)) v`` written out, cell by cell.
 
-``auto`` picks ``flash`` when the tensors are on CUDA in half precision and flash-attn imports,
-else ``sdpa``.
+``auto`` picks, for CUDA tensors in half precision, ``varlen`` when this PyTorch has it (and
+attention dropout is off), else ``flash`` when flash-attn imports; everything else gets ``sdpa``.
 """
 
 from __future__ import annotations
@@ -95,6 +98,13 @@ def _flash_varlen() -> Callable | None:
     return flash_attn_varlen_qkvpacked_func
 
 
+def _require_half_cuda(qkv: torch.Tensor, backend: str) -> None:
+    if not qkv.is_cuda or qkv.dtype not in (torch.float16, torch.bfloat16):
+        raise ConfigError(f"model.attention={backend} needs CUDA tensors in fp16/bf16, got {qkv.dtype} "
+                          f"on {qkv.device}", "config",
+                          "train with train.precision=bf16 on a GPU, or set model.attention=auto")
+
+
 def flash_attention(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0) -> torch.Tensor:
     """flash-attn 2 on the packed tokens; no padding anywhere."""
     varlen = _flash_varlen()
@@ -102,24 +112,48 @@ def flash_attention(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.
         raise ConfigError("model.attention=flash but flash-attn is not installed", "config",
                           "install it with pip install 'sc_fm[gpu]' on a CUDA machine, "
                           "or set model.attention=auto")
-    if not qkv.is_cuda or qkv.dtype not in (torch.float16, torch.bfloat16):
-        raise ConfigError(f"model.attention=flash needs CUDA tensors in fp16/bf16, got {qkv.dtype} "
-                          f"on {qkv.device}", "config",
-                          "train with train.precision=bf16 on a GPU, or set model.attention=auto")
+    _require_half_cuda(qkv, "flash")
     cu_seqlens = cells.cu_seqlens.to(torch.int32)
     return varlen(qkv, cu_seqlens, cells.max_seqlen, dropout_p=dropout_p, causal=False)
 
 
-BACKENDS: dict[str, AttentionFn] = {"flash": flash_attention, "sdpa": sdpa_attention,
-                                    "math": math_attention}
+@functools.cache
+def _torch_varlen() -> Callable | None:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
 
 
-def select_backend(name: str, qkv: torch.Tensor) -> AttentionFn:
+def varlen_attention(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0) -> torch.Tensor:
+    """PyTorch's FlashAttention-2 on the packed tokens (``torch.nn.attention.varlen``)."""
+    varlen = _torch_varlen()
+    if varlen is None:
+        raise ConfigError(f"model.attention=varlen needs PyTorch 2.10 or later, this is {torch.__version__}",
+                          "config", "upgrade torch, or set model.attention=auto")
+    if dropout_p > 0:
+        raise ConfigError(f"model.attention=varlen has no attention dropout (model.dropout={dropout_p})",
+                          "config", "set model.dropout=0, or model.attention=flash or sdpa")
+    _require_half_cuda(qkv, "varlen")
+    cu_seqlens = cells.cu_seqlens.to(torch.int32)
+    q, k, v = qkv.unbind(1)
+    return varlen(q, k, v, cu_seqlens, cu_seqlens, cells.max_seqlen, cells.max_seqlen)
+
+
+BACKENDS: dict[str, AttentionFn] = {"varlen": varlen_attention, "flash": flash_attention,
+                                    "sdpa": sdpa_attention, "math": math_attention}
+
+
+def select_backend(name: str, qkv: torch.Tensor, dropout_p: float = 0.0) -> AttentionFn:
     """The attention function for ``model.attention`` given where and in what dtype ``qkv`` lives."""
     if name == "auto":
-        use_flash = (qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16)
-                     and _flash_varlen() is not None)
-        name = "flash" if use_flash else "sdpa"
+        name = "sdpa"
+        if qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16):
+            if _torch_varlen() is not None and dropout_p == 0:
+                name = "varlen"
+            elif _flash_varlen() is not None:
+                name = "flash"
     return BACKENDS[name]
 
 
@@ -137,6 +171,6 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cells: PackedCells) -> torch.Tensor:
         n_tokens, d_model = x.shape
         qkv = self.qkv(x).view(n_tokens, 3, self.n_heads, d_model // self.n_heads)
-        attend = select_backend(self.backend, qkv)
-        mixed = attend(qkv, cells, self.dropout if self.training else 0.0)
+        dropout_p = self.dropout if self.training else 0.0
+        mixed = select_backend(self.backend, qkv, dropout_p)(qkv, cells, dropout_p)
         return self.out(mixed.reshape(n_tokens, d_model))

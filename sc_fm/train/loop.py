@@ -33,8 +33,10 @@ from sc_fm.train.distributed import DistEnv, all_reduce_sum, barrier, init_proce
 from sc_fm.train.engines import DeepSpeedEngine, PlainEngine, TrainEngine
 from sc_fm.train.guards import check_finite, out_of_memory_advice
 from sc_fm.train.plan import TrainPlan, make_plan
-from sc_fm.train.progress import ProgressBar, Throughput, flops_per_token, peak_flops
+from sc_fm.train.flops import StepFlops, peak_flops
+from sc_fm.train.progress import ProgressBar, Throughput
 from sc_fm.train.rng import capture_rng, restore_rng, seed_everything
+from sc_fm.train.threads import available_cores, budget_cpu_threads
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
@@ -65,9 +67,13 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
     if latest is not None:
         check_resumable(latest, to_dict(cfg), env.world_size)
     created = cfg.train.engine == "deepspeed" and init_process_group(env, plan.device)
+    threads = torch.get_num_threads()
+    if plan.device.type == "cpu":
+        budget_cpu_threads(cfg.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     try:
         return Trainer(cfg, plan, run_dir, checkpoints, latest, resume, evaluator, initial).run()
     finally:
+        torch.set_num_threads(threads)
         # A lone process keeps its group: DeepSpeed caches it for later runs in the same process.
         if created and env.world_size > 1:
             dist.destroy_process_group()
@@ -103,7 +109,7 @@ class Trainer:
         seed_everything(cfg.train.seed)  # identical initial weights on every rank
         self.model = MaskedGeneTransformer(cfg.model, **self.tokenizer.model_inputs)
         if initial is not None:
-            self.model.load_state_dict(initial.model.state_dict())
+            self.model.start_from(initial.model)
         self.n_parameters = count_parameters(self.model)
         seed_everything(cfg.train.seed + 1 + self.env.rank)  # per-rank dropout draws
         self.engine: TrainEngine = (
@@ -116,6 +122,7 @@ class Trainer:
             self._restore(latest)
         self.evaluator = evaluator(self.tokenizer) if evaluator is not None and self.env.is_main else None
         self.tracker = self._start_tracking() if self.env.is_main and cfg.tracking.enabled else None
+        self.step_flops = StepFlops.of(self.model)
         self.peak_flops = peak_flops(plan.device)
 
     def _new_tokenizer(self, stores: list[CorpusStore]) -> CellTokenizer:
@@ -173,19 +180,17 @@ class Trainer:
         """Mean losses over ranks; tokens and cells summed over ranks; rates since the last step."""
         tokens = sum(int(b["gene_ids"].numel()) for b in micro)
         cells = sum(int(b["cell_index"].numel()) for b in micro)
-        totals = torch.tensor([local[k] for k in LOSS_NAMES] + [tokens, cells],
+        totals = torch.tensor([local[k] for k in LOSS_NAMES] + [tokens, cells, self.step_flops.step(micro)],
                               dtype=torch.float64, device=self.plan.device)
-        *loss_sums, n_tokens, n_cells = all_reduce_sum(totals).tolist()
+        *loss_sums, n_tokens, n_cells, flops = all_reduce_sum(totals).tolist()
         world = self.env.world_size
-        throughput.add(int(n_tokens), int(n_cells))
-        tokens_per_s, cells_per_s = throughput.rates()
+        throughput.add(int(n_tokens), int(n_cells), flops)
+        tokens_per_s, cells_per_s, flops_per_s = throughput.rates()
         metrics = {**{k: v / world for k, v in zip(LOSS_NAMES, loss_sums)},
                    "tokens_per_s": tokens_per_s, "cells_per_s": cells_per_s, "lr": lr,
                    "grad_norm": local["grad_norm"]}
         if self.peak_flops:
-            m = self.cfg.model
-            per_token = flops_per_token(self.n_parameters, m.n_layers, m.d_model, n_tokens / n_cells)
-            metrics["mfu"] = per_token * tokens_per_s / (self.peak_flops * world)
+            metrics["mfu"] = flops_per_s / (self.peak_flops * world)
         return metrics
 
     def _record(self, metrics: dict[str, float]) -> None:
@@ -295,5 +300,10 @@ class Trainer:
               f"{self.plan.device.type}, {self.plan.precision}, {self.n_parameters:,} parameters, "
               f"{self.cfg.train.global_batch_cells} cells/step = {self.cfg.train.micro_batch_cells} x "
               f"{self.plan.accumulation} accumulation x {self.env.world_size}; {where}", file=sys.stderr)
+        if self.plan.device.type == "cpu":
+            why = ("OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else
+                   f"{available_cores()} core(s) less one per loader worker (data.num_workers="
+                   f"{self.cfg.data.num_workers})")
+            print(f"scfm pretrain: {torch.get_num_threads()} CPU thread(s) per process: {why}", file=sys.stderr)
         if self.tracker is not None:
             print(f"scfm pretrain: MLflow run {self.tracker.run_id} at {self.tracker.uri}", file=sys.stderr)
