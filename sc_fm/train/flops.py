@@ -58,7 +58,8 @@ def measure_cpu_peak(size: int = 1024, repeats: int = 5) -> float:
 
 @functools.cache
 def _matmul_rate(size: int, repeats: int, threads: int) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    generator = torch.Generator().manual_seed(0)  # not the global one: a run's seeded stream stays put
+    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
     a @ b  # warm-up: thread pool start and page faults
     best = float("inf")
     for _ in range(repeats):
