@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import uuid
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 
@@ -22,37 +24,50 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint():
-    """``http://127.0.0.1:PORT`` of a running S3 server (session-wide; stopped at the end)."""
+def s3_settings(tmp_path_factory) -> dict[str, str]:
+    """The backend's standard environment pointing at a running S3 server on 127.0.0.1
+    (session-wide; stopped at the end): credentials and endpoint, and no ~/.aws of the machine."""
     pytest.importorskip("s3fs")
     server_module = pytest.importorskip("moto.server")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     port = free_port()
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    nothing = tmp_path_factory.mktemp("no-aws")
+    yield {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "AWS_CONFIG_FILE": str(nothing / "config"), "AWS_SHARED_CREDENTIALS_FILE": str(nothing / "credentials"),
+           "AWS_EC2_METADATA_DISABLED": "true",  # missing credentials fail at once, not after IMDS timeouts
+           "SCFM_REMOTE_RETRIES": "1"}
     server.stop()
 
 
 @pytest.fixture
-def s3_env(s3_endpoint, monkeypatch, tmp_path):
-    """The backend's standard environment pointing at the server (credentials, endpoint); no
-    ~/.aws of the machine is read."""
-    for key, value in CREDENTIALS.items():
+def s3_env(s3_settings, monkeypatch) -> dict[str, str]:
+    """``s3_settings`` set in the environment for one test."""
+    for key, value in s3_settings.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("SCFM_REMOTE_RETRIES", "1")
     return dict(os.environ)
 
 
-@pytest.fixture
-def bucket(s3_env) -> str:
-    """A fresh bucket: ``s3://NAME``."""
+def new_bucket() -> str:
+    """A fresh bucket on the server the environment points at: ``s3://NAME``."""
     from sc_fm.store.location import filesystem
 
     name = f"scfm-{uuid.uuid4().hex[:10]}"
     fs, _ = filesystem(f"s3://{name}")
     fs.mkdir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture
+def bucket(s3_env) -> str:
+    return new_bucket()
+
+
+def upload_store(local: Path, url: str) -> str:
+    """A copy of the local store at ``local`` published at ``url`` (root ``zarr.json`` last), for
+    tests that need a store there but do not test ingestion into it."""
+    from sc_fm.store.publish import write_remote
+
+    write_remote(url, False, None, lambda staging: shutil.copytree(local, staging), progress=False)
+    return url

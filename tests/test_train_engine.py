@@ -13,6 +13,7 @@ import torch
 from mlflow import MlflowClient
 
 import sc_fm.train.loop as loop
+from s3_server import bucket, s3_env, s3_settings  # noqa: F401 - fixtures of the two-process test
 from sc_fm.config import load_config
 from sc_fm.model import MaskedGeneTransformer
 from sc_fm.pretrained import Pretrained
@@ -164,13 +165,20 @@ def test_evaluation_hook_logs_and_leaves_training_unchanged(tiny_store, tmp_path
 
 
 @pytest.mark.slow
-def test_two_process_deepspeed_zero2_run(tiny_store, tmp_path):
+def test_two_process_deepspeed_zero2_run_from_s3_and_resume(tiny_store, bucket, tmp_path):
+    """Two ranks read the store from S3 (the server on 127.0.0.1 of ``s3_server.py``); the run
+    resumed from its middle checkpoint repeats the uninterrupted run's losses."""
+    import shutil
+
+    from s3_server import upload_store
+
+    url = upload_store(tiny_store.path, f"{bucket}/tiny.zarr")
     run_dir = tmp_path / "runs" / "ddp"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "sc_fm", "pretrain", "--config", str(ROOT / "configs/runs/tiny.yaml"), "-o", str(run_dir),
-           f"data.stores=[{tiny_store.path}]", "data.num_workers=0", "tokenizer.max_len=64",
+           f"data.stores=[{url}]", "data.num_workers=0", "tokenizer.max_len=64",
            "train.global_batch_cells=32", "train.micro_batch_cells=16", "train.max_steps=24",
            "train.warmup_steps=2", "train.lr=3e-3", "train.checkpoint_every=12",
            "train.deepspeed_config=configs/deepspeed/zero2.yaml"]
@@ -183,6 +191,12 @@ def test_two_process_deepspeed_zero2_run(tiny_store, tmp_path):
     assert (state["world_size"], state["accumulation"]) == (2, 1)  # 16 cells x 1 x 2 ranks = 32
     for rank in (0, 1):
         assert (run_dir / "checkpoints" / "step_24" / f"rank_{rank}.json").is_file()
+
+    shutil.rmtree(run_dir / "checkpoints" / "step_24")  # as if stopped after step 12's checkpoint
+    shutil.rmtree(run_dir / FINAL_DIR)
+    result = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert losses(run_dir) == pytest.approx(curve, rel=1e-6, abs=1e-7)  # steps 13-24 again, from S3
     info = json.loads((run_dir / FINAL_DIR / TRACKING_FILE).read_text())
     assert info["tracking_uri"] == f"sqlite:///{run_dir.parent / 'mlflow.db'}"
     run = MlflowClient(info["tracking_uri"]).get_run(info["run_id"])
