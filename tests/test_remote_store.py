@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import SourceSpec, prepare
-from s3_server import bucket, s3_endpoint, s3_env  # noqa: F401 - fixtures
+from s3_server import bucket, new_bucket, s3_env, s3_settings  # noqa: F401 - fixtures
 from sc_fm.cli import main
 from sc_fm.config import PrepareConfig, QCConfig
 from sc_fm.errors import InputDataError
@@ -25,6 +25,18 @@ def source(atlas, name="tiny"):
     return SourceSpec(adata=atlas, dataset=name, obs_columns={c: c for c in COLUMNS})
 
 
+@pytest.fixture(scope="module")
+def remote(tiny_atlas, s3_settings) -> str:
+    """The tiny atlas ingested into a bucket (one ingest shared by the module's tests, which
+    only read it; the append test works on a server-side copy)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in s3_settings.items():
+            patch.setenv(key, value)
+        url = f"{new_bucket()}/corpus.zarr"
+        prepare([source(tiny_atlas)], url, CONFIG, progress=False)
+    return url
+
+
 def same_cells(a: CorpusStore, b: CorpusStore) -> None:
     assert (a.n_cells, a.vocab_hash, [s.n_cells for s in a.shards]) == (b.n_cells, b.vocab_hash,
                                                                           [s.n_cells for s in b.shards])
@@ -36,44 +48,48 @@ def same_cells(a: CorpusStore, b: CorpusStore) -> None:
     np.testing.assert_array_equal(a.stats()["all"].nonzero_median, b.stats()["all"].nonzero_median)
 
 
-def test_prepare_append_info_and_read_match_a_local_store(tiny_atlas, tiny_store, bucket, capsys):
-    url = f"{bucket}/corpus.zarr"
-    remote = prepare([source(tiny_atlas)], url, CONFIG, progress=False).store
-    assert remote.path == url and remote._slices(0, "data").directory.startswith(url)  # direct decoder
-    same_cells(remote, tiny_store)
-    assert main(["info", url, "--json"]) == 0
+def test_prepare_and_info_on_s3_match_a_local_store(remote, tiny_store, s3_env, capsys):
+    store = CorpusStore(remote)
+    assert store.path == remote and store._slices(0, "data").directory.startswith(remote)  # direct decoder
+    same_cells(store, tiny_store)
+    assert main(["info", remote, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert (info["path"], info["n_cells"], info["format_version"]) == (url, 600, 2)
+    assert (info["path"], info["n_cells"], info["format_version"]) == (remote, 600, 2)
 
+
+def test_append_on_s3_publishes_a_new_version(tiny_atlas, remote, bucket):
+    from sc_fm.store.location import filesystem
+
+    fs, key = filesystem(remote)
+    url = f"{bucket}/corpus.zarr"
+    fs.copy(key, url.split("://")[1], recursive=True)  # server-side: the shared store stays as it is
     extra = tiny_atlas[:100].copy()
     extra.obs_names = [f"x{i}" for i in range(100)]
     extra.X = extra.X * 2  # other content: not the same source twice
     appended = prepare([source(extra, "more")], url, CONFIG, append=True, progress=False).store
     assert appended.n_cells == 700 and appended.stats_version == 2
     assert [row["dataset"] for row in appended.manifest] == ["tiny", "more"]
-    fs = __import__("sc_fm.store.location", fromlist=["filesystem"]).filesystem(url)[0]
-    names = {key.rsplit("/", 1)[-1] for key in fs.ls(url.split("://")[1])}
+    names = {k.rsplit("/", 1)[-1] for k in fs.ls(url.split("://")[1])}
     assert "manifest-v1.json" not in names and "manifest-v2.json" in names  # the old version is gone
     assert not fs.exists(url.split("://")[1] + ".lock")
     indptr, indices, data = appended.read_rows(len(appended.shards) - 1, 0, 100)
     x = extra.X.tocsr() if hasattr(extra.X, "tocsr") else extra.X
     assert int(data.sum()) == int(x.sum())
+    assert CorpusStore(remote).n_cells == 600
 
 
-def test_pretrain_from_s3_equals_local_then_embed(tiny_atlas, tiny_store, bucket, tmp_path):
+def test_pretrain_from_s3_equals_local_then_embed(tiny_atlas, tiny_store, remote, s3_env, tmp_path):
     from test_train_engine import losses, run_config
 
     from sc_fm.train import FINAL_DIR, pretrain
 
-    url = f"{bucket}/corpus.zarr"
-    remote = prepare([source(tiny_atlas)], url, CONFIG, progress=False).store
     runs = {}
-    for name, store in (("local", tiny_store), ("s3", remote)):
+    for name, store in (("local", tiny_store), ("s3", CorpusStore(remote))):
         runs[name] = tmp_path / name
         # one loader worker: a forked process opens its own S3 client
         pretrain(run_config(store, "train.max_steps=3", "train.engine=plain", "data.num_workers=1"), runs[name])
     assert losses(runs["s3"]) == losses(runs["local"])
-    assert url in (runs["s3"] / "config.yaml").read_text()
+    assert remote in (runs["s3"] / "config.yaml").read_text()
     adata = tiny_atlas[:40].copy()
     adata.write_h5ad(tmp_path / "cells.h5ad")
     out = tmp_path / "embedded.h5ad"
@@ -125,16 +141,16 @@ def test_bad_bucket_credentials_and_endpoint_are_one_paragraph(tiny_atlas, s3_en
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
     monkeypatch.setenv("SCFM_REMOTE_RETRIES", "0")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # nor botocore's own retries
     with pytest.raises(InputDataError, match="failed after 1 attempts.*AWS_ENDPOINT_URL"):
         CorpusStore("s3://any-bucket/c.zarr")
 
 
-def test_chunk_cache_serves_a_second_pass_and_stays_bounded(tiny_atlas, bucket, tmp_path, monkeypatch):
+def test_chunk_cache_serves_a_second_pass_and_stays_bounded(remote, s3_env, tmp_path, monkeypatch):
     import sc_fm.store.direct as direct
     from sc_fm.store.cache import ChunkCache
 
-    url = f"{bucket}/corpus.zarr"
-    prepare([source(tiny_atlas)], url, CONFIG, progress=False)
+    url = remote
     monkeypatch.setenv("SCFM_CHUNK_CACHE", str(tmp_path / "cache"))
     fetched = []
     real = direct._cat
