@@ -25,6 +25,7 @@ COMMANDS = {
     "embed": "embed an AnnData with a checkpoint into .obsm['X_scfm']",
     "adapt": "continue a checkpoint's self-supervised training on an AnnData's own cells (no labels)",
     "benchmark": "compare checkpoints with scVI, PCA and a random control on scIB metrics",
+    "explain": "gene attributions per group, in-silico perturbation, checked against DE markers",
     "finetune": "fine-tune a checkpoint for cell-type annotation",
 }
 

@@ -280,6 +280,40 @@ class BenchmarkConfig:
 
 
 @dataclass
+class ExplainConfig:
+    """``scfm explain``: gene attributions, in-silico perturbation and the marker comparison."""
+
+    batch_key: str | None = None  # obs column whose batches get their own gene normalisers
+    top_k: int = 20  # genes.csv's top_k_fraction: how often a gene is among a cell's k most attributed
+    steps: int = 16  # integrated-gradients steps from the baseline to the cell
+    # the integrated-gradients baseline of every gene token: "masked" (<mask> gene, hidden value: one
+    # reference for all cells) or "hidden_value" (the cell's own genes with their values hidden)
+    baseline: Literal["masked", "hidden_value"] = "masked"
+    batch_cells: int = 64  # cells (x steps) per model forward
+    max_cells_per_group: int | None = 300  # seeded sample of each group's cells; None: every cell
+    perturb: list[str] = field(default_factory=list)  # genes to delete / raise; empty: each group's top genes
+    perturb_top: int = 1  # without perturb: this many top attributed genes per group
+    marker_ks: list[int] = field(default_factory=lambda: [20, 50])  # overlap with DE markers at these k
+    de_method: Literal["wilcoxon", "t-test", "t-test_overestim_var", "logreg"] = "wilcoxon"
+    random_draws: int = 200  # random gene sets of the control, per group and k
+    min_gene_overlap: float = MIN_GENE_OVERLAP
+    seed: int = 0
+    tracking: bool = True  # log the report to MLflow
+
+    def __post_init__(self) -> None:
+        require([(self.top_k >= 1, "explain.top_k must be at least 1"),
+                 (self.steps >= 1, "explain.steps must be at least 1"),
+                 (self.batch_cells >= 1, "explain.batch_cells must be positive"),
+                 (self.max_cells_per_group is None or self.max_cells_per_group >= 2,
+                  "explain.max_cells_per_group must be at least 2 (or null for every cell)"),
+                 (self.perturb_top >= 0, "explain.perturb_top must be >= 0"),
+                 (bool(self.marker_ks) and all(k >= 1 for k in self.marker_ks),
+                  "explain.marker_ks must list positive k"),
+                 (self.random_draws >= 1, "explain.random_draws must be at least 1"),
+                 (0.0 < self.min_gene_overlap <= 1.0, "explain.min_gene_overlap must be in (0, 1]")])
+
+
+@dataclass
 class FinetuneConfig:
     """``scfm finetune``: one fine-tuning run; saved beside its checkpoint."""
 
@@ -321,6 +355,7 @@ class RunConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 

@@ -1,10 +1,11 @@
 """``Pretrained``: a model with the tokenizer (and so the vocabulary) it was trained with.
 
 The user-facing object, as scvi-tools puts its model class over its module: saved once and
-loaded once, and the one way every command (``embed``, ``benchmark``, ``finetune``) reaches a
-checkpoint. ``embed`` follows scanpy's habit: the result goes into ``adata.obsm`` in place and
-is also returned. The directory holds the model's own files (``model.safetensors``,
-``model_config.json``) and ``tokenizer/`` (config, normalisers, ``vocab.tsv``).
+loaded once, and the one way every command (``embed``, ``benchmark``, ``finetune``, ``explain``)
+reaches a checkpoint; ``explain`` delegates to ``sc_fm.explain``. ``embed`` follows scanpy's
+habit: the result goes into ``adata.obsm`` in place and is also returned. The directory holds
+the model's own files (``model.safetensors``, ``model_config.json``) and ``tokenizer/``
+(config, normalisers, ``vocab.tsv``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sc_fm.config import MIN_GENE_OVERLAP
+from sc_fm.config import MIN_GENE_OVERLAP, ExplainConfig
 from sc_fm.errors import InputDataError
 from sc_fm.model import MaskedGeneTransformer
 from sc_fm.model.io import required_file
@@ -101,6 +102,15 @@ class Pretrained:
         if key_added is not None:
             adata.obsm[key_added] = embedding
         return embedding
+
+    def explain(self, adata, groupby: str, config: ExplainConfig | None = None, progress: bool = True,
+                where: str = "input"):
+        """Gene attributions toward each cell's ``groupby`` group, their overlap with scanpy's
+        DE markers, and in-silico perturbation: an ``sc_fm.explain.Explanation`` whose ``genes``,
+        ``markers`` and ``perturbation`` are DataFrames (``config``: an ``ExplainConfig``)."""
+        from sc_fm.explain.explanation import explain
+
+        return explain(self, adata, groupby, config, progress, where)
 
 
 def embed_cells(model: MaskedGeneTransformer, cells: InputCells, conditions: dict[str, str] | None,
