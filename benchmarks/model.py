@@ -6,7 +6,8 @@ positions masked, and the same size (layers, width, heads, FFN, vocabulary); eac
 forward + backward + AdamW. sc_fm gets packed batches; BERT (``BertForMaskedLM``, the
 Geneformer architecture) gets padded batches with an attention mask, once in random order and
 once grouped by length (Geneformer's ``group_by_length``). Throughput counts real tokens only.
-The figure is sc_fm tokens/s over the faster BERT's. On CUDA it also prints sc_fm's MFU.
+The figure is sc_fm tokens/s over the faster BERT's. It also prints sc_fm's MFU
+(``sc_fm/train/flops.py``: against the dense bf16 peak on CUDA, the measured fp32 peak on CPU).
 
     .venv/bin/python benchmarks/model.py --quick
 """
@@ -27,10 +28,10 @@ from sc_fm.config import ModelConfig
 from sc_fm.model import MaskedGeneTransformer, count_parameters
 from sc_fm.model.attention import PackedCells, sdpa_attention
 from sc_fm.simulate import AtlasSimulator, AtlasSpec
+from sc_fm.train.flops import StepFlops, peak_flops
 from sc_fm.vocab import CLS_ID, MASK_ID, N_SPECIAL, PAD_ID
 
 MASK_RATIO = 0.15
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 
 
 @dataclass
@@ -124,24 +125,6 @@ def race(runs: dict[str, TrainingRun]) -> None:
     for i in range(max(len(run.batches) for run in runs.values())):
         for run in runs.values():
             run.seconds += run.step(run.batches[i])
-
-
-def training_flops(config: ModelConfig, n_tokens: int, batches: list[dict]) -> float:
-    """Model FLOPs of one pass over ``batches`` (fwd + bwd = 3x forward; no recomputation).
-
-    Per token: 2 * (matmul weights of the blocks); per cell and layer: 4 * L^2 * d for the
-    attention scores and mix; per masked token: 2 * d * vocabulary for the gene head.
-    """
-    d, f, layers = config.d_model, config.d_ff, config.n_layers
-    mlp = (3 if config.mlp == "swiglu" else 2) * d * f
-    block_weights = layers * (4 * d * d + mlp)
-    forward = 0.0
-    for batch in batches:
-        lengths = batch["cu_seqlens"].diff().double() + batch["condition_ids"].shape[1]
-        forward += 2 * block_weights * float(lengths.sum())
-        forward += layers * 4 * d * float((lengths ** 2).sum())
-        forward += 2 * d * n_tokens * int((batch["labels"] != IGNORE_INDEX).sum())
-    return 3 * forward
 
 
 def attention_layouts(cells: list[Cell], d_head: int, n_heads: int, block_diagonal: bool) -> None:
@@ -255,15 +238,14 @@ def main() -> None:
 
     if device.type == "cpu":
         attention_layouts(cells[:8], c.d_model // c.n_heads, c.n_heads, block_diagonal=not args.quick)
+    flops = StepFlops.of(sc_fm).step(packed)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device)
+    if peak:
+        print(f"sc_fm MFU = model FLOPs / (time x peak) = {flops:.3e} / ({seconds['sc_fm packed']:.3f} s x "
+              f"{peak / 1e12:.2f} TFLOP/s{' measured fp32' if device.type == 'cpu' else ' bf16'}) = "
+              f"{flops / seconds['sc_fm packed'] / peak:.1%}")
     else:
-        name = torch.cuda.get_device_name()
-        peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-        flops = training_flops(c, n_tokens, packed)
-        if peak:
-            print(f"MFU = model FLOPs / (time x peak) = {flops:.3e} / ({seconds['sc_fm packed']:.3f} s x "
-                  f"{peak:.0f} TFLOP/s) = {flops / seconds['sc_fm packed'] / (peak * 1e12):.1%}")
-        else:
-            print(f"MFU: peak FLOP/s of {name} unknown; pass --peak-tflops")
+        print(f"MFU: peak FLOP/s of {torch.cuda.get_device_name()} unknown; pass --peak-tflops")
     best_bert = min(v for k, v in seconds.items() if k.startswith("BERT"))
     print(f"result: model_train_tokens_per_s ratio={best_bert / seconds['sc_fm packed']:.2f} target=1.5")
 
