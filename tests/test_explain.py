@@ -27,7 +27,7 @@ from conftest import TINY_SPEC
 
 TRAIN_STEPS = 150
 K = 20
-FAST = ExplainConfig(max_cells_per_group=50, steps=8)
+FAST = ExplainConfig(max_cells_per_group=30, steps=6, random_draws=50)
 
 
 @pytest.fixture(scope="session")
@@ -36,8 +36,9 @@ def trained(tiny_store, tmp_path_factory) -> Pretrained:
     from sc_fm.train import pretrain
 
     cfg = load_config("tiny", [
-        f"data.stores=[{tiny_store.path}]", "data.num_workers=0", "tokenizer.max_len=64", "train.engine=plain",
-        "train.global_batch_cells=32", "train.micro_batch_cells=32", "train.warmup_steps=10", "train.lr=3e-3",
+        f"data.stores=[{tiny_store.path}]", "data.num_workers=0", "tokenizer.max_len=64",
+        "train.engine=plain", "train.global_batch_cells=32", "train.micro_batch_cells=32",
+        "train.warmup_steps=10", "train.lr=3e-3",
         f"train.max_steps={TRAIN_STEPS}", f"train.checkpoint_every={TRAIN_STEPS}", "train.seed=0",
         "tracking.enabled=false"])
     return Pretrained.load(pretrain(cfg, tmp_path_factory.mktemp("explain_run") / "run"))
@@ -58,13 +59,17 @@ def precision_at_k(genes: pd.DataFrame, markers: dict[str, list[str]], k: int) -
 
 
 def test_attributions_recover_the_simulated_markers(trained, tiny_atlas):
-    """Measured (150 steps, 50 cells per type, 8 steps): trained 0.54, untrained 0.44, random 0.07."""
+    """Precision at 20 for each type's 20 known markers, mean over the 4 types. Measured (150
+    training steps, 30 cells per type, 6 integrated-gradient steps, masked baseline): trained
+    0.46, the same architecture untrained 0.34, random genes 0.08; against scanpy's DE markers the
+    trained model's top 20 overlap 0.54 (random 0.07). Thresholds: trained >= 0.4, >= 4x random and
+    >= untrained + 0.05; DE overlap above random + 0.3."""
     markers = known_markers(K)
     result = trained.explain(tiny_atlas, "cell_type", FAST, progress=False)
     control = trained.untrained(0).explain(tiny_atlas, "cell_type", FAST, progress=False)
     rng = np.random.default_rng(0)
-    random = np.mean([random_overlap(result.genes[result.genes["group"] == g]["gene_id"].tolist(), m, K, 200, rng)[0]
-                      for g, m in markers.items()])
+    pools = {g: result.genes[result.genes["group"] == g]["gene_id"].tolist() for g in markers}
+    random = np.mean([random_overlap(pools[g], m, K, 200, rng)[0] for g, m in markers.items()])
     got, untrained = precision_at_k(result.genes, markers, K), precision_at_k(control.genes, markers, K)
     assert random < 0.1
     assert got >= 0.4 and got >= 4 * random, (got, random)
@@ -82,9 +87,9 @@ def test_attributions_sum_to_the_score_change_from_the_baseline(tiny_checkpoint,
     model = Pretrained.load(tiny_checkpoint)
     tokens = model.input_cells(tiny_atlas[:6]).tokenize()
     batch = model.tokenizer.mask_and_pack(tokens, None, np.arange(len(tokens)))
-    directions = torch.as_tensor(group_directions(np.random.default_rng(0).normal(size=(6, model.model.embedding_dim)),
-                                                  np.array([0, 0, 0, 1, 1, 1]), 2)[[0, 0, 0, 1, 1, 1]],
-                                 dtype=torch.float32)
+    codes = np.array([0, 0, 0, 1, 1, 1])
+    embeddings = np.random.default_rng(0).normal(size=(6, model.model.embedding_dim))
+    directions = torch.as_tensor(group_directions(embeddings, codes, 2)[codes], dtype=torch.float32)
     per_token = integrated_gradients(model.model, batch, directions, steps=64, baseline=baseline)
     genes = batch["gene_ids"] >= N_SPECIAL
     base = dict(batch, values=torch.where(genes, HIDDEN_VALUE, batch["values"]))
@@ -131,8 +136,8 @@ def test_perturbation_edits_delete_or_raise_one_token(tiny_checkpoint):
 
     binned = dataclasses.replace(tokenizer.config, scheme="bin")
     tokenizer.config = binned
-    assert edited(cells, 11, "top", tokenizer).values.tolist() == [-1, 3.0, binned.n_bins - 1, 1.0, -1, 4.0,
-                                                                    binned.n_bins - 1]
+    top = binned.n_bins - 1
+    assert edited(cells, 11, "top", tokenizer).values.tolist() == [-1, 3.0, top, 1.0, -1, 4.0, top]
 
 
 @pytest.fixture
@@ -157,17 +162,20 @@ def test_cli_explain_writes_the_report_and_logs_where_the_user_says(tiny_checkpo
 
     destination = f"sqlite:///{tmp_path / 'user_mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", destination)
-    elsewhere = {"tracking_uri": f"sqlite:///{tmp_path / 'elsewhere.db'}", "experiment_id": "1", "run_id": "x"}
+    elsewhere = {"tracking_uri": f"sqlite:///{tmp_path / 'elsewhere.db'}", "experiment_id": "1",
+                 "run_id": "x"}
     (tiny_checkpoint / "tracking.json").write_text(json.dumps(elsewhere))  # a checkpoint's own choice
     try:
         silent, expressed = tiny_atlas.var_names[5], tiny_atlas.var["symbol"].iloc[7]
         out = tmp_path / "explained"
-        assert main(["explain", str(tiny_checkpoint), str(input_h5ad), "--groupby", "cell_type", "-o", str(out),
-                     "--batch-key", "dataset", "--perturb", f"{silent},{expressed}", "--no-progress", *QUICK]) == 0
+        assert main(["explain", str(tiny_checkpoint), str(input_h5ad), "--groupby", "cell_type",
+                     "-o", str(out), "--batch-key", "dataset", "--perturb", f"{silent},{expressed}",
+                     "--no-progress", *QUICK]) == 0
     finally:
         (tiny_checkpoint / "tracking.json").unlink()
     printed = capsys.readouterr().out
-    assert f"perturbation of {tiny_atlas.var['symbol'].iloc[5]} ({silent}) skipped: expressed in no cell" in printed
+    symbol = tiny_atlas.var["symbol"].iloc[5]
+    assert f"perturbation of {symbol} ({silent}) skipped: expressed in no cell" in printed
     genes = pd.read_csv(out / "genes.csv")
     assert list(genes.columns[:5]) == ["group", "gene_id", "symbol", "mean_attribution", "top_k_fraction"]
     assert sorted(genes["group"].unique()) == sorted(tiny_atlas.obs["cell_type"].unique())
@@ -180,28 +188,31 @@ def test_cli_explain_writes_the_report_and_logs_where_the_user_says(tiny_checkpo
     assert sorted(markers["k"].unique()) == [20, 50]
     report = (out / "report.md").read_text()
     for section in ("## Top attributed genes", "## Against differential-expression markers",
-                    "## In-silico perturbation", "## Settings", "![top attributed genes per group](dotplot.png)"):
+                    "## In-silico perturbation", "## Settings",
+                    "![top attributed genes per group](dotplot.png)"):
         assert section in report
     assert (out / "dotplot.png").stat().st_size > 1000
     info = json.loads((out / "tracking.json").read_text())
     assert info["tracking_uri"] == destination
     run = MlflowClient(destination).get_run(info["run_id"])
-    assert run.data.metrics["explain/mean/overlap_at_20"] == pytest.approx(markers[markers["k"] == 20]["overlap"].mean())
+    at_20 = markers[markers["k"] == 20]["overlap"].mean()
+    assert run.data.metrics["explain/mean/overlap_at_20"] == pytest.approx(at_20)
     assert not (tmp_path / "elsewhere.db").exists()
 
 
 @pytest.mark.parametrize("args, message", [
     (["--groupby", "tissue"], "no column 'tissue' in .obs"),
     (["--groupby", "one_group"], "has 1 group (only); attributions toward a group need at least two"),
-    (["--groupby", "cell_type", "--perturb", "NOTAGENE"], "perturbed gene(s) NOTAGENE are not in the checkpoint's"),
+    (["--groupby", "cell_type", "--perturb", "NOTAGENE"],
+     "perturbed gene(s) NOTAGENE are not in the checkpoint's"),
 ])
 def test_bad_input_is_one_paragraph(tiny_checkpoint, tiny_atlas, tmp_path, capsys, args, message):
     adata = tiny_atlas.copy()
     adata.obs["one_group"] = "only"
     path = tmp_path / "cells.h5ad"
     adata.write_h5ad(path)
-    assert main(["explain", str(tiny_checkpoint), str(path), "-o", str(tmp_path / "o"), "--no-tracking", *args,
-                 *QUICK]) == 2
+    assert main(["explain", str(tiny_checkpoint), str(path), "-o", str(tmp_path / "o"), "--no-tracking",
+                 *args, *QUICK]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
@@ -211,7 +222,7 @@ def test_too_few_genes_in_the_vocabulary_is_refused(tiny_checkpoint, tiny_atlas,
     adata.var_names = [f"UNKNOWN{i}" if i >= 20 else g for i, g in enumerate(adata.var_names)]
     path = tmp_path / "cells.h5ad"
     adata.write_h5ad(path)
-    assert main(["explain", str(tiny_checkpoint), str(path), "--groupby", "cell_type", "-o", str(tmp_path / "o"),
-                 "--no-tracking", *QUICK]) == 2
+    assert main(["explain", str(tiny_checkpoint), str(path), "--groupby", "cell_type",
+                 "-o", str(tmp_path / "o"), "--no-tracking", *QUICK]) == 2
     err = capsys.readouterr().err
     assert "only 20 of 300 genes (6.7%) are in the checkpoint's vocabulary" in err and "Traceback" not in err

@@ -12,13 +12,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="AnnData .h5ad with raw counts in X and the --groupby column in obs")
     parser.add_argument("--groupby", required=True, help="obs column of the groups (cell types, clusters)")
     parser.add_argument("-o", "--output", required=True,
-                        help="report directory: genes.csv, markers.csv, perturbation.csv, dotplot.png, report.md")
+                        help="report directory: genes.csv, markers.csv, perturbation.csv, dotplot.png, "
+                             "report.md")
     parser.add_argument("--batch-key", default=None,
                         help="obs column whose batches get their own gene normalisers (explain.batch_key)")
     parser.add_argument("--perturb", default=None, metavar="GENE[,GENE...]",
                         help="genes (Ensembl IDs or symbols) to delete / raise in silico; "
                              "default: each group's top attributed gene (explain.perturb_top)")
-    parser.add_argument("--top-k", type=int, default=None, help="k of genes.csv's top_k_fraction (explain.top_k)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="k of genes.csv's top_k_fraction (explain.top_k)")
     parser.add_argument("--steps", type=int, default=None, help="integrated-gradients steps (explain.steps)")
     parser.add_argument("--max-cells-per-group", type=int, default=None,
                         help="attribute at most this many cells per group (explain.max_cells_per_group)")

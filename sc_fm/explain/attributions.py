@@ -43,14 +43,16 @@ def repeated(batch: dict, times: int) -> dict:
     """The model inputs of ``batch`` with its cells packed ``times`` times back to back."""
     n_tokens = len(batch[GENE_IDS])
     cu = batch[CU_SEQLENS].long()
-    cu_seqlens = torch.cat([cu[:-1] + k * n_tokens for k in range(times)] + [cu[-1:] + (times - 1) * n_tokens])
+    starts = [cu[:-1] + k * n_tokens for k in range(times)]
+    cu_seqlens = torch.cat(starts + [cu[-1:] + (times - 1) * n_tokens])
     return {GENE_IDS: batch[GENE_IDS].repeat(times), VALUES: batch[VALUES].repeat(times),
             CU_SEQLENS: cu_seqlens.int(), MAX_SEQLEN: batch[MAX_SEQLEN],
             CONDITION_IDS: batch[CONDITION_IDS].repeat(times, 1)}
 
 
 @contextmanager
-def interpolated_embeddings(model: MaskedGeneTransformer, alphas: torch.Tensor, baseline: str, captured: dict):
+def interpolated_embeddings(model: MaskedGeneTransformer, alphas: torch.Tensor, baseline: str,
+                            captured: dict):
     """While open, the model's token embedding returns ``base + alpha * (input - base)`` per token
     (``base``: the token with its value hidden, and for ``masked`` its gene as ``<mask>`` too) as a
     leaf tensor that takes gradients; ``captured`` receives it (``point``) and ``input - base``
@@ -81,7 +83,8 @@ def integrated_gradients(model: MaskedGeneTransformer, batch: dict, directions: 
     path = repeated(batch, steps)
     alphas = ((torch.arange(steps, dtype=torch.float64) + 0.5) / steps).repeat_interleave(n_tokens)
     captured: dict = {}
-    with interpolated_embeddings(model, alphas.to(batch[VALUES].device), baseline, captured), torch.enable_grad():
+    alphas = alphas.to(batch[VALUES].device)
+    with interpolated_embeddings(model, alphas, baseline, captured), torch.enable_grad():
         score = (model.embed(path) * directions.repeat(steps, 1)).sum()
         (grad,) = torch.autograd.grad(score, captured["point"])
     return (grad * captured["delta"]).sum(-1).view(steps, n_tokens).mean(0).detach()
@@ -107,7 +110,8 @@ def attribute_cells(model: MaskedGeneTransformer, tokenizer: CellTokenizer, toke
         bar.update(hi - lo)
     bar.close()
     model.train(was_training)
-    return _by_gene(tokens, np.concatenate(parts) if parts else np.zeros(0, np.float32), tokenizer.vocab.n_genes)
+    per_token = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return _by_gene(tokens, per_token, tokenizer.vocab.n_genes)
 
 
 def _by_gene(tokens: TokenizedCells, per_token: np.ndarray, n_genes: int) -> sp.csr_matrix:

@@ -95,8 +95,8 @@ def explain(pretrained: Checkpoint, adata, groupby: str, config: ExplainConfig |
     counts = sp.vstack([rows for _, rows in cells.blocks()]).tocsr()[chosen]
     embeddings = embed_tokens(model, tokenizer, tokens, config.batch_cells)
     directions = group_directions(embeddings, codes, len(names))
-    attributions = attribute_cells(model, tokenizer, tokens, directions[codes], config.steps, config.batch_cells,
-                                   config.baseline, progress)
+    attributions = attribute_cells(model, tokenizer, tokens, directions[codes], config.steps,
+                                   config.batch_cells, config.baseline, progress)
     symbols = display_symbols(vocab)
     genes = gene_table(attributions, codes, names, vocab.gene_ids, symbols, config.top_k)
     de = de_scores(counts, codes, names, vocab.gene_ids, config.de_method)
@@ -105,11 +105,12 @@ def explain(pretrained: Checkpoint, adata, groupby: str, config: ExplainConfig |
         top = genes.groupby("group", sort=False).head(config.perturb_top)["gene_id"]
         perturbed = [int(i) for i in vocab.lookup(list(dict.fromkeys(top)))]
     expressed = np.asarray((counts > 0).sum(axis=0)).ravel() > 0
-    perturbation = perturbation_table(model, tokenizer, tokens, embeddings, codes, names, perturbed, expressed,
-                                      symbols, config.batch_cells, progress)
+    perturbation = perturbation_table(model, tokenizer, tokens, embeddings, codes, names, perturbed,
+                                      expressed, symbols, config.batch_cells, progress)
     settings = {"groupby": groupby, "cells": int(len(chosen)), "cells_in_input": int(adata.n_obs),
                 "genes_mapped": f"{mapping.n_mapped}/{mapping.n_input}", "scheme": tokenizer.config.scheme,
                 "max_len": tokenizer.config.max_len,
-                "score": "embedding coordinate on the unit vector from the centroid of all cells to the group's",
+                "score": "embedding coordinate on the unit vector from the centroid of all cells to the "
+                         "group's",
                 **{f"explain.{k}": v for k, v in to_dict(config).items()}}
     return Explanation(genes, markers, perturbation, attributions, adata.obs_names[chosen], groupby, settings)

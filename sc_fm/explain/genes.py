@@ -51,5 +51,6 @@ def gene_table(attributions: sp.csr_matrix, codes: np.ndarray, group_names: list
                              "mean_attribution": sums[g, genes] / sizes[g],
                              "top_k_fraction": tops[g, genes] / sizes[g],
                              "cells_with_gene": counts[g, genes].astype(np.int64)})
-        parts.append(part.sort_values(["mean_attribution", "gene_id"], ascending=[False, True], kind="stable"))
+        ranked = part.sort_values(["mean_attribution", "gene_id"], ascending=[False, True], kind="stable")
+        parts.append(ranked)
     return pd.concat(parts, ignore_index=True)[GENE_COLUMNS]

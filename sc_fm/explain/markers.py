@@ -63,6 +63,7 @@ def compare_with_markers(genes: pd.DataFrame, de: pd.DataFrame, ks: list[int], d
         top = reference["gene_id"].tolist()
         for k in ks:
             mean, sd = random_overlap(ranked, top, k, draws, rng)
-            rows.append({"group": group, "k": k, "overlap": overlap_at_k(ranked, top, k), "random_overlap": mean,
-                         "random_sd": sd, "spearman": float(rho), "n_genes": len(ranked)})
+            rows.append({"group": group, "k": k, "overlap": overlap_at_k(ranked, top, k),
+                         "random_overlap": mean, "random_sd": sd, "spearman": float(rho),
+                         "n_genes": len(ranked)})
     return pd.DataFrame(rows, columns=MARKER_COLUMNS)

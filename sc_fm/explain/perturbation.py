@@ -31,7 +31,8 @@ def resolve_genes(names: list[str], vocab: GeneVocab, where: str) -> list[int]:
     if unknown:
         raise InputDataError(f"perturbed gene(s) {', '.join(unknown)} are not in the checkpoint's vocabulary "
                              f"({vocab.name}, {vocab.n_genes} genes)", where,
-                             "name genes by Ensembl ID or by a symbol of the vocabulary (its tokenizer/vocab.tsv)")
+                             "name genes by Ensembl ID or by a symbol of the vocabulary "
+                             "(its tokenizer/vocab.tsv)")
     return [int(i) for i in index]
 
 
@@ -119,7 +120,8 @@ def perturbation_table(model: MaskedGeneTransformer, tokenizer: CellTokenizer, t
                 mean_change = change[mine].mean(axis=0)
                 toward = int(np.argmax(mean_change))
                 rows.append({**base, "mode": mode, "group": group_names[g], "n_cells": int(mine.sum()),
-                             "cosine_shift": float(shift[mine].mean()), "own_group_change": float(mean_change[g]),
+                             "cosine_shift": float(shift[mine].mean()),
+                             "own_group_change": float(mean_change[g]),
                              "toward": group_names[toward], "toward_change": float(mean_change[toward]),
                              "status": "ok"})
             bar.update(1)

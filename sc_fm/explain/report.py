@@ -35,8 +35,8 @@ def dot_plot(genes: pd.DataFrame, n_top: int, path: Path) -> Path:
                              obs=pd.DataFrame({"group": pd.Categorical(groups, categories=groups)},
                                               index=[str(i) for i in range(len(groups))]),
                              var=pd.DataFrame(index=labels))
-    plot = sc.pl.DotPlot(holder, labels, "group", dot_color_df=colour.fillna(0.0), dot_size_df=size.fillna(0.0),
-                         title="top attributed genes per group")
+    plot = sc.pl.DotPlot(holder, labels, "group", dot_color_df=colour.fillna(0.0),
+                         dot_size_df=size.fillna(0.0), title="top attributed genes per group")
     plot.legend(colorbar_title="mean attribution", size_title="fraction of cells\nwith it in their top k")
     plot.style(cmap="RdBu_r").make_figure()
     plot.fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -66,44 +66,52 @@ def _mean_overlaps(markers: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def write_report(explanation: Explanation, out_dir: str | Path, checkpoint: str, n_top: int = 5) -> Path:
-    """``genes.csv``, ``markers.csv``, ``perturbation.csv``, ``dotplot.png`` and ``report.md`` in ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    e = explanation
-    e.genes.to_csv(out / GENES_CSV, index=False)
-    e.markers.to_csv(out / MARKERS_CSV, index=False)
-    e.perturbation.to_csv(out / PERTURBATION_CSV, index=False)
-    dot_plot(e.genes, n_top, out / DOTPLOT_PNG)
+def _text(e: Explanation, checkpoint: str, n_top: int) -> str:
+    """The Markdown of ``report.md``."""
+    settings = e.settings
     top = e.genes.groupby("group", sort=False).head(n_top)
-    listing = [f"- **{g}**: " + ", ".join(f"{s} ({a:.3g})" for s, a in zip(p["symbol"], p["mean_attribution"]))
-               for g, p in top.groupby("group", sort=False)]
-    k = e.settings["explain.top_k"]
-    text = "\n".join([
+    listing = [f"- **{group}**: " + ", ".join(f"{symbol} ({value:.3g})" for symbol, value
+                                              in zip(part["symbol"], part["mean_attribution"]))
+               for group, part in top.groupby("group", sort=False)]
+    return "\n".join([
         "# sc_fm explain", "",
-        f"Checkpoint `{checkpoint}`; {e.settings['cells']} cells (of {e.settings['cells_in_input']}) grouped by "
-        f"`{e.groupby}`; {e.settings['genes_mapped']} input genes in the vocabulary.", "",
+        f"Checkpoint `{checkpoint}`; {settings['cells']} cells (of {settings['cells_in_input']}) grouped by "
+        f"`{e.groupby}`; {settings['genes_mapped']} input genes in the vocabulary.", "",
         "## Top attributed genes", "",
-        f"Integrated gradients on the token input embeddings, from {BASELINES[e.settings['explain.baseline']]} "
-        "to the cell: how much each gene moves the cell's embedding along its group's direction (the unit vector from the centroid of all "
-        f"cells to the group's). Dot colour: mean attribution over the group's cells; size: fraction of its cells "
-        f"with the gene among their {k} most attributed. Full table: `{GENES_CSV}`.", "",
+        "Integrated gradients on the token input embeddings, from "
+        f"{BASELINES[settings['explain.baseline']]} "
+        "to the cell: how much each gene moves the cell's embedding along its group's direction (the unit "
+        "vector from the centroid of all cells to the group's). Dot colour: mean attribution over the "
+        "group's cells; size: fraction of its cells with the gene among their "
+        f"{settings['explain.top_k']} most attributed. Full table: `{GENES_CSV}`.", "",
         f"![top attributed genes per group]({DOTPLOT_PNG})", "", *listing, "",
         "## Against differential-expression markers", "",
-        f"Overlap of each group's top-k attributed genes with the top-k up-regulated genes of "
-        f"`scanpy.tl.rank_genes_groups` ({e.settings['explain.de_method']}, one group against the rest) on the "
-        f"same cells; `random_overlap` is the mean over {e.settings['explain.random_draws']} random draws of k "
-        f"genes from those the group's cells hold in their contexts (sd beside it); `spearman` is the rank "
+        "Overlap of each group's top-k attributed genes with the top-k up-regulated genes of "
+        f"`scanpy.tl.rank_genes_groups` ({settings['explain.de_method']}, one group against the rest) on the "
+        f"same cells; `random_overlap` is the mean over {settings['explain.random_draws']} random draws of k "
+        "genes from those the group's cells hold in their contexts (sd beside it); `spearman` is the rank "
         f"correlation of attribution and DE score over those genes. Also in `{MARKERS_CSV}`.", "",
-        markdown_table(_mean_overlaps(e.markers)), "", markdown_table(_shown(e.markers).set_index("group")), "",
+        markdown_table(_mean_overlaps(e.markers)), "",
+        markdown_table(_shown(e.markers).set_index("group")), "",
         "## In-silico perturbation", "",
         "Each gene deleted from, or set to the top of the range of, every cell that holds it in its context. "
         "`cosine_shift`: mean cosine distance of the embedding before and after; `own_group_change` / "
-        "`toward_change`: mean change of the cosine to the cell's own group centroid / to the centroid it moves "
-        f"toward most (`toward`), centroids taken from the centroid of all cells. Also in `{PERTURBATION_CSV}`.",
-        "", markdown_table(_shown(e.perturbation).set_index("gene_id")), "",
-        "## Settings", "", *[f"- {key}: {value}" for key, value in e.settings.items()], "",
+        "`toward_change`: mean change of the cosine to the cell's own group centroid / to the centroid it "
+        "moves toward most (`toward`), centroids taken from the centroid of all cells. Also in "
+        f"`{PERTURBATION_CSV}`.", "",
+        markdown_table(_shown(e.perturbation).set_index("gene_id")), "",
+        "## Settings", "", *[f"- {key}: {value}" for key, value in settings.items()], "",
     ])
+
+
+def write_report(explanation: Explanation, out_dir: str | Path, checkpoint: str, n_top: int = 5) -> Path:
+    """``genes.csv``, ``markers.csv``, ``perturbation.csv``, ``dotplot.png``, ``report.md`` in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    explanation.genes.to_csv(out / GENES_CSV, index=False)
+    explanation.markers.to_csv(out / MARKERS_CSV, index=False)
+    explanation.perturbation.to_csv(out / PERTURBATION_CSV, index=False)
+    dot_plot(explanation.genes, n_top, out / DOTPLOT_PNG)
     path = out / REPORT_MD
-    path.write_text(text)
+    path.write_text(_text(explanation, checkpoint, n_top))
     return path

@@ -33,7 +33,8 @@ def log_explain(markers: pd.DataFrame, report_dir: str | Path, checkpoint: str |
                 tracking: TrackingConfig) -> dict[str, str]:
     """Log the marker figures and the report directory; returns the run's ``tracking.json``-style info."""
     report_dir = Path(report_dir)
-    config = dataclasses.replace(tracking, experiment="sc_fm-explain", run_name=tracking.run_name or report_dir.name)
+    config = dataclasses.replace(tracking, experiment="sc_fm-explain",
+                                 run_name=tracking.run_name or report_dir.name)
     info = recorded_run(checkpoint, resolve_tracking_uri(config, report_dir))
     if info is not None:
         tracker = RunTracker(info["tracking_uri"], info["experiment_id"], info["run_id"])
