@@ -148,7 +148,7 @@ def test_bad_bucket_credentials_and_endpoint_are_one_paragraph(tiny_atlas, s3_en
 
 def test_chunk_cache_serves_a_second_pass_and_stays_bounded(remote, s3_env, tmp_path, monkeypatch):
     import sc_fm.store.direct as direct
-    from sc_fm.store.cache import ChunkCache
+    from sc_fm.store.cache import ChunkCache, _recent_for
 
     url = remote
     monkeypatch.setenv("SCFM_CHUNK_CACHE", str(tmp_path / "cache"))
@@ -157,6 +157,7 @@ def test_chunk_cache_serves_a_second_pass_and_stays_bounded(remote, s3_env, tmp_
     monkeypatch.setattr(direct, "_cat", lambda fs, keys: fetched.append(len(keys)) or real(fs, keys))
     passes = []
     for _ in range(2):
+        _recent_for.cache_clear()  # the second pass as in a new process: from the disk cache alone
         store = CorpusStore(url)
         passes.append([store.read_rows(k, 0, info.n_cells) for k, info in enumerate(store.shards)])
         fetched.append("end")
@@ -168,6 +169,7 @@ def test_chunk_cache_serves_a_second_pass_and_stays_bounded(remote, s3_env, tmp_
     # a damaged entry is dropped and fetched again, never used
     entry = next(p for p in (tmp_path / "cache").glob("??/*"))
     entry.write_bytes(b"\0" * entry.stat().st_size)
+    _recent_for.cache_clear()
     store = CorpusStore(url)
     again = [store.read_rows(k, 0, info.n_cells) for k, info in enumerate(store.shards)]
     for a, b in zip(passes[0], again):
@@ -177,3 +179,30 @@ def test_chunk_cache_serves_a_second_pass_and_stays_bounded(remote, s3_env, tmp_
     for i in range(40):
         bounded.put(f"s3://b/k{i}", bytes(1000))
     assert bounded.used_bytes() <= 10_000 and bounded.get("s3://b/k39") == bytes(1000)
+
+
+def test_small_frames_are_fetched_once_per_process(remote, s3_env, monkeypatch):
+    import sc_fm.store.direct as direct
+    from sc_fm.store.cache import RecentFrames, _recent_for
+
+    fetched = []
+    real = direct._cat
+    monkeypatch.setattr(direct, "_cat", lambda fs, keys: fetched.extend(keys) or real(fs, keys))
+    _recent_for.cache_clear()
+    store = CorpusStore(remote)
+    store.read_rows(0, 0, 20)
+    assert len(fetched) == 3  # one chunk of indptr, indices and data
+    again = CorpusStore(remote).read_rows(0, 20, 40)  # the same chunks: from memory
+    assert len(fetched) == 3
+    fresh = CorpusStore(remote)
+    monkeypatch.setattr(direct, "recent_frames", lambda: RecentFrames(0, 0))  # nothing kept
+    for x, y in zip(again, fresh.read_rows(0, 20, 40)):
+        np.testing.assert_array_equal(x, y)
+    assert len(fetched) == 6
+    recent = RecentFrames(max_bytes=3000, max_frame=1500)
+    recent.put("a", bytes(1000))
+    recent.put("big", bytes(2000))  # larger than a frame may be: not kept
+    recent.put("b", bytes(1000))
+    assert recent.get("a") == bytes(1000) and recent.get("big") is None
+    recent.put("c", bytes(1500))  # 3500 bytes: the least recently used ("b") goes
+    assert (recent.get("a"), recent.get("b"), recent.get("c")) == (bytes(1000), None, bytes(1500))

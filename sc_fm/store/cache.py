@@ -9,6 +9,13 @@ bound the least recently used entries are removed down to 90 % of it.
 
 fsspec's own ``filecache::`` keeps whole files without a size bound, so this small cache is
 written here instead.
+
+In front of it, each process keeps its most recently used small remote frames in memory
+(``recent_frames``: frames up to 256 kB, 64 MB in all). A shard's ``indptr`` chunk spans 8,192
+cells and an ``obs`` chunk 65,536, both compressing to a few kB, so the loader blocks (512 cells)
+of a shard share them; without this each block costs one request (or cache file) per such
+array. The ``indices``/``data`` chunks (~1,024 cells, MBs) are a block's own, read once per
+epoch: kept in memory they would only push the shared ones out.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import functools
 import hashlib
 import os
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 from sc_fm.errors import InputDataError
@@ -89,6 +97,47 @@ class ChunkCache:
             path.unlink(missing_ok=True)
             total -= size
         self._size = total
+
+
+class RecentFrames:
+    """A least-recently-used map ``url -> frame`` of frames up to ``max_frame`` bytes, holding at
+    most ``max_bytes`` in all."""
+
+    def __init__(self, max_bytes: int, max_frame: int):
+        self.max_bytes, self.max_frame = int(max_bytes), int(max_frame)
+        self._frames: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+
+    def get(self, url: str) -> bytes | None:
+        frame = self._frames.get(url)
+        if frame is not None:
+            self._frames.move_to_end(url)
+        return frame
+
+    def put(self, url: str, frame: bytes) -> None:
+        if len(frame) > min(self.max_frame, self.max_bytes):
+            return
+        self.drop(url)
+        self._frames[url] = frame
+        self._size += len(frame)
+        while self._size > self.max_bytes:
+            _, oldest = self._frames.popitem(last=False)
+            self._size -= len(oldest)
+
+    def drop(self, url: str) -> None:
+        frame = self._frames.pop(url, None)
+        if frame is not None:
+            self._size -= len(frame)
+
+
+@functools.cache
+def _recent_for(pid: int) -> RecentFrames:
+    return RecentFrames(64 * 2**20, 256 * 2**10)
+
+
+def recent_frames() -> RecentFrames:
+    """This process's in-memory frames (a forked loader worker starts its own, empty)."""
+    return _recent_for(os.getpid())
 
 
 @functools.cache

@@ -5,8 +5,8 @@
 
 The frames come from local chunk files, or, for a store on object storage (zarr's
 ``FsspecStore``), from one concurrent multi-object fetch per read (``fs.cat`` of every chunk the
-range touches), retried with back-off (``location.remote_call``) and kept in the optional local
-chunk cache (``cache.py``); the decoding and checks are the same.
+range touches, less those still in memory), retried with back-off (``location.remote_call``) and
+kept in the optional local chunk cache (``cache.py``); the decoding and checks are the same.
 
 Format 2 chunks end with zarr's ``crc32c`` codec: the CRC-32C (Castagnoli) of the compressed
 chunk, 4 bytes little-endian. Both paths verify it before a single value is used: the direct
@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 
 from sc_fm.errors import InputDataError
-from sc_fm.store.cache import chunk_cache
+from sc_fm.store.cache import chunk_cache, recent_frames
 from sc_fm.store.location import filesystem, is_object, remote_call
 
 # CRC-32C of (message + its own CRC-32C, little-endian) is this constant for every message
@@ -170,8 +170,15 @@ class SliceReader:
                     out[j] = None
             return out
         urls = {j: self._chunk_path(j) for j in chunks}
-        out = {j: self.cache.get(u) for j, u in urls.items()} if self.cache else {}
-        wanted = [j for j in chunks if out.get(j) is None]
+        recent = recent_frames()
+        out = {j: recent.get(u) for j, u in urls.items()}
+        if self.cache:
+            for j in chunks:
+                if out[j] is None:
+                    out[j] = self.cache.get(urls[j])
+                    if out[j] is not None:
+                        recent.put(urls[j], out[j])
+        wanted = [j for j in chunks if out[j] is None]
         if wanted:
             fs, _ = filesystem(self.url)
             keys = [urls[j].split("://", 1)[1] for j in wanted]
@@ -181,8 +188,10 @@ class SliceReader:
                                   _REMOTE_FIX)
             for j, key in zip(wanted, keys):
                 out[j] = fetched[key]
-                if self.cache and out[j] is not None:
-                    self.cache.put(urls[j], out[j])
+                if out[j] is not None:
+                    recent.put(urls[j], out[j])
+                    if self.cache:
+                        self.cache.put(urls[j], out[j])
         return out
 
     def _through_zarr(self, lo: int, hi: int, first: int, last: int, whole: bool = False) -> np.ndarray:
@@ -234,6 +243,7 @@ class SliceReader:
         if self.cache is not None and self.checksum and _crc32c(frame) != _CRC32C_RESIDUE:
             url = self._chunk_path(j)  # a damaged cache entry: fetch the chunk again
             self.cache.drop(url)
+            recent_frames().drop(url)
             frame = self._frames(range(j, j + 1))[j]
             if frame is None:
                 raise self._missing(j)
