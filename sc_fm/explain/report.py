@@ -35,10 +35,12 @@ def dot_plot(genes: pd.DataFrame, n_top: int, path: Path) -> Path:
                              obs=pd.DataFrame({"group": pd.Categorical(groups, categories=groups)},
                                               index=[str(i) for i in range(len(groups))]),
                              var=pd.DataFrame(index=labels))
-    plot = sc.pl.DotPlot(holder, labels, "group", dot_color_df=colour.fillna(0.0),
-                         dot_size_df=size.fillna(0.0), title="top attributed genes per group")
+    colour = colour.fillna(0.0)
+    signed = bool((colour.to_numpy() < 0).any())  # a diverging scale centred on 0 only when needed
+    plot = sc.pl.DotPlot(holder, labels, "group", dot_color_df=colour, dot_size_df=size.fillna(0.0),
+                         title="top attributed genes per group", **({"vcenter": 0.0} if signed else {}))
     plot.legend(colorbar_title="mean attribution", size_title="fraction of cells\nwith it in their top k")
-    plot.style(cmap="RdBu_r").make_figure()
+    plot.style(cmap="RdBu_r" if signed else "Reds", dot_min=0.0, dot_max=1.0).make_figure()
     plot.fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(plot.fig)
     return path
