@@ -67,6 +67,7 @@ def _under(module: str, *packages: str) -> bool:
                           "sc_fm.data")),
     ("sc_fm.train", ("sc_fm.evaluate", "sc_fm.finetune", "sc_fm.commands", "sc_fm.cli")),
     ("sc_fm.tokenize", ("sc_fm.model", "sc_fm.train", "sc_fm.pretrained", "sc_fm.evaluate", "sc_fm.commands")),
+    ("sc_fm.explain", ("sc_fm.train", "sc_fm.finetune", "sc_fm.data", "sc_fm.commands", "sc_fm.cli")),
 ])
 def test_data_flows_one_way(importer, forbidden):
     broken = sorted(f"{name} imports {dep}" for name, deps in GRAPH.items() if _under(name, importer)
