@@ -203,7 +203,7 @@ def main() -> None:
     print(f"cells: {n_cells}, tokens per cell min/median/max: {lengths.min()}/{int(np.median(lengths))}/"
           f"{lengths.max()}, real tokens: {real_tokens}, batch: {batch_cells} cells")
 
-    config = ModelConfig(size=size, mlp="gelu", norm="layernorm", attention="auto")
+    config = ModelConfig(size=size, mlp="gelu", norm="layernorm", attention="auto", cell_objective="none")
     sc_fm = MaskedGeneTransformer(config, n_tokens, "continuous", 51, [5, 5]).to(device)
     from transformers import BertConfig, BertForMaskedLM
 
@@ -247,7 +247,7 @@ def main() -> None:
     else:
         print(f"MFU: peak FLOP/s of {torch.cuda.get_device_name()} unknown; pass --peak-tflops")
     best_bert = min(v for k, v in seconds.items() if k.startswith("BERT"))
-    print(f"result: model_train_tokens_per_s ratio={best_bert / seconds['sc_fm packed']:.2f} target=1.5")
+    print(f"result: model_train_tokens_per_s ratio={best_bert / seconds['sc_fm packed']:.2f} target=2.0")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ budget (a core left to the loader worker, ``sc_fm/train/threads.py``) and with e
 (target 1/1.2: no stalls).
 
 MFU: model FLOPs per step (``sc_fm/train/flops.py``, the formula in docs/train.md) over the
-model-only step time and this machine's measured fp32 matmul peak at the same thread count,
-for ``tiny`` and ``small``.
+model-only step time at ``pretrain``'s thread budget and this machine's measured fp32 matmul
+peak at that thread count, for ``tiny`` and ``small``.
 
     .venv/bin/python benchmarks/train.py --quick
 """
@@ -122,21 +122,21 @@ def summary(values: list[float], unit: str = "tokens/s") -> str:
             f"over {len(values)} rounds)")
 
 
-def mfu(size: str, bench: ModelOnly, rounds: int, threads: list[int]) -> tuple[float, int]:
-    """Median MFU over rounds at the faster thread count, and that count."""
+def mfu(size: str, bench: ModelOnly, rounds: int, threads: int) -> float:
+    """Median MFU over rounds of the model-only step at ``threads`` (pretrain's budget)."""
     from sc_fm.train.flops import measure_cpu_peak
 
-    best = None
-    for n in threads:
-        times = [bench.seconds(n) for _ in range(rounds)]
-        torch.set_num_threads(n)
-        peak = measure_cpu_peak()
-        value = statistics.median(bench.flops / t / peak for t in times)
-        print(f"{size}: {bench.flops / statistics.median(times) / 1e9:,.1f} GFLOP/s model-only at {n} thread(s), "
-              f"measured peak {peak / 1e9:,.1f} GFLOP/s (fp32 matmul): MFU {value:.3f}", flush=True)
-        if best is None or value > best[0]:
-            best = (value, n)
-    return best
+    times = [bench.seconds(threads) for _ in range(rounds)]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    peak = measure_cpu_peak()
+    torch.set_num_threads(previous)
+    value = statistics.median(bench.flops / t / peak for t in times)
+    print(f"{size}: {bench.flops / statistics.median(times) / 1e9:,.1f} GFLOP/s model-only at {threads} "
+          f"thread(s), measured peak {peak / 1e9:,.1f} GFLOP/s (fp32 matmul): MFU {value:.3f} "
+          f"(spread {min(bench.flops / t / peak for t in times):.3f}-{max(bench.flops / t / peak for t in times):.3f})",
+          flush=True)
+    return value
 
 
 def main() -> None:
@@ -201,7 +201,7 @@ def main() -> None:
         mfus = {}
         for size, size_cfg in cfg_of.items():
             size_bench = bench if size == run else ModelOnly(size_cfg, max(steps // 2, 4))
-            mfus[size], _ = mfu(size, size_bench, rounds, threads)
+            mfus[size] = mfu(size, size_bench, rounds, budget)
 
     model_rate = statistics.median(rates["model"])
     print(f"result: train_vs_model_tokens_per_s ratio={statistics.median(rates['deepspeed']) / model_rate:.3f} "

@@ -9,7 +9,7 @@ only to tokens of its own cell. The backends compute the same function and diffe
 - ``flash``: flash-attn 2 ``flash_attn_varlen_qkvpacked_func`` on the packed tokens (CUDA,
   fp16/bf16), for installations that have the ``flash-attn`` package.
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` once per cell, on 4-D
-  ``[1, H, L, D]`` slices of the pack (4-D without a mask is what reaches PyTorch's fused CPU
+  ``[1, H, L, D]`` views of the pack (4-D without a mask is what reaches PyTorch's fused CPU
   kernel). Work is ``sum(L_i^2)``: on CPU this beats a padded ``[B, H, L_max, D]`` call with a
   key-padding mask (``B * L_max^2``) and, by far, one call with a block-diagonal mask over the
   whole pack (``T^2``); ``benchmarks/model.py`` measures all three.
@@ -82,11 +82,17 @@ def math_attention(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0
 
 
 def sdpa_attention(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0) -> torch.Tensor:
-    """PyTorch SDPA once per cell on head-major slices of the pack (module docstring says why)."""
-    heads_major = qkv.permute(1, 2, 0, 3).contiguous().unsqueeze(2)  # [3, H, 1, T, D]
-    outputs = [F.scaled_dot_product_attention(*cell.transpose(1, 2).unbind(0), dropout_p=dropout_p)
-               for cell in heads_major.split(cells.split_sizes, dim=3)]  # each [1, H, L, D]
-    return torch.cat(outputs, dim=2)[0].transpose(0, 1)
+    """PyTorch SDPA once per cell (module docstring says why) on strided views of the pack.
+
+    ``[1, H, L, D]`` views straight into ``qkv`` (no head-major copy of the pack: the fused
+    kernel reads strides), and its output, laid out ``[1, L, H, D]``, concatenates into a
+    contiguous ``[T, H, D]``, so the output projection needs no copy either.
+    """
+    outputs = []
+    for cell in qkv.split(cells.split_sizes):
+        q, k, v = (t.unsqueeze(0).transpose(1, 2) for t in cell.unbind(1))  # each [1, H, L, D]
+        outputs.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)[0].transpose(0, 1))
+    return torch.cat(outputs)
 
 
 @functools.cache
