@@ -38,4 +38,5 @@ LOSS = "loss"
 GENE_LOSS = "gene_loss"
 VALUE_LOSS = "value_loss"
 EXPRESSION_LOSS = "expression_loss"  # the cell-level objective (reconstruction + KL), weighted into LOSS
-LOSS_NAMES = (LOSS, GENE_LOSS, VALUE_LOSS, EXPRESSION_LOSS)
+ADVERSARY_LOSS = "adversary_loss"  # the condition adversary's cross-entropy (its gradient is reversed)
+LOSS_NAMES = (LOSS, GENE_LOSS, VALUE_LOSS, EXPRESSION_LOSS, ADVERSARY_LOSS)

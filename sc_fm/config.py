@@ -159,10 +159,24 @@ class ModelConfig:
     cell_loss_weight: float = 1.0
     cell_latent: int = 32  # dimensions of the cell embedding (the decoder's bottleneck)
     cell_kl_weight: float = 1.0  # 1: scVI's ELBO; 0: a plain autoencoder bottleneck
+    # a batch adversary on the cell embedding (model/adversary.py): each condition key predicted
+    # from the bottleneck through gradient reversal; 0: off (needs the cell objective to be on)
+    cell_adversary_weight: float = 0.0
     token_loss_weight: float = 1.0  # weight of the masked gene and value losses
     activation_checkpointing: bool = False
     tie_embeddings: bool = True
     init_std: float = 0.02  # weights ~ N(0, init_std); residual outputs scaled by 1/sqrt(2 n_layers)
+    # the gene table's start: "coexpression" (each gene's loadings on the top d_model principal
+    # axes of the training cells, data/coexpression.py; a fresh pretraining only) or "normal"
+    gene_init: Literal["coexpression", "normal"] = "coexpression"
+    gene_init_cells: int = 20000  # cells sampled (in blocks) for the co-expression axes
+
+    def __post_init__(self) -> None:
+        require([(min(self.cell_loss_weight, self.cell_kl_weight, self.cell_adversary_weight,
+                      self.token_loss_weight) >= 0,
+                  "model.cell_loss_weight, cell_kl_weight, cell_adversary_weight and token_loss_weight "
+                  "must be >= 0"),
+                 (self.gene_init_cells >= 2, "model.gene_init_cells must be at least 2")])
 
 
 @dataclass

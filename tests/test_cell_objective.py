@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import scipy.stats
 import torch
 
-from sc_fm.batch import EXPRESSION_COUNTS, EXPRESSION_GENES, EXPRESSION_LOSS, EXPRESSION_OFFSETS
+from sc_fm.batch import (ADVERSARY_LOSS, EXPRESSION_COUNTS, EXPRESSION_GENES, EXPRESSION_LOSS, EXPRESSION_OFFSETS,
+                         LOSS)
 from sc_fm.config import ModelConfig, TokenizerConfig
-from sc_fm.errors import InputDataError
+from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.model import MaskedGeneTransformer
+from sc_fm.model.adversary import ConditionAdversary
 from sc_fm.model.decoder import dense_counts, negative_binomial_log_prob
 from sc_fm.tokenize import CellTokenizer
 from sc_fm.vocab import N_SPECIAL
@@ -106,3 +110,44 @@ def test_grown_conditions_start_as_unknown_in_the_decoder(tokenizer):
     after = model.decoder.offsets[0].weight
     assert after.shape[0] == sizes[0] and torch.equal(after[: before.shape[0]], before)
     assert torch.equal(after[-1], before[0]) and model.init_args["condition_sizes"] == sizes
+
+
+def test_adversary_gradient_is_reversed_for_the_encoder_and_unknown_conditions_are_not_counted():
+    torch.manual_seed(0)
+    adversary = ConditionAdversary(4, [3])
+    embedding = torch.randn(6, 4, requires_grad=True)
+    ids = torch.tensor([[1], [2], [0], [1], [0], [2]])
+    loss = adversary.loss(embedding, ids)
+    known = ids[:, 0] > 0
+    logits = adversary.classifiers[0](embedding[known])
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits, ids[known, 0]))
+    loss.backward()
+    reversed_grad = embedding.grad.clone()
+    embedding.grad = None
+    torch.nn.functional.cross_entropy(adversary.classifiers[0](embedding[known]), ids[known, 0]).backward()
+    assert torch.allclose(reversed_grad, -embedding.grad)  # the encoder is pushed to confuse it
+    assert torch.equal(reversed_grad[~known], torch.zeros(2, 4))
+    assert float(adversary.loss(embedding, torch.zeros(6, 1, dtype=torch.long))) == 0.0  # nothing known
+
+
+def test_adversary_joins_the_loss_grows_and_may_be_switched_on_for_adaptation(tokenizer, tiny_store):
+    torch.manual_seed(0)
+    plain = MaskedGeneTransformer(SMALL, **tokenizer.model_inputs)
+    weighted = dataclasses.replace(SMALL, cell_adversary_weight=0.5)
+    model = MaskedGeneTransformer(weighted, **tokenizer.model_inputs)
+    model.start_from(plain)  # every weight but the adversary's comes from the start
+    assert torch.equal(model.decoder.rates.weight, plain.decoder.rates.weight)
+    batch, _ = _batch(tokenizer, tiny_store)
+    with torch.no_grad():  # eval: the decoder reads the latent mean, no sampling draws
+        out, base = model.eval()(batch), plain.eval()(batch)
+    assert plain.adversary is None and float(base[ADVERSARY_LOSS]) == 0.0
+    assert float(out[ADVERSARY_LOSS]) > 0
+    torch.testing.assert_close(out[LOSS], base[LOSS] + 0.5 * out[ADVERSARY_LOSS])
+    sizes = [s + 2 for s in tokenizer.model_inputs["condition_sizes"]]
+    before = model.adversary.classifiers[0][-1].weight.clone()
+    model.grow_conditions(sizes)
+    after = model.adversary.classifiers[0][-1].weight
+    assert after.shape[0] == sizes[0] and torch.equal(after[: before.shape[0]], before)
+    other = MaskedGeneTransformer(dataclasses.replace(SMALL, d_model=64), **tokenizer.model_inputs)
+    with pytest.raises(ConfigError, match="do not fit"):
+        model.start_from(other)

@@ -37,7 +37,7 @@ def test_plain_engine_reproduces_reference_losses(tiny_store, tmp_path, monkeypa
         "train.global_batch_cells=32", "train.micro_batch_cells=16", "train.warmup_steps=2",
         "train.lr=3e-3", "tracking.enabled=false", "train.engine=plain", "train.max_steps=6",
         "train.seed=3", "model.cell_objective=none", "model.encoder_conditions=true", "model.pooling=cls",
-        "model.positional=null", "tokenizer.downsample_prob=0"])
+        "model.positional=null", "model.gene_init=normal", "tokenizer.downsample_prob=0"])
     pretrain(cfg, tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
     got = {r["step"]: (r["loss"], r["gene_loss"], r["value_loss"]) for r in records}

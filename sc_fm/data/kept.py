@@ -51,23 +51,23 @@ def kept_cells(stores: Sequence[CorpusStore], config: DataConfig, group: str | N
                 if not keep.any():
                     continue
                 for column in found:
-                    found[column].update(_values(store, k, column, start, stop)[keep])
+                    found[column].update(column_values(store, k, column, start, stop)[keep])
                 indptr, indices, data = store.read_rows(k, start, stop)
                 rows = np.flatnonzero(keep)
-                sub_indptr, sub_indices, sub_data = _take_rows(indptr, indices, data, rows)
+                sub_indptr, sub_indices, sub_data = take_rows(indptr, indices, data, rows)
                 everything.update(sub_indptr, sub_indices, sub_data)
                 if group is None:
                     continue
-                values = _values(store, k, group, start, stop)[keep]
+                values = column_values(store, k, group, start, stop)[keep]
                 for value in np.unique(values.astype(str)):
                     picked = np.flatnonzero(values.astype(str) == value)
                     acc = by_value.setdefault(value, GeneStatsAccumulator(n_genes))
-                    acc.update(*_take_rows(sub_indptr, sub_indices, sub_data, picked))
+                    acc.update(*take_rows(sub_indptr, sub_indices, sub_data, picked))
     categories = {column: sorted(v for v in values if v is not None) for column, values in found.items()}
     return KeptCells(everything.finish(), {v: acc.finish() for v, acc in sorted(by_value.items())}, categories)
 
 
-def _values(store: CorpusStore, k: int, column: str, start: int, stop: int) -> np.ndarray:
+def column_values(store: CorpusStore, k: int, column: str, start: int, stop: int) -> np.ndarray:
     """Category strings of ``column`` over rows ``[start, stop)`` of shard ``k`` (None: missing)."""
     found = store.shard_obs(k, column, start, stop)
     if found is None:
@@ -76,7 +76,7 @@ def _values(store: CorpusStore, k: int, column: str, start: int, stop: int) -> n
     return np.asarray(list(categories) + [None], dtype=object)[codes]
 
 
-def _take_rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
+def take_rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
                rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The CSR rows ``rows`` of a block, as their own CSR arrays."""
     n_cols = int(indices.max(initial=-1)) + 1

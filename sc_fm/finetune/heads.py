@@ -10,21 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-class _ReverseGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return -ctx.scale * grad, None
-
-
-def reverse_gradient(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Identity forward; gradient multiplied by ``-scale`` backward."""
-    return _ReverseGradient.apply(x, scale)
+from sc_fm.model.adversary import reverse_gradient
 
 
 class Standardize(nn.Module):

@@ -59,6 +59,12 @@ class TokenEmbedding(nn.Module):
                       else ContinuousValueEmbedding(d_model))
         self.positional = positional
 
+    @torch.no_grad()
+    def set_gene_rows(self, first: int, weights: torch.Tensor) -> None:
+        """Rows ``first..first+len(weights)`` of the gene table (a data-derived start); the rows
+        before them (special tokens) keep their own."""
+        self.gene.weight[first:first + len(weights)] = weights.to(self.gene.weight)
+
     def forward(self, gene_ids: torch.Tensor, values: torch.Tensor,
                 positions: torch.Tensor) -> torch.Tensor:
         x = self.gene(gene_ids) + self.value(values)

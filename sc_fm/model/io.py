@@ -23,8 +23,9 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 INIT_ARGS = ("n_tokens", "value_encoding", "n_bins", "condition_sizes")
-# What a directory saved before the cell-level objective means by the keys it lacks.
-LEGACY_MODEL_KEYS = {"pooling": "cls", "encoder_conditions": True, "cell_objective": "none"}
+# What a directory saved before the cell-level objective (and its adversary) means by the keys it lacks.
+LEGACY_MODEL_KEYS = {"pooling": "cls", "encoder_conditions": True, "cell_objective": "none",
+                     "cell_adversary_weight": 0.0}
 
 
 def required_file(directory: Path, name: str) -> Path:

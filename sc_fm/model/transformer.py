@@ -17,10 +17,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sc_fm.batch import (EXPRESSION_COUNTS, EXPRESSION_GENES, EXPRESSION_KEYS, EXPRESSION_LOSS, EXPRESSION_OFFSETS,
+from sc_fm.batch import (ADVERSARY_LOSS, EXPRESSION_COUNTS, EXPRESSION_GENES, EXPRESSION_KEYS, EXPRESSION_LOSS, EXPRESSION_OFFSETS,
                          GENE_LOSS, INPUT_KEYS, LOSS, TARGET_KEYS, VALUE_LOSS)
 from sc_fm.config import ModelConfig, resolve_model
 from sc_fm.errors import ConfigError, InputDataError
+from sc_fm.model.adversary import ConditionAdversary
 from sc_fm.model.attention import PackedCells
 from sc_fm.model.blocks import Block, make_norm
 from sc_fm.model.conditions import ConditionEmbedding, ConditionedPack, prepend_conditions
@@ -68,6 +69,8 @@ class MaskedGeneTransformer(nn.Module):
         self.decoder = (None if config.cell_objective == "none" else
                         ExpressionDecoder(d, n_tokens, list(condition_sizes), config.cell_objective,
                                           config.cell_latent))
+        self.adversary = (ConditionAdversary(config.cell_latent, list(condition_sizes))
+                          if self.decoder is not None and config.cell_adversary_weight > 0 else None)
         self._init_weights()
         if self.decoder is not None:
             self.decoder.reset_parameters()
@@ -141,15 +144,19 @@ class MaskedGeneTransformer(nn.Module):
         value_loss = self.value_head.loss(hidden, batch["target_values"])
         pooled = pool_cells(hidden, cells.cu_seqlens, cells.cell_of_token, self.config.pooling)
         loss = self.config.token_loss_weight * (gene_loss + value_loss)
-        expression_loss = gene_loss.new_zeros(())
+        expression_loss = adversary_loss = gene_loss.new_zeros(())
+        embedding = self._cell_embedding(pooled)
         if self.decoder is not None:
             _require(batch, EXPRESSION_KEYS)
             counts = dense_counts(batch[EXPRESSION_OFFSETS], batch[EXPRESSION_GENES], batch[EXPRESSION_COUNTS],
                                   self.init_args["n_tokens"])
             expression_loss = self.decoder.loss(pooled, batch["condition_ids"], counts, self.config.cell_kl_weight)
             loss = loss + self.config.cell_loss_weight * expression_loss
+        if self.adversary is not None:
+            adversary_loss = self.adversary.loss(embedding, batch["condition_ids"])
+            loss = loss + self.config.cell_adversary_weight * adversary_loss
         return {LOSS: loss, GENE_LOSS: gene_loss, VALUE_LOSS: value_loss, EXPRESSION_LOSS: expression_loss,
-                "cell_embedding": self._cell_embedding(pooled)}
+                ADVERSARY_LOSS: adversary_loss, "cell_embedding": embedding}
 
     def grow_conditions(self, condition_sizes: list[int]) -> None:
         """More categories per condition key (new batches of an adaptation); known rows keep."""
@@ -157,7 +164,22 @@ class MaskedGeneTransformer(nn.Module):
             self.conditions.grow(list(condition_sizes))
         if self.decoder is not None:
             self.decoder.grow(list(condition_sizes))
+        if self.adversary is not None:
+            self.adversary.grow(list(condition_sizes))
         self.init_args["condition_sizes"] = list(condition_sizes)
+
+    def start_from(self, other: "MaskedGeneTransformer") -> None:
+        """Take ``other``'s weights (adaptation). A condition adversary on one side only is allowed:
+        switched on for the adaptation, it keeps this model's seeded initialisation."""
+        try:
+            missing, unexpected = self.load_state_dict(other.state_dict(), strict=False)
+        except RuntimeError as err:  # a shape differs
+            raise ConfigError(f"the starting model's weights do not fit this model ({str(err)[:200]})",
+                              "model config", "adapt with the checkpoint's own model settings") from err
+        stray = [key for key in (*missing, *unexpected) if not key.startswith("adversary.")]
+        if stray:
+            raise ConfigError(f"the starting model's weights do not fit this model ({', '.join(stray[:3])})",
+                              "model config", "adapt with the checkpoint's own model settings")
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Weights and config, for ``from_pretrained`` (``sc_fm.Pretrained`` adds the tokenizer)."""

@@ -179,6 +179,11 @@ class CellTokenizer:
         normalisers = {GLOBAL_GROUP: self.normalisers[GLOBAL_GROUP], self.config.stats_group: by_value}
         return CellTokenizer(self.config, self.vocab, normalisers, self.condition_vocabs)
 
+    def normalised_values(self, indptr, indices, data, group_values=None) -> np.ndarray:
+        """log1p of each nonzero's depth- and median-normalised count: what the rank scheme's
+        values are and the bins are cut from (one float64 per nonzero)."""
+        return np.log1p(self._scores(indptr, indices, data, self._table_rows(group_values, len(indptr) - 1)))
+
     def adapted_to(self, stores: Sequence[CorpusStore]) -> "CellTokenizer":
         """The tokenizer for new cells that will train further (adaptation): normalisers from
         their stores, condition categories extended by theirs. New categories are appended, so

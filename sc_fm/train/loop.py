@@ -20,6 +20,7 @@ import torch.distributed as dist
 from sc_fm.batch import LOSS_NAMES
 from sc_fm.config import RunConfig, save_config, to_dict
 from sc_fm.data import kept_cells
+from sc_fm.data.coexpression import coexpression_loadings, kept_normalised_rows
 from sc_fm.errors import ConfigError
 from sc_fm.pretrained import Pretrained
 from sc_fm.store import CorpusStore
@@ -37,6 +38,7 @@ from sc_fm.train.flops import StepFlops, peak_flops
 from sc_fm.train.progress import ProgressBar, Throughput
 from sc_fm.train.rng import capture_rng, restore_rng, seed_everything
 from sc_fm.train.threads import available_cores, budget_cpu_threads
+from sc_fm.vocab import N_SPECIAL
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
@@ -110,6 +112,8 @@ class Trainer:
         self.model = MaskedGeneTransformer(cfg.model, **self.tokenizer.model_inputs)
         if initial is not None:
             self.model.start_from(initial.model)
+        elif latest is None and cfg.model.gene_init == "coexpression":
+            self._coexpression_start(stores)
         self.n_parameters = count_parameters(self.model)
         seed_everything(cfg.train.seed + 1 + self.env.rank)  # per-rank dropout draws
         self.engine: TrainEngine = (
@@ -132,6 +136,16 @@ class Trainer:
         group = t.stats_group if is_group_normalised(t.stats_group) else None
         kept = kept_cells(stores, self.cfg.data, group, t.condition_keys)
         return CellTokenizer.from_stores(t, stores, kept)
+
+    def _coexpression_start(self, stores: list[CorpusStore]) -> None:
+        """Gene embeddings from the training cells' principal axes (``sc_fm/data/coexpression.py``);
+        every rank computes the same table from the same sample."""
+        m, t = self.cfg.model, self.tokenizer
+        group = t.config.stats_group if t.normalises_by_group else None
+        rows = kept_normalised_rows(stores, self.cfg.data, t.normalised_values, group, m.gene_init_cells,
+                                    self.cfg.train.seed)
+        loadings = coexpression_loadings(rows, m.d_model, m.init_std, self.cfg.train.seed)
+        self.model.embedding.set_gene_rows(N_SPECIAL, torch.from_numpy(loadings))
 
     # ----------------------------------------------------------------------------------- run
     def run(self) -> Path:

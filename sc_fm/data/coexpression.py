@@ -1,0 +1,82 @@
+"""Gene embeddings initialised from the corpus's co-expression: its principal axes.
+
+A randomly initialised gene table knows nothing, and a few hundred CPU steps teach it little:
+the pooled embedding of a new cell then is a random projection of which genes it expresses,
+which mixes the few genes that tell cell states apart with the many that do not (the untrained
+control). The corpus already says which genes vary together. Its cells, normalised exactly as
+the tokenizer normalises them (depth, then the per-group gene medians, then log1p), form a
+cells x genes matrix whose principal axes are the programs that vary most across the corpus;
+each gene's loadings on the top ``d_model`` axes become its starting embedding. Mean pooling
+over a cell's context genes then starts as the cell's projection onto those programs (PCA of
+the corpus, applied to the cell), and training refines it from there.
+
+Only the training cells count: ``data.include``/``data.exclude`` hold cells out here too, so an
+evaluation set inside a store never shapes the start. Large corpora are sampled in blocks of
+cells (``max_cells``), which bounds memory and time; the axes of a random sample of 20k cells
+are those of the corpus to within the sampling noise of its small components.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from sc_fm.config import DataConfig
+from sc_fm.data.filters import CellFilter
+from sc_fm.data.kept import READ_CELLS, column_values, take_rows
+from sc_fm.errors import ConfigError
+from sc_fm.store import CorpusStore
+
+# (indptr, indices, data, each row's normaliser group value or None) -> one value per nonzero
+Normalise = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
+
+
+def sample_blocks(stores: Sequence[CorpusStore], max_cells: int, seed: int) -> list[tuple[int, int, int]]:
+    """``(store, shard, start)`` of the blocks to read: all of them, or a random subset holding
+    about ``max_cells`` cells."""
+    blocks = [(s, k, start) for s, store in enumerate(stores) for k, info in enumerate(store.shards)
+              for start in range(0, info.n_cells, READ_CELLS)]
+    total = sum(store.n_cells for store in stores)
+    if total <= max_cells:
+        return blocks
+    keep = max(1, int(round(len(blocks) * max_cells / total)))
+    picked = np.random.default_rng(seed).choice(len(blocks), size=keep, replace=False)
+    return [blocks[i] for i in sorted(picked)]
+
+
+def kept_normalised_rows(stores: Sequence[CorpusStore], config: DataConfig, normalise: Normalise,
+                         group: str | None, max_cells: int, seed: int) -> sp.csr_matrix:
+    """The training cells (or a block sample of them) as normalised values, cells x genes."""
+    cell_filter = CellFilter(config.include, config.exclude)
+    if cell_filter.active:
+        cell_filter.check(stores)
+    parts = []
+    for s, k, start in sample_blocks(stores, max_cells, seed):
+        store = stores[s]
+        stop = min(start + READ_CELLS, store.shards[k].n_cells)
+        indptr, indices, data = store.read_rows(k, start, stop)
+        groups = None if group is None else column_values(store, k, group, start, stop)
+        if cell_filter.active:
+            keep = np.flatnonzero(cell_filter.keep(store, k, start, stop))
+            indptr, indices, data = take_rows(indptr, indices, data, keep)
+            groups = None if groups is None else groups[keep]
+        values = normalise(indptr, indices, data, groups)
+        parts.append(sp.csr_matrix((values, indices, indptr), shape=(len(indptr) - 1, store.n_genes)))
+    return sp.vstack(parts, format="csr")
+
+
+def coexpression_loadings(rows: sp.csr_matrix, dim: int, scale: float, seed: int) -> np.ndarray:
+    """``[genes, dim]``: each gene's loadings on the top ``dim`` principal axes of ``rows``
+    (centred implicitly, so a sparse matrix stays sparse), scaled to standard deviation ``scale``."""
+    from sklearn.decomposition import PCA
+
+    n_components = min(dim, min(rows.shape) - 1)
+    if n_components < 1:
+        raise ConfigError(f"{rows.shape[0]} training cells are too few for co-expression axes",
+                          "model.gene_init", "use model.gene_init=normal, or train on more cells")
+    pca = PCA(n_components, svd_solver="arpack", random_state=seed).fit(rows.astype(np.float64))
+    loadings = np.zeros((rows.shape[1], dim))
+    loadings[:, :n_components] = pca.components_.T * np.sqrt(pca.explained_variance_)
+    return (loadings * (scale / max(loadings.std(), 1e-12))).astype(np.float32)
