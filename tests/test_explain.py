@@ -120,6 +120,18 @@ def test_gene_table_means_and_top_k_fractions_exactly():
     assert overlap_at_k(["g0", "g1", "g3"], ["g3", "g0", "g9"], 2) == 0.5
 
 
+def test_a_group_of_one_cell_has_no_marker_test_and_no_rows():
+    from sc_fm.explain.markers import compare_with_markers, de_scores
+
+    counts = sp.csr_matrix(np.random.default_rng(0).poisson(2, (9, 30)))
+    ids = [f"g{i}" for i in range(30)]
+    de = de_scores(counts, np.array([0, 0, 0, 0, 1, 1, 1, 1, 2]), ["a", "b", "c"], ids, "wilcoxon")
+    assert sorted(de["group"].unique()) == ["a", "b"] and len(de) == 60
+    genes = pd.DataFrame({"group": ["a"] * 5 + ["c"] * 5, "gene_id": ids[:5] * 2,
+                          "mean_attribution": np.arange(10.0)})
+    assert compare_with_markers(genes, de, [2], 5, 0)["group"].tolist() == ["a"]
+
+
 def test_perturbation_edits_delete_or_raise_one_token(tiny_checkpoint):
     tokenizer = Pretrained.load(tiny_checkpoint).tokenizer
     # two cells: <cls> then genes (token ids 10, 11, 12) and (13, 11); values as the rank scheme gives

@@ -13,7 +13,8 @@ MARKER_COLUMNS = ["group", "k", "overlap", "random_overlap", "random_sd", "spear
 def de_scores(counts: sp.csr_matrix, codes: np.ndarray, group_names: list[str], gene_ids: list[str],
               method: str) -> pd.DataFrame:
     """``rank_genes_groups`` (one group against the rest) on depth-normalised log counts:
-    columns ``group``, ``gene_id``, ``score``, genes expressed in the cells only."""
+    columns ``group``, ``gene_id``, ``score``, genes expressed in the cells only; a group of one
+    cell has no test and no rows."""
     import anndata
     import scanpy as sc
 
@@ -23,7 +24,10 @@ def de_scores(counts: sp.csr_matrix, codes: np.ndarray, group_names: list[str], 
                             var=pd.DataFrame(index=[gene_ids[i] for i in expressed]))
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
-    sc.tl.rank_genes_groups(adata, "group", method=method, n_genes=adata.n_vars, use_raw=False)
+    sizes = np.bincount(codes, minlength=len(group_names))
+    testable = [name for name, size in zip(group_names, sizes) if size >= 2]  # a test needs 2 cells
+    sc.tl.rank_genes_groups(adata, "group", groups=testable, method=method, n_genes=adata.n_vars,
+                            use_raw=False)
     table = sc.get.rank_genes_groups_df(adata, group=None)
     table = table.rename(columns={"names": "gene_id", "scores": "score"})
     return table[["group", "gene_id", "score"]].astype({"group": str})
@@ -56,6 +60,8 @@ def compare_with_markers(genes: pd.DataFrame, de: pd.DataFrame, ks: list[int], d
     for group, part in genes.groupby("group", sort=False):
         ranked = part["gene_id"].tolist()
         reference = de[de["group"] == group].sort_values("score", ascending=False, kind="stable")
+        if reference.empty:
+            continue
         scores = reference.set_index("gene_id")["score"].reindex(ranked)
         known = scores.notna().to_numpy()
         rho = (spearmanr(part["mean_attribution"].to_numpy()[known], scores.to_numpy()[known]).statistic
