@@ -194,7 +194,8 @@ def test_two_process_deepspeed_zero2_run_from_s3_and_resume(tiny_store, bucket, 
 
     shutil.rmtree(run_dir / "checkpoints" / "step_24")  # as if stopped after step 12's checkpoint
     shutil.rmtree(run_dir / FINAL_DIR)
-    result = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    result = subprocess.run([*cmd, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]
     assert losses(run_dir) == pytest.approx(curve, rel=1e-6, abs=1e-7)  # steps 13-24 again, from S3
     info = json.loads((run_dir / FINAL_DIR / TRACKING_FILE).read_text())
