@@ -87,7 +87,8 @@ def explain(pretrained: Checkpoint, adata, groupby: str, config: ExplainConfig |
     codes, names = group_codes(adata, groupby, where)
     mapping = pretrained.gene_mapping(adata, config.min_gene_overlap, where)
     vocab, model, tokenizer = pretrained.vocab, pretrained.model, pretrained.tokenizer
-    perturbed = resolve_genes(config.perturb, vocab, "explain.perturb (--perturb)") if config.perturb else []
+    symbols = display_symbols(vocab)
+    perturbed = resolve_genes(config.perturb, vocab, symbols, "explain.perturb (--perturb)")
     cells = pretrained.input_cells(adata, config.batch_key, mapping, where=where)
     chosen = sample_cells(codes, config.max_cells_per_group, config.seed)
     codes = codes[chosen]
@@ -97,7 +98,6 @@ def explain(pretrained: Checkpoint, adata, groupby: str, config: ExplainConfig |
     directions = group_directions(embeddings, codes, len(names))
     attributions = attribute_cells(model, tokenizer, tokens, directions[codes], config.steps,
                                    config.batch_cells, config.baseline, progress)
-    symbols = display_symbols(vocab)
     genes = gene_table(attributions, codes, names, vocab.gene_ids, symbols, config.top_k)
     de = de_scores(counts, codes, names, vocab.gene_ids, config.de_method)
     markers = compare_with_markers(genes, de, config.marker_ks, config.random_draws, config.seed)

@@ -24,9 +24,12 @@ PERTURB_COLUMNS = ["gene_id", "symbol", "mode", "group", "n_cells", "cosine_shif
                    "toward", "toward_change", "status"]
 
 
-def resolve_genes(names: list[str], vocab: GeneVocab, where: str) -> list[int]:
-    """Vocabulary indices of ``names`` (Ensembl IDs or symbols); unknown names are refused."""
-    index = vocab.lookup(names)
+def resolve_genes(names: list[str], vocab: GeneVocab, symbols: list[str], where: str) -> list[int]:
+    """Vocabulary indices of ``names``: Ensembl IDs or symbols, the vocabulary's own or the display
+    ``symbols`` of a vocabulary of IDs only (``display_symbols``); unknown names are refused."""
+    by_symbol = pd.Series(range(len(symbols)), index=[s.upper() for s in symbols])
+    by_symbol = by_symbol[~by_symbol.index.duplicated(keep=False)]
+    index = [i if i >= 0 else int(by_symbol.get(n.upper(), -1)) for n, i in zip(names, vocab.lookup(names))]
     unknown = [n for n, i in zip(names, index) if i < 0]
     if unknown:
         raise InputDataError(f"perturbed gene(s) {', '.join(unknown)} are not in the checkpoint's vocabulary "
