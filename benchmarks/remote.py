@@ -11,8 +11,8 @@ CPU time is not the loader's), and written once as a local TileDB-SOMA experimen
 2. ``s3_cold``: the same over ``s3://``, no chunk cache (every block downloads its chunks);
 3. ``s3_warm``: the same with ``SCFM_CHUNK_CACHE`` filled by one earlier pass (a second epoch);
 4. ``soma_ml``: ``tiledbsoma_ml.ExperimentDataset`` (its default IO batch and shuffle chunk) over
-   the SOMA experiment, each mini-batch tokenised in its worker (``spawn``, as it requires; persistent workers, so
-   they start once, not every epoch).
+   the SOMA experiment, each mini-batch tokenised in its worker (``spawn``, as it requires;
+   persistent workers, so they start once, not every epoch).
 
 The figure that counts is tokenised cells per loader-CPU-second: CPU time of the benchmark
 process and its loader workers only (the S3 server is not their child), which load from
@@ -34,7 +34,6 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
-import numpy as np
 import psutil
 import scipy.sparse as sp
 import torch
@@ -114,8 +113,9 @@ def soma_ml_batches(uri: str, tokenise: Tokenise, args) -> Iterator[dict]:
     from tiledbsoma_ml import ExperimentDataset
 
     with tiledbsoma.Experiment.open(uri) as experiment, experiment.axis_query("RNA") as query:
-        dataset = ExperimentDataset(query, layer_name="counts", obs_column_names=["soma_joinid", *OBS_COLUMNS],
-                                    batch_size=args.batch, shuffle=True, seed=0)
+        dataset = ExperimentDataset(query, layer_name="counts",
+                                    obs_column_names=["soma_joinid", *OBS_COLUMNS], batch_size=args.batch,
+                                    shuffle=True, seed=0)
     loader = torch.utils.data.DataLoader(TokenisedSoma(dataset, tokenise), batch_size=None,
                                          num_workers=args.workers, multiprocessing_context="spawn",
                                          persistent_workers=True)  # no re-spawn per epoch

@@ -12,7 +12,8 @@ One CSR-like array pair (``indices``: ~2k sorted gene positions per cell out of 
 Each layout then reads the same random loader blocks (``--block`` cells, as ``data.block_cells``)
 of both arrays. Printed: cells per CPU-second (the figure a shared machine does not distort),
 and the compressed bytes a block read needs from storage (all touched chunks for ``direct``,
-the touched inner chunks and the shard index for ``sharded``: what a remote read would fetch).
+the touched inner chunks and the shard index for ``sharded``: what a remote read would fetch;
+mean over the blocks read).
 Ends with ``result: direct_vs_sharded_N ratio=X target=1.0`` lines (ratio > 1: direct is faster).
 """
 
@@ -114,10 +115,12 @@ def main() -> None:
             for k, reader in readers.items():  # the same values either way
                 np.testing.assert_array_equal(reader(lo, hi), values[k][lo:hi])
             rates[name] = measure(name, readers, starts, args.block)
-            sizes[name] = sum(block_bytes(stored_bytes(folder / k), len(v), unit, lo, hi, index)
-                              for k, v in values.items())
-            print(f"{'':>12}  stored {sum(stored_bytes(folder / k) for k in values) / n_cells:7.0f} B/cell, "
-                  f"a {args.block}-cell block needs {sizes[name] / 1e6:.2f} MB", flush=True)
+            stored = {k: stored_bytes(folder / k) for k in values}
+            sizes[name] = np.mean([sum(block_bytes(stored[k], len(v), unit, int(a) * NNZ_PER_CELL,
+                                                   (int(a) + args.block) * NNZ_PER_CELL, index)
+                                       for k, v in values.items()) for a in starts])
+            print(f"{'':>12}  stored {sum(stored.values()) / n_cells:7.0f} B/cell, "
+                  f"a {args.block}-cell block needs {sizes[name] / 1e6:.2f} MB (mean)", flush=True)
     for name in layouts:
         if name != "direct":
             print(f"result: direct_vs_{name.replace('-', '_')} ratio={rates['direct'] / rates[name]:.2f} "

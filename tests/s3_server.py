@@ -35,7 +35,8 @@ def s3_settings(tmp_path_factory) -> dict[str, str]:
     server.start()
     nothing = tmp_path_factory.mktemp("no-aws")
     yield {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-           "AWS_CONFIG_FILE": str(nothing / "config"), "AWS_SHARED_CREDENTIALS_FILE": str(nothing / "credentials"),
+           "AWS_CONFIG_FILE": str(nothing / "config"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(nothing / "credentials"),
            "AWS_EC2_METADATA_DISABLED": "true",  # missing credentials fail at once, not after IMDS timeouts
            "SCFM_REMOTE_RETRIES": "1"}
     server.stop()

@@ -87,7 +87,8 @@ def test_pretrain_from_s3_equals_local_then_embed(tiny_atlas, tiny_store, remote
     for name, store in (("local", tiny_store), ("s3", CorpusStore(remote))):
         runs[name] = tmp_path / name
         # one loader worker: a forked process opens its own S3 client
-        pretrain(run_config(store, "train.max_steps=3", "train.engine=plain", "data.num_workers=1"), runs[name])
+        pretrain(run_config(store, "train.max_steps=3", "train.engine=plain", "data.num_workers=1"),
+                 runs[name])
     assert losses(runs["s3"]) == losses(runs["local"])
     assert remote in (runs["s3"] / "config.yaml").read_text()
     adata = tiny_atlas[:40].copy()
