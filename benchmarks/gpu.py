@@ -66,7 +66,8 @@ def report_environment(cpu: bool) -> tuple[bool, bool]:
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, CUDA build: {torch.version.cuda}, "
           f"CUDA available: {torch.cuda.is_available()}")
     if torch.cuda.is_available():
-        print(f"device: {torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)")
+        memory = torch.cuda.get_device_properties(0).total_memory / 2**30
+        print(f"device: {torch.cuda.get_device_name()} ({memory:.0f} GiB)")
     for line in required:
         print(f"MISSING (required) {line}")
     for line in optional:
@@ -99,17 +100,18 @@ def parity(device, dtype, max_len: int) -> dict[str, float]:
     reference = run("math", torch.float32)
     names = ["sdpa"]
     if device.type == "cuda":
-        names = [n for n, ok in (("varlen", _torch_varlen() is not None), ("flash", _flash_varlen() is not None))
-                 if ok] + names
-        for n, ok in (("varlen", _torch_varlen() is not None), ("flash", _flash_varlen() is not None)):
-            if not ok:
-                print(f"parity: {n} not available here "
-                      f"({'PyTorch >= 2.10 needed' if n == 'varlen' else 'flash-attn not installed'})")
+        present = {"varlen": (_torch_varlen(), "PyTorch >= 2.10 needed"),
+                   "flash": (_flash_varlen(), "flash-attn not installed")}
+        for name, (function, why) in present.items():
+            if function is None:
+                print(f"parity: {name} not available here ({why})")
+        names = [name for name, (function, _) in present.items() if function is not None] + names
     errors = {}
     for name in names:
         out, grad = run(name, dtype)
         errors[name] = max(float((out - reference[0]).abs().max()), float((grad - reference[1]).abs().max()))
-        print(f"parity: {name:<6} vs math (fp32), {sum(lengths)} packed tokens in {len(lengths)} cells, {dtype}: "
+        print(f"parity: {name:<6} vs math (fp32), {sum(lengths)} packed tokens in {len(lengths)} cells, "
+              f"{dtype}: "
               f"max abs error {errors[name]:.2e} (output and q/k/v gradients)")
     return errors
 
@@ -119,7 +121,8 @@ def synthetic_batch(n_cells: int, max_len: int, n_tokens: int, n_conditions: int
     genes distinct within a cell, 15% masked, counts for the cell-level objective."""
     import torch
 
-    from sc_fm.batch import EXPRESSION_COUNTS, EXPRESSION_GENES, EXPRESSION_OFFSETS, HIDDEN_VALUE, IGNORE_INDEX
+    from sc_fm.batch import (EXPRESSION_COUNTS, EXPRESSION_GENES, EXPRESSION_OFFSETS, HIDDEN_VALUE,
+                             IGNORE_INDEX)
     from sc_fm.vocab import CLS_ID, MASK_ID, N_SPECIAL
 
     g = torch.Generator().manual_seed(seed)
@@ -133,7 +136,8 @@ def synthetic_batch(n_cells: int, max_len: int, n_tokens: int, n_conditions: int
     labels = torch.where(masked, gene_ids, IGNORE_INDEX)
     targets = torch.where(masked, values, float(IGNORE_INDEX))
     cu = torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0).to(torch.int32)])
-    batch = {"gene_ids": torch.where(masked, MASK_ID, gene_ids), "values": torch.where(masked, HIDDEN_VALUE, values),
+    batch = {"gene_ids": torch.where(masked, MASK_ID, gene_ids),
+             "values": torch.where(masked, HIDDEN_VALUE, values),
              "cu_seqlens": cu, "max_seqlen": int(lengths.max()),
              "condition_ids": torch.randint(1, 3, (n_cells, n_conditions), generator=g),
              "labels": labels, "target_values": targets, "cell_index": torch.arange(n_cells),
@@ -222,19 +226,22 @@ def train(size: str, steps: int, cells: int, max_len: int, device, checkpointing
     engine_name = "DeepSpeed ZeRO-2" if use_deepspeed else "plain PyTorch (DeepSpeed missing)"
     mfu = flops / seconds / peak if peak else float("nan")
     print(f"train {label}: {engine_name}, {precision}, {steps} steps of {cells} cells "
-          f"({tokens // steps:,} tokens/step): {tokens / seconds:,.0f} tokens/s, {cells * steps / seconds:,.1f} cells/s, "
+          f"({tokens // steps:,} tokens/step): {tokens / seconds:,.0f} tokens/s, "
+          f"{cells * steps / seconds:,.1f} cells/s, "
           f"{seconds / steps * 1e3:,.1f} ms/step, peak memory {memory / 2**30:.2f} GiB, "
-          f"MFU {mfu:.3f} ({flops / seconds / 1e12:.2f} TFLOP/s of {'?' if not peak else f'{peak / 1e12:.1f}'}), "
+          f"MFU {mfu:.3f} ({flops / seconds / 1e9:,.1f} GFLOP/s of {f'{peak / 1e9:,.0f}' if peak else '?'}), "
           f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     total = sum(parts.values()) or 1.0
-    print("  step time (2 profiled steps): " + ", ".join(f"{name} {100 * s / total:.0f}%" for name, s in parts.items()))
+    shares = ", ".join(f"{name} {100 * s / total:.0f}%" for name, s in parts.items())
+    print(f"  step time (2 profiled steps): {shares}")
     if not all(torch.isfinite(torch.tensor(losses))):
         raise SystemExit(f"train {label}: non-finite loss {losses}")
     return {"mfu": mfu, "tokens_per_s": tokens / seconds}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="the same code path on the CPU (tiny, fp32, SDPA)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 30; --cpu 3)")
     parser.add_argument("--cells", type=int, default=None, help="cells per step (default 64; --cpu 4)")
@@ -257,12 +264,13 @@ def main() -> int:
     began = time.perf_counter()
     errors = parity(device, torch.bfloat16 if device.type == "cuda" else torch.float32, max_len)
     failed = [name for name, error in errors.items() if error > PARITY_TOLERANCE[device.type]]
-    runs = {checkpointing: train(size, steps, cells, max_len, device, checkpointing, has_deepspeed, args.compile)
-            for checkpointing in (False, True)}
+    runs = {checkpointing: train(size, steps, cells, max_len, device, checkpointing, has_deepspeed,
+                                 args.compile) for checkpointing in (False, True)}
     print(f"gpu check finished in {time.perf_counter() - began:.0f} s on {device.type}")
     tolerance = PARITY_TOLERANCE[device.type]
     for name, error in errors.items():
-        print(f"result: attention_{name}_parity_{device.type} ratio={tolerance / max(error, 1e-12):.1f} target=1.0")
+        ratio = tolerance / max(error, 1e-12)
+        print(f"result: attention_{name}_parity_{device.type} ratio={ratio:.1f} target=1.0")
     print(f"result: mfu_{size}_{device.type} ratio={runs[False]['mfu']:.3f} target={MFU_TARGET}")
     print(f"result: mfu_{size}_checkpointed_{device.type} ratio={runs[True]['mfu']:.3f} "
           f"target={CHECKPOINTED_MFU_TARGET}")

@@ -131,11 +131,11 @@ def mfu(size: str, bench: ModelOnly, rounds: int, threads: int) -> float:
     torch.set_num_threads(threads)
     peak = measure_cpu_peak()
     torch.set_num_threads(previous)
-    value = statistics.median(bench.flops / t / peak for t in times)
+    values = [bench.flops / t / peak for t in times]
+    value = statistics.median(values)
     print(f"{size}: {bench.flops / statistics.median(times) / 1e9:,.1f} GFLOP/s model-only at {threads} "
           f"thread(s), measured peak {peak / 1e9:,.1f} GFLOP/s (fp32 matmul): MFU {value:.3f} "
-          f"(spread {min(bench.flops / t / peak for t in times):.3f}-{max(bench.flops / t / peak for t in times):.3f})",
-          flush=True)
+          f"(spread {min(values):.3f}-{max(values):.3f})", flush=True)
     return value
 
 
@@ -145,7 +145,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="tiny model end to end, 2,000 cells, 12 steps x 3 rounds (a few minutes)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 40, quick 12)")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds of every method (default 5, quick 3)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds of every method (default 5, quick 3)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
     args = parser.parse_args()
     steps = args.steps or (12 if args.quick else 40)
@@ -163,7 +164,8 @@ def main() -> None:
         base = [f"data.stores=[{store}]", f"train.max_steps={steps + WARMUP_STEPS}", "data.num_workers=1",
                 f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}"]
         cfg_of = {size: load_config(CONFIGS_DIR / "runs" / "tiny.yaml",
-                                    [*base, f"model.size={size}", *SIZE_OVERRIDES[size]]) for size in MFU_TARGETS}
+                                    [*base, f"model.size={size}", *SIZE_OVERRIDES[size]])
+                  for size in MFU_TARGETS}
         cfg = cfg_of[run]
         budget = step_threads(cfg.data.num_workers)
         threads = sorted({budget, available_cores()})
@@ -179,16 +181,15 @@ def main() -> None:
             for n in threads:
                 model_by_threads[n].append(bench.tokens / bench.seconds(n))
             for engine in ("deepspeed", "plain"):
-                run_cfg = load_config(CONFIGS_DIR / "runs" / "tiny.yaml",
-                                      [*base, f"model.size={run}", *SIZE_OVERRIDES[run], f"train.engine={engine}"])
+                overrides = [*base, f"model.size={run}", *SIZE_OVERRIDES[run], f"train.engine={engine}"]
+                run_cfg = load_config(CONFIGS_DIR / "runs" / "tiny.yaml", overrides)
                 rate, steady = end_to_end(run_cfg, workdir / "runs" / f"{engine}_{r}")
                 rates[engine].append(rate)
                 if engine == "deepspeed":
                     steadiness.append(steady)
-            print(f"round {r + 1}: model-only " + ", ".join(f"{model_by_threads[n][-1]:,.0f} ({n} thr)"
-                                                           for n in threads)
-                  + f"; deepspeed {rates['deepspeed'][-1]:,.0f}; plain {rates['plain'][-1]:,.0f} tokens/s",
-                  flush=True)
+            models = ", ".join(f"{model_by_threads[n][-1]:,.0f} ({n} thr)" for n in threads)
+            print(f"round {r + 1}: model-only {models}; deepspeed {rates['deepspeed'][-1]:,.0f}; "
+                  f"plain {rates['plain'][-1]:,.0f} tokens/s", flush=True)
         best_threads = max(threads, key=lambda n: statistics.median(model_by_threads[n]))
         rates["model"] = model_by_threads[best_threads]
         for n in threads:
@@ -204,10 +205,9 @@ def main() -> None:
             mfus[size] = mfu(size, size_bench, rounds, budget)
 
     model_rate = statistics.median(rates["model"])
-    print(f"result: train_vs_model_tokens_per_s ratio={statistics.median(rates['deepspeed']) / model_rate:.3f} "
-          f"target={TARGET}")
-    print(f"result: train_plain_vs_model_tokens_per_s ratio={statistics.median(rates['plain']) / model_rate:.3f} "
-          f"target={TARGET}")
+    for name, engine in (("train", "deepspeed"), ("train_plain", "plain")):
+        ratio = statistics.median(rates[engine]) / model_rate
+        print(f"result: {name}_vs_model_tokens_per_s ratio={ratio:.3f} target={TARGET}")
     print(f"result: train_time_vs_steady ratio={statistics.median(steadiness):.3f} target={STEADY_TARGET}")
     for size, value in mfus.items():
         print(f"result: mfu_{size}_cpu ratio={value:.3f} target={MFU_TARGETS[size]}")

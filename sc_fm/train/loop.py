@@ -318,6 +318,7 @@ class Trainer:
             why = ("OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else
                    f"{available_cores()} core(s) less one per loader worker (data.num_workers="
                    f"{self.cfg.data.num_workers})")
-            print(f"scfm pretrain: {torch.get_num_threads()} CPU thread(s) per process: {why}", file=sys.stderr)
+            print(f"scfm pretrain: {torch.get_num_threads()} CPU thread(s) per process: {why}",
+                  file=sys.stderr)
         if self.tracker is not None:
             print(f"scfm pretrain: MLflow run {self.tracker.run_id} at {self.tracker.uri}", file=sys.stderr)
