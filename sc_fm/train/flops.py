@@ -47,11 +47,12 @@ def gpu_bf16_peak(name: str) -> float | None:
     return next((flops for key, flops in GPU_BF16_PEAKS if key in name), None)
 
 
-def measure_cpu_peak(size: int = 1024, repeats: int = 5) -> float:
+def measure_cpu_peak(size: int = 1024, repeats: int = 10) -> float:
     """fp32 FLOP/s of ``size x size`` matmuls with this process's torch threads (best of ``repeats``).
 
     Best rather than median: other load on a shared machine only ever slows a run down, and
-    the peak is what the hardware can do. Cached per thread count (about 0.1 s at 1024 on 2 cores).
+    the peak is what the hardware can do; more repeats catch a quieter moment (benchmarks take
+    more). Cached per thread count and size (about 0.2 s at 1024 on 2 cores).
     """
     return _matmul_rate(size, repeats, torch.get_num_threads())
 
