@@ -97,7 +97,35 @@ def main() -> int:
     scratch = max((rows["scratch"], rows["scratch x4"]), key=lambda r: table.loc[r, TOTAL])
     print(f"result: pretrained_vs_scratch ratio={table.loc[rows['adapted'], TOTAL] / table.loc[scratch, TOTAL]:.3f} "
           f"target=1.0 (best scratch: {scratch})")
+    if args.batch_key:
+        print(within_batch_bio(adata, args.batch_key, args.label_key, checkpoint, work / "report" / "adapted",
+                               result.seeds[0]).round(3).to_string())
     return 0
+
+
+def within_batch_bio(adata, batch_key: str, label_key: str, checkpoint, adapted_dir: Path, seed: int):
+    """Bio conservation inside each batch alone (first seed): a model can mix batches well and still
+    blur the labels within one, which the pooled score hides. Rows: PCA (on that batch's own HVGs),
+    the zero-shot checkpoint, its untrained control and every adapted directory of that seed."""
+    import pandas as pd
+
+    from sc_fm.config import EvalConfig
+    from sc_fm.evaluate.baselines import baseline_view, pca_embedding
+    from sc_fm.evaluate.metrics import BIO, scib_scores
+    from sc_fm.pretrained import Pretrained
+
+    model = Pretrained.load(checkpoint)
+    models = {"zero-shot": model, "untrained": model.untrained(seed)}
+    models.update({path.name: Pretrained.load(path) for path in sorted(adapted_dir.glob(f"*_seed{seed}"))})
+    config = EvalConfig()
+    columns = {}
+    for value in sorted(adata.obs[batch_key].astype(str).unique()):
+        part = adata[(adata.obs[batch_key].astype(str) == value).to_numpy()].copy()
+        pca = pca_embedding(baseline_view(part, None, config.n_hvg), config.n_pcs, config.seed)
+        embeddings = {"PCA (unintegrated)": pca,
+                      **{name: m.embed(part, batch_key, key_added=None, progress=False) for name, m in models.items()}}
+        columns[f"bio in {value}"] = scib_scores(embeddings, part.obs, None, label_key, pca)[BIO]
+    return pd.DataFrame(columns)
 
 
 def beyond_spread(table, row: str, control: str) -> float:

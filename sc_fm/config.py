@@ -157,7 +157,10 @@ class ModelConfig:
     # embedding and its conditions; "nb" needs raw counts, "mse" works on log1p(CP10k)
     cell_objective: Literal["nb", "mse", "none"] = "nb"
     cell_loss_weight: float = 1.0
-    cell_latent: int = 32  # dimensions of the cell embedding (the decoder's bottleneck)
+    cell_latent: int = 32  # dimensions of the decoder's bottleneck
+    # what embed() returns: the pooled encoder state ("pooled", d_model wide) or the bottleneck mean
+    # ("latent", cell_latent wide); the ablation in docs/evaluate.md chose pooled
+    cell_embedding: Literal["pooled", "latent"] = "pooled"
     cell_kl_weight: float = 1.0  # 1: scVI's ELBO; 0: a plain autoencoder bottleneck
     # a batch adversary on the cell embedding (model/adversary.py): each condition key predicted
     # from the bottleneck through gradient reversal; 0: off (needs the cell objective to be on)

@@ -79,7 +79,7 @@ def test_downsampling_thins_the_input_but_not_the_target(tiny_store):
 def test_model_learns_to_reconstruct_and_embeds_in_the_bottleneck(tokenizer, tiny_store):
     torch.manual_seed(0)
     model = MaskedGeneTransformer(SMALL, **tokenizer.model_inputs)
-    assert model.embedding_dim == 8 and model.conditions.n_keys == 0  # conditions reach the decoder only
+    assert model.embedding_dim == 32 and model.conditions.n_keys == 0  # conditions reach the decoder only
     batch, _ = _batch(tokenizer, tiny_store)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = None
@@ -93,7 +93,12 @@ def test_model_learns_to_reconstruct_and_embeds_in_the_bottleneck(tokenizer, tin
     with torch.no_grad():
         assert float(model(batch)[EXPRESSION_LOSS]) < 0.8 * first
     unmasked = tokenizer.mask_and_pack(tokenizer.encode_rows(*tiny_store.read_rows(0, 0, 5), {}), None, range(5))
-    assert model.embed(unmasked).shape == (5, 8)
+    with torch.no_grad():
+        pooled = model.embed(unmasked)
+        assert pooled.shape == (5, 32)
+        model.config.cell_embedding = "latent"  # the bottleneck mean instead
+        assert model.embedding_dim == 8
+        torch.testing.assert_close(model.embed(unmasked), model.decoder.mean(pooled))
     without_targets = {k: v for k, v in batch.items() if k != EXPRESSION_COUNTS}
     with pytest.raises(InputDataError, match="expression_counts"):
         model(without_targets)

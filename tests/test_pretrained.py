@@ -54,3 +54,20 @@ def test_a_directory_saved_before_the_cell_objective_loads_with_its_old_meaning(
     tokenizer.vocab.save(tmp_path / "old" / "vocab.tsv")  # older directories also held a top-level copy
     loaded = Pretrained.load(tmp_path / "old")
     assert loaded.model.config == old and loaded.model.decoder is None and loaded.model.conditions.n_keys == 2
+
+
+def test_a_directory_saved_before_the_embedding_choice_keeps_embedding_its_bottleneck(tiny_store, tmp_path):
+    import json
+
+    tokenizer = CellTokenizer.from_stores(TokenizerConfig(max_len=64), [tiny_store])
+    before = ModelConfig(n_layers=1, d_model=32, n_heads=2, d_ff=64, cell_latent=8, cell_embedding="latent")
+    torch.manual_seed(0)
+    Pretrained(MaskedGeneTransformer(before, **tokenizer.model_inputs), tokenizer).save(tmp_path / "before")
+    meta_path = tmp_path / "before" / "model_config.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("cell_embedding", "cell_adversary_weight", "gene_init", "gene_init_cells"):
+        meta["config"].pop(key)
+    meta_path.write_text(json.dumps(meta))
+    loaded = Pretrained.load(tmp_path / "before")
+    assert loaded.model.config.cell_embedding == "latent" and loaded.model.embedding_dim == 8
+    assert loaded.model.adversary is None

@@ -45,17 +45,35 @@ def checkpoint_names(names: list[str], paths: list[str | Path]) -> list[str]:
 
 
 def checkpoint_embeddings(adata, checkpoints: list[str | Path], batch_key: str | None, config: EvalConfig,
-                          min_gene_overlap: float, where: str, progress: bool) -> dict[str, np.ndarray]:
-    """``{"sc_fm-<size>": embedding}`` per checkpoint, zero-shot."""
+                          min_gene_overlap: float, where: str, progress: bool
+                          ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """``{"sc_fm-<size>": embedding}`` per checkpoint, zero-shot, and a line per checkpoint saying
+    how it embeds (for the report)."""
     from sc_fm.pretrained import Pretrained
 
     loaded = [Pretrained.load(path) for path in checkpoints]
     out: dict[str, np.ndarray] = {}
+    described = []
     for name, pretrained in zip(checkpoint_names([p.name for p in loaded], checkpoints), loaded):
         mapping = pretrained.gene_mapping(adata, min_gene_overlap, where)
         out[name] = pretrained.embed(adata, batch_key, key_added=None, mapping=mapping,
                                      batch_cells=config.embed_batch_cells, progress=progress, where=where)
-    return out
+        described.append(f"{name}: {embedding_settings(pretrained, batch_key)}")
+    return out, described
+
+
+def embedding_settings(pretrained, batch_key: str | None) -> str:
+    """What a checkpoint's embedding is: pooling, bottleneck, conditions, normalisers, gene start."""
+    m, t = pretrained.model.config, pretrained.tokenizer
+    width = (f"the {m.cell_latent}-d bottleneck mean of the cell objective" if m.cell_objective != "none"
+             and m.cell_embedding == "latent" else f"the {m.d_model}-d pooled state")
+    objective = "no cell objective" if m.cell_objective == "none" else f"cell objective {m.cell_objective}"
+    conditions = ("condition tokens in the encoder, dropped (<unk>) at inference" if m.encoder_conditions else
+                  "conditions only in the decoder, so none enter the embedding")
+    groups = (f"gene normalisers per {batch_key} of the input" if batch_key and t.normalises_by_group
+              else "global gene normalisers")
+    return (f"{m.pooling} pooling into {width} ({objective}); {conditions}; {groups}; {t.config.scheme} tokens, "
+            f"{t.config.max_len} per cell; gene table started as {m.gene_init}")
 
 
 def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | Path,
@@ -74,8 +92,8 @@ def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | P
     seeds = seed_list(config.seed, n_seeds, where)
     check_evaluation_set(adata, batch_key, label_key, where)
     seeded_candidates = dict(seeded_candidates or {})
-    candidates = checkpoint_embeddings(adata, list(checkpoints), batch_key, config, min_gene_overlap, where,
-                                       progress)
+    candidates, described = checkpoint_embeddings(adata, list(checkpoints), batch_key, config, min_gene_overlap,
+                                                  where, progress)
     candidates.update(extra_embeddings or {})
     clash = set(candidates) & set(seeded_candidates) | (set(candidates) | set(seeded_candidates)) & {
         PCA, SCVI, HARMONY, RANDOM}
@@ -108,6 +126,6 @@ def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | P
         first.setdefault(name, emb)
     report = write_report(table, first, adata.obs, batch_key, label_key, out_dir, lines, settings,
                           config.seed,
-                          per_seed=per_seed, notes=baselines.notes, seeds=seeds)
+                          per_seed=per_seed, notes=baselines.notes, seeds=seeds, model_lines=described)
     tracking = log_benchmark(table, out_dir, list(checkpoints)) if track else {}
     return BenchmarkResult(table, report, lines, tracking, per_seed, seeds, baselines.notes)

@@ -87,7 +87,7 @@ def umap_figure(embeddings: dict[str, np.ndarray], obs: pd.DataFrame, keys: list
 def write_report(table: pd.DataFrame, embeddings: dict[str, np.ndarray], obs: pd.DataFrame,
                  batch_key: str | None, label_key: str, out_dir: str | Path, verdict_lines: list[str],
                  settings: ScibSettings, seed: int, per_seed: pd.DataFrame | None = None,
-                 notes: list[str] = (), seeds: list[int] | None = None) -> Path:
+                 notes: list[str] = (), seeds: list[int] | None = None, model_lines: list[str] = ()) -> Path:
     """Write ``results.csv``, ``results.md``, ``umap.png`` and ``report.md`` (and, given ``per_seed``,
     ``results_per_seed.csv``) into ``out_dir``. ``embeddings`` are drawn in the UMAP (one per method)."""
     out = Path(out_dir)
@@ -121,6 +121,7 @@ def write_report(table: pd.DataFrame, embeddings: dict[str, np.ndarray], obs: pd
         "## UMAP", "", f"![UMAP by batch and label]({UMAP_PNG})" + (f" (seed {seeds[0]})" if len(seeds) > 1
                                                                      else ""), "",
         "## Settings", "", *settings_lines, "",
+        *(["How each checkpoint embeds:", "", *[f"- {line}" for line in model_lines], ""] if model_lines else []),
     ])
     path = out / REPORT_MD
     path.write_text(text)

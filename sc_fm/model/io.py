@@ -25,7 +25,7 @@ CONFIG_FILE = "model_config.json"
 INIT_ARGS = ("n_tokens", "value_encoding", "n_bins", "condition_sizes")
 # What a directory saved before the cell-level objective (and its adversary) means by the keys it lacks.
 LEGACY_MODEL_KEYS = {"pooling": "cls", "encoder_conditions": True, "cell_objective": "none",
-                     "cell_adversary_weight": 0.0}
+                     "cell_adversary_weight": 0.0, "cell_embedding": "latent"}
 
 
 def required_file(directory: Path, name: str) -> Path:

@@ -69,7 +69,7 @@ class MaskedGeneTransformer(nn.Module):
         self.decoder = (None if config.cell_objective == "none" else
                         ExpressionDecoder(d, n_tokens, list(condition_sizes), config.cell_objective,
                                           config.cell_latent))
-        self.adversary = (ConditionAdversary(config.cell_latent, list(condition_sizes))
+        self.adversary = (ConditionAdversary(self.embedding_dim, list(condition_sizes))
                           if self.decoder is not None and config.cell_adversary_weight > 0 else None)
         self._init_weights()
         if self.decoder is not None:
@@ -114,12 +114,16 @@ class MaskedGeneTransformer(nn.Module):
         return self._encode(batch)[0]
 
     @property
+    def _embeds_latent(self) -> bool:
+        return self.config.cell_objective != "none" and self.config.cell_embedding == "latent"
+
+    @property
     def embedding_dim(self) -> int:
-        """Width of a cell embedding: the decoder's bottleneck, or the pooled state without one."""
-        return self.config.d_model if self.decoder is None else self.config.cell_latent
+        """Width of a cell embedding: the pooled state, or the decoder's bottleneck (``cell_embedding``)."""
+        return self.config.cell_latent if self._embeds_latent else self.config.d_model
 
     def _cell_embedding(self, pooled: torch.Tensor) -> torch.Tensor:
-        return pooled if self.decoder is None else self.decoder.mean(pooled)
+        return self.decoder.mean(pooled) if self._embeds_latent else pooled
 
     def pool(self, batch: dict) -> torch.Tensor:
         """Each cell's pooled final state ``[B, d_model]`` (``config.pooling``), before any bottleneck:
@@ -128,8 +132,8 @@ class MaskedGeneTransformer(nn.Module):
         return pool_cells(hidden, cells.cu_seqlens, cells.cell_of_token, self.config.pooling)
 
     def embed(self, batch: dict) -> torch.Tensor:
-        """Cell embeddings ``[B, embedding_dim]``: the pooled state or, with the cell-level
-        objective, its bottleneck mean (as scVI's latent mean); unmasked batches are fine.
+        """Cell embeddings ``[B, embedding_dim]``: the pooled state or, with ``cell_embedding:
+        latent``, the cell objective's bottleneck mean (as scVI's latent mean); unmasked batches are fine.
 
         Gradient mode is the caller's: wrap in ``torch.inference_mode()`` for pure inference.
         """
