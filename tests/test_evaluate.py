@@ -95,7 +95,7 @@ def test_report_files_verdict_and_mlflow_run(strong_batch_benchmark, tracked_che
     report = (out / "report.md").read_text()
     assert result.verdict[0].startswith("sc_fm-tiny vs scVI: total ") and result.verdict[0] in report
     assert "scib_metrics: 0.5.10" in report and "![UMAP" in report
-    assert "- sc_fm-tiny: mean pooling into the 64-d pooled state (cell objective nb)" in report
+    assert "- sc_fm-tiny: mean pooling into the 128-d pooled state (cell objective nb)" in report
     assert (out / "umap.png").stat().st_size > 10_000 and (out / "results.md").is_file()
     info = json.loads((tracked_checkpoint.parent / "tracking.json").read_text())
     assert result.tracking["run_id"] == info["run_id"]
