@@ -70,14 +70,21 @@ def filesystem(url: str):
     return _protocol_fs(protocol, os.getpid(), environment), rest.rstrip("/")
 
 
-def retries() -> int:
-    raw = os.environ.get(RETRIES_ENV, "4")
+def number_from_env(name: str, default: float, kind: type, meaning: str, example: str) -> float:
+    """``kind(os.environ[name])`` (never below 0), ``default`` when unset; a clear error otherwise."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
     try:
-        return max(0, int(raw))
+        return max(kind(0), kind(raw))
     except ValueError:
-        raise InputDataError(f"{RETRIES_ENV}={raw!r} is not a whole number", "environment",
-                             f"set {RETRIES_ENV} to how many times a failed remote read is retried (e.g. 4)"
-                             ) from None
+        unit = "a whole number" if kind is int else "a number"
+        raise InputDataError(f"{name}={raw!r} is not {unit}", "environment",
+                             f"set {name} to {meaning} (e.g. {example})") from None
+
+
+def retries() -> int:
+    return number_from_env(RETRIES_ENV, 4, int, "how many times a failed remote read is retried", "4")
 
 
 def remote_call(fn: Callable[[], T], where: str, what: str, fix: str | None = None,

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 from sc_fm.errors import InputDataError
-from sc_fm.store.location import RemoteFile, is_url
+from sc_fm.store.location import RemoteFile, is_url, number_from_env
 
 DEFAULT_TIMEOUT_S = 60.0
 TIMEOUT_ENV = "SCFM_LOCK_TIMEOUT"
@@ -38,15 +38,7 @@ def lock_path(store: str | Path) -> Path | RemoteFile:
 
 
 def default_timeout() -> float:
-    raw = os.environ.get(TIMEOUT_ENV)
-    if raw is None:
-        return DEFAULT_TIMEOUT_S
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        raise InputDataError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds", "environment",
-                             f"set {TIMEOUT_ENV} to the seconds a writer waits for another (e.g. 60)"
-                             ) from None
+    return number_from_env(TIMEOUT_ENV, DEFAULT_TIMEOUT_S, float, "the seconds a writer waits for another", "60")
 
 
 class StoreLock:
