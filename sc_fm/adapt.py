@@ -64,7 +64,7 @@ def run_config(pretrained: Pretrained, config: AdaptConfig, stores: list[str], s
     # the checkpoint's own model and tokenizer, under the user's overrides (loss weights, say)
     saved.update(model=to_dict(pretrained.model.config), tokenizer=to_dict(pretrained.tokenizer.config))
     cfg = load_config(None, [*base, *overrides, *fixed], base=saved)
-    if config.lr is not None:
+    if config.lr is not None and not any(o.startswith("train.lr=") for o in overrides):  # an override wins
         cfg.train.lr = config.lr
     cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(config.steps // 10, 1))
     return cfg

@@ -266,7 +266,9 @@ class AdaptConfig:
 
     batch_key: str | None = None  # obs column of batches: normaliser groups and new condition categories
     steps: int = 300
-    lr: float | None = None  # None: the checkpoint's train.lr
+    # a tenth of pretraining's 1e-3: at the pretraining rate, 300 steps on a few hundred cells taught
+    # the encoder the protocols apart (batch 0.45 vs 0.80 here; docs/evaluate.md); None: train.lr
+    lr: float | None = 1e-4
     seed: int = 0
     min_gene_overlap: float = MIN_GENE_OVERLAP
 

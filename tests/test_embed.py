@@ -96,7 +96,7 @@ def test_cli_embed_adds_only_x_scfm(tiny_checkpoint, input_h5ad, tmp_path, capsy
                  "--condition", "assay=10x_3p_v3", "--no-progress"]) == 0
     before, after = anndata.read_h5ad(input_h5ad), anndata.read_h5ad(out)
     assert set(after.obsm) == set(before.obsm) | {"X_scfm"}
-    assert after.obsm["X_scfm"].shape == (150, 32)
+    assert after.obsm["X_scfm"].shape == (150, 128)  # the tiny model's pooled state
     assert (after.X != before.X).nnz == 0 and (after.layers["counts"] != before.layers["counts"]).nnz == 0
     pd.testing.assert_frame_equal(after.obs, before.obs)
     pd.testing.assert_frame_equal(after.var, before.var)

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-key", default=None,
                         help="obs column of batches: their own gene normalisers and new condition categories")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (adapt.steps)")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the checkpoint's)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (adapt.lr, default 1e-4)")
     parser.add_argument("--seed", type=int, default=None)
     add_config_arguments(parser, "adapt")
 
