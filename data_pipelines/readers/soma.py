@@ -12,7 +12,6 @@ layer's nonzero count.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from data_pipelines.readers.base import SourceReader
