@@ -74,4 +74,4 @@ def test_installed_wheel_prepares_pretrains_and_embeds_from_an_empty_directory(w
           "from sc_fm.datasets import load_sc_mixology; load_sc_mixology()[:60].copy().write_h5ad('cells.h5ad')"],
          work, env)
     printed = _run([scfm, "embed", "run/final", "cells.h5ad", "-o", "embedded.h5ad", "--no-progress"], work, env)
-    assert "wrote obsm['X_scfm'] (60 cells x 32)" in printed
+    assert "wrote obsm['X_scfm'] (60 cells x 128)" in printed
