@@ -60,12 +60,12 @@ def run_config(pretrained: Pretrained, config: AdaptConfig, stores: list[str], s
             "data.num_workers=0", "train.engine=plain"]
     fixed = [f"data.stores=[{','.join(stores)}]", f"train.max_steps={config.steps}",
                 f"train.checkpoint_every={config.steps}", "train.keep_last=1", f"train.seed={config.seed}"]
+    if config.lr is not None:  # before the user's overrides, so a train.lr=... among them wins
+        base.append(f"train.lr={config.lr}")
     saved = read_yaml(settings) if settings is not None else {}
     # the checkpoint's own model and tokenizer, under the user's overrides (loss weights, say)
     saved.update(model=to_dict(pretrained.model.config), tokenizer=to_dict(pretrained.tokenizer.config))
     cfg = load_config(None, [*base, *overrides, *fixed], base=saved)
-    if config.lr is not None and not any(o.startswith("train.lr=") for o in overrides):  # an override wins
-        cfg.train.lr = config.lr
     cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(config.steps // 10, 1))
     return cfg
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sc_fm.adapt import ADAPT_FILE, adapt
+from sc_fm.adapt import ADAPT_FILE, adapt, run_config
 from sc_fm.cli import main
 from sc_fm.config import AdaptConfig
 from sc_fm.errors import InputDataError
@@ -65,3 +65,10 @@ def test_adapt_refuses_bad_input_before_any_work(tiny_checkpoint, tiny_atlas, tm
     with pytest.raises(InputDataError, match="genes"):
         adapt(Pretrained.load(tiny_checkpoint), foreign, tmp_path / "d", AdaptConfig(steps=1))
     assert not list(tmp_path.glob(".*adapt-*"))  # nothing half-written left behind
+
+
+def test_adaptation_rate_is_adapt_lr_unless_an_override_names_train_lr(tiny_checkpoint):
+    pretrained = Pretrained.load(tiny_checkpoint)
+    assert run_config(pretrained, AdaptConfig(), ["s.zarr"], None).train.lr == 1e-4
+    assert run_config(pretrained, AdaptConfig(lr=3e-4), ["s.zarr"], None, ["train.lr=5e-4"]).train.lr == 5e-4
+    assert run_config(pretrained, AdaptConfig(lr=None), ["s.zarr"], None).train.lr == 1e-3  # the run's own
