@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from sc_fm.config import DataConfig
 from sc_fm.data.filters import CellFilter
-from sc_fm.data.kept import READ_CELLS, column_values, take_rows
+from sc_fm.data.kept import every_block, kept_blocks
 from sc_fm.errors import ConfigError
 from sc_fm.store import CorpusStore
 
@@ -36,8 +36,7 @@ Normalise = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None], np
 def sample_blocks(stores: Sequence[CorpusStore], max_cells: int, seed: int) -> list[tuple[int, int, int]]:
     """``(store, shard, start)`` of the blocks to read: all of them, or a random subset holding
     about ``max_cells`` cells."""
-    blocks = [(s, k, start) for s, store in enumerate(stores) for k, info in enumerate(store.shards)
-              for start in range(0, info.n_cells, READ_CELLS)]
+    blocks = every_block(stores)
     total = sum(store.n_cells for store in stores)
     if total <= max_cells:
         return blocks
@@ -53,17 +52,12 @@ def kept_normalised_rows(stores: Sequence[CorpusStore], config: DataConfig, norm
     if cell_filter.active:
         cell_filter.check(stores)
     parts = []
-    for s, k, start in sample_blocks(stores, max_cells, seed):
-        store = stores[s]
-        stop = min(start + READ_CELLS, store.shards[k].n_cells)
-        indptr, indices, data = store.read_rows(k, start, stop)
-        groups = None if group is None else column_values(store, k, group, start, stop)
-        if cell_filter.active:
-            keep = np.flatnonzero(cell_filter.keep(store, k, start, stop))
-            indptr, indices, data = take_rows(indptr, indices, data, keep)
-            groups = None if groups is None else groups[keep]
-        values = normalise(indptr, indices, data, groups)
-        parts.append(sp.csr_matrix((values, indices, indptr), shape=(len(indptr) - 1, store.n_genes)))
+    for block in kept_blocks(stores, cell_filter, sample_blocks(stores, max_cells, seed)):
+        values = normalise(block.indptr, block.indices, block.data, None if group is None else block.values(group))
+        parts.append(sp.csr_matrix((values, block.indices, block.indptr),
+                                   shape=(len(block.indptr) - 1, block.store.n_genes)))
+    if not parts:  # every cell held out: coexpression_loadings says so
+        return sp.csr_matrix((0, stores[0].n_genes))
     return sp.vstack(parts, format="csr")
 
 

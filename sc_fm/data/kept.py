@@ -8,7 +8,7 @@ condition categories, so they are recomputed here in one pass over the kept cell
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,28 +43,61 @@ def kept_cells(stores: Sequence[CorpusStore], config: DataConfig, group: str | N
     everything = GeneStatsAccumulator(n_genes)
     by_value: dict[str, GeneStatsAccumulator] = {}
     found: dict[str, set[str]] = {column: set() for column in columns}
-    for store in stores:
-        for k, info in enumerate(store.shards):
-            for start in range(0, info.n_cells, READ_CELLS):
-                stop = min(start + READ_CELLS, info.n_cells)
-                keep = cell_filter.keep(store, k, start, stop)
-                if not keep.any():
-                    continue
-                for column in found:
-                    found[column].update(column_values(store, k, column, start, stop)[keep])
-                indptr, indices, data = store.read_rows(k, start, stop)
-                rows = np.flatnonzero(keep)
-                sub_indptr, sub_indices, sub_data = take_rows(indptr, indices, data, rows)
-                everything.update(sub_indptr, sub_indices, sub_data)
-                if group is None:
-                    continue
-                values = column_values(store, k, group, start, stop)[keep]
-                for value in np.unique(values.astype(str)):
-                    picked = np.flatnonzero(values.astype(str) == value)
-                    acc = by_value.setdefault(value, GeneStatsAccumulator(n_genes))
-                    acc.update(*take_rows(sub_indptr, sub_indices, sub_data, picked))
+    for block in kept_blocks(stores, cell_filter, every_block(stores)):
+        for column in found:
+            found[column].update(block.values(column))
+        everything.update(block.indptr, block.indices, block.data)
+        if group is None:
+            continue
+        values = block.values(group).astype(str)
+        for value in np.unique(values):
+            picked = np.flatnonzero(values == value)
+            acc = by_value.setdefault(value, GeneStatsAccumulator(n_genes))
+            acc.update(*take_rows(block.indptr, block.indices, block.data, picked))
     categories = {column: sorted(v for v in values if v is not None) for column, values in found.items()}
     return KeptCells(everything.finish(), {v: acc.finish() for v, acc in sorted(by_value.items())}, categories)
+
+
+@dataclass
+class KeptBlock:
+    """The kept rows of rows ``[start, stop)`` of shard ``k``: CSR arrays, and ``rows`` (their
+    positions in the block; None: every row)."""
+
+    store: CorpusStore
+    k: int
+    start: int
+    stop: int
+    rows: np.ndarray | None
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+
+    def values(self, column: str) -> np.ndarray:
+        """``column``'s category strings of the kept rows (None: missing)."""
+        values = column_values(self.store, self.k, column, self.start, self.stop)
+        return values if self.rows is None else values[self.rows]
+
+
+def every_block(stores: Sequence[CorpusStore]) -> list[tuple[int, int, int]]:
+    """``(store, shard, start)`` of every block of ``READ_CELLS`` rows, in store order."""
+    return [(s, k, start) for s, store in enumerate(stores) for k, info in enumerate(store.shards)
+            for start in range(0, info.n_cells, READ_CELLS)]
+
+
+def kept_blocks(stores: Sequence[CorpusStore], cell_filter: CellFilter,
+                blocks: Iterable[tuple[int, int, int]]) -> Iterator[KeptBlock]:
+    """The rows of ``blocks`` that ``cell_filter`` keeps (all, when it is inactive); a block that
+    keeps nothing is skipped without reading its rows."""
+    for s, k, start in blocks:
+        store = stores[s]
+        stop = min(start + READ_CELLS, store.shards[k].n_cells)
+        rows = np.flatnonzero(cell_filter.keep(store, k, start, stop)) if cell_filter.active else None
+        if rows is not None and not len(rows):
+            continue
+        indptr, indices, data = store.read_rows(k, start, stop)
+        if rows is not None:
+            indptr, indices, data = take_rows(indptr, indices, data, rows)
+        yield KeptBlock(store, k, start, stop, rows, indptr, indices, data)
 
 
 def column_values(store: CorpusStore, k: int, column: str, start: int, stop: int) -> np.ndarray:
