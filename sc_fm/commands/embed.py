@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import add_config_arguments, command_config
+from sc_fm.commands.options import add_checkpoint_argument, add_config_arguments, command_config
 from sc_fm.errors import ConfigError
 
 
@@ -23,7 +23,7 @@ def parse_conditions(items: list[str]) -> dict[str, str] | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="pretrained directory (RUN_DIR/final or checkpoints/step_N)")
+    add_checkpoint_argument(parser)
     parser.add_argument("input", help="AnnData .h5ad with raw counts in X (read backed, in row blocks)")
     parser.add_argument("-o", "--output", required=True, help="output .h5ad: the input plus obsm['X_scfm']")
     parser.add_argument("--batch-key", default=None,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import add_config_arguments, command_config
+from sc_fm.commands.options import add_checkpoint_argument, add_config_arguments, command_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="pretrained directory (RUN_DIR/final or checkpoints/step_N)")
+    add_checkpoint_argument(parser)
     parser.add_argument("input", help="AnnData .h5ad with raw counts in X and labels in obs")
     parser.add_argument("--label-key", default=None, help="obs column of cell types to learn (finetune.label_key)")
     parser.add_argument("-o", "--output", required=True,

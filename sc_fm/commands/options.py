@@ -8,6 +8,11 @@ import argparse
 from sc_fm.config import RunConfig, load_config
 
 
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """The positional CHECKPOINT that every command reading a pretrained directory takes."""
+    parser.add_argument("checkpoint", help="pretrained directory (RUN_DIR/final or checkpoints/step_N)")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, section: str) -> None:
     parser.add_argument("--config", default=None, metavar="FILE|NAME",
                         help=f"YAML with a {section}: section (or a shipped run preset name)")
