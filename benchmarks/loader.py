@@ -11,9 +11,12 @@ method then delivers packed, masked batches of ``--batch`` cells with the same
 4. scDataset (``BlockShuffling``, its default block size and fetch factor) over the backed h5ad.
 
 For each: cells/s (best of interleaved rounds) and cells per CPU-second of the process tree
-(what a shared machine cannot distort), a randomness figure (mean distinct source
-blocks of 1,024 consecutive cells, and distinct datasets, per batch; a uniform sampler gets
-up to ``batch`` blocks), and peak RSS summed over the process tree. Also: bytes read per
+(what a shared machine cannot distort), two randomness figures, and peak RSS summed over the
+process tree. Randomness: the mean distinct source blocks of 1,024 consecutive cells, and
+distinct datasets, per batch (a uniform sampler gets up to ``batch`` blocks); and how far
+each batch's study mixture is from the corpus's (total variation, ½ Σ |batch share − corpus
+share|, averaged over batches), beside what independent uniform draws of ``batch`` cells give
+(the floor: a batch of 256 cells cannot match five shares exactly). Also: bytes read per
 cell and the single-core ceilings of decompression and tokenisation, combined into the
 2-core ceiling. Ends with
 ``result: NAME ratio=X target=Y`` lines (ratio > 1: sc_fm is faster), by wall clock and by
@@ -52,6 +55,7 @@ class Measured:
     cells_per_cpu_s: float  # per CPU-second of the process tree: robust to load from others
     blocks_per_batch: float
     datasets_per_batch: float
+    study_distance: float  # mean total variation of a batch's study mixture from the corpus's
     peak_rss_gib: float
 
 
@@ -148,6 +152,17 @@ def scdataset_batches(adata, tokenise: Tokenise, args) -> Iterator[dict]:
     return endless(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.workers))
 
 
+def mixture_distance(codes: np.ndarray, share: np.ndarray) -> float:
+    """Total variation between the study mixture of ``codes`` and the corpus ``share``."""
+    return 0.5 * float(np.abs(np.bincount(codes, minlength=len(share)) / len(codes) - share).sum())
+
+
+def uniform_mixture_distance(share: np.ndarray, batch: int, draws: int = 20_000) -> float:
+    """The mean total variation of independent uniform batches: the floor any sampler meets."""
+    counts = np.random.default_rng(0).multinomial(batch, share, size=draws)
+    return 0.5 * float(np.abs(counts / batch - share).sum(axis=1).mean())
+
+
 def measure(name: str, make: Callable[[], Iterator[dict]], dataset_codes: np.ndarray, args) -> Measured:
     """Steady-state cells/s: batches drawn for ``args.warmup_s`` (filling and draining every
     prefetch buffer), then timed for ``args.seconds`` (at least ``args.min_batches``)."""
@@ -158,7 +173,8 @@ def measure(name: str, make: Callable[[], Iterator[dict]], dataset_codes: np.nda
         while warm < 2 or time.perf_counter() - began < args.warmup_s:
             next(batches)
             warm += 1
-        blocks, datasets, cells = [], [], 0
+        share = np.bincount(dataset_codes) / len(dataset_codes)
+        blocks, datasets, distances, cells = [], [], [], 0
         cpu_before = tree_cpu_seconds()
         began = time.perf_counter()
         while len(blocks) < args.min_batches or time.perf_counter() - began < args.seconds:
@@ -166,14 +182,16 @@ def measure(name: str, make: Callable[[], Iterator[dict]], dataset_codes: np.nda
             cells += len(index)
             blocks.append(len(np.unique(index // SOURCE_BLOCK)))
             datasets.append(len(np.unique(dataset_codes[index])))
+            distances.append(mixture_distance(dataset_codes[index], share))
         elapsed = time.perf_counter() - began
         cpu = tree_cpu_seconds() - cpu_before
         del batches
     out = Measured(name, cells / elapsed, cells / cpu, float(np.mean(blocks)), float(np.mean(datasets)),
-                   rss.peak / 2**30)
+                   float(np.mean(distances)), rss.peak / 2**30)
     print(f"{name:>10}: {out.cells_per_s:9.0f} cells/s  {out.cells_per_cpu_s:7.0f} cells/CPU-s  "
           f"{len(blocks):5d} batches  "
           f"{out.blocks_per_batch:6.1f} blocks/batch  {out.datasets_per_batch:4.2f} datasets/batch  "
+          f"study mixture TV {out.study_distance:.3f}  "
           f"peak RSS {out.peak_rss_gib:5.2f} GiB", flush=True)
     return out
 
@@ -291,8 +309,13 @@ def main() -> None:
         print(f"ceilings (one core): decompression {decompress:.0f} cells/s, tokenisation "
               f"{tokenise_rate:.0f} cells/s -> {args.workers}-core ceiling {ceiling:.0f} cells/s; "
               f"sc_fm reaches {results['sc_fm'].cells_per_s / ceiling:.0%}")
+        uniform = uniform_mixture_distance(np.bincount(dataset_codes) / len(dataset_codes), args.batch)
+        print(f"study mixture of independent uniform batches of {args.batch}: TV {uniform:.3f}")
         adata.file.close()
     ours = results["sc_fm"]
+    # source blocks: the target is an absolute count (a batch of 256 drawn from >= 64 places)
+    print(f"result: loader_blocks_per_batch ratio={ours.blocks_per_batch:.1f} target=64")
+    print(f"result: loader_study_mixture_vs_uniform ratio={uniform / max(ours.study_distance, 1e-9):.2f} target=0.8")
     for name, target in (("naive", 5.0), ("annloader", 5.0), ("scdataset", 1.5)):
         print(f"result: loader_vs_{name} ratio={ours.cells_per_s / results[name].cells_per_s:.2f} "
               f"target={target}")

@@ -84,12 +84,15 @@ class DataConfig:
     """Which cells stream into training, and how they are shuffled."""
 
     stores: list[str] = field(default_factory=list)
-    # contiguous cells read together; blosc stores decode only the part of a chunk a block
-    # needs, so blocks smaller than a chunk cost no more per cell (docs/data.md)
-    block_cells: int = 512
-    # blocks (randomly chosen) read by one worker task and shuffled together: the shuffle
-    # buffer holds block_cells * blocks_per_fetch cells; a batch mixes about this many blocks
-    blocks_per_fetch: int = 16
+    # contiguous cells read together; blosc stores decode only the blosc blocks (~70 cells
+    # here) a read needs, so small blocks cost little more per cell (docs/data.md)
+    block_cells: int = 64
+    # blocks read by one worker task and shuffled together: the shuffle buffer holds
+    # block_cells * blocks_per_fetch cells; a batch of 256 draws from ~110 of them
+    blocks_per_fetch: int = 128
+    # stratified: every fetch spreads its blocks evenly over the corpus (each study in its
+    # share); random: one plain permutation of the blocks (sc_fm.data.plan)
+    block_order: Literal["stratified", "random"] = "stratified"
     num_workers: int = 2
     include: dict[str, list[str]] = field(default_factory=dict)  # obs column -> allowed values
     exclude: dict[str, list[str]] = field(default_factory=dict)  # obs column -> removed values

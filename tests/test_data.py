@@ -11,6 +11,7 @@ import torch
 
 from sc_fm.config import DataConfig, RunConfig, TokenizerConfig
 from sc_fm.data import CorpusDataset, build_train_loader, open_stores
+from sc_fm.data.plan import stratified_order
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.tokenize import CellTokenizer
 from sc_fm.vocab import GeneVocab
@@ -51,6 +52,42 @@ def test_order_is_deterministic_and_shuffled(tiny_store):
     blocks = {(k, local // 64) for k, local in map(tiny_store.locate, first_fetch)}
     assert len(blocks) == 2  # two whole blocks, mixed together
     assert first_fetch != sorted(first_fetch)
+
+
+@pytest.mark.parametrize("n_blocks,group", [(10, 3), (11, 3), (12, 4), (5, 8), (1000, 64), (7, 7)])
+def test_stratified_groups_take_one_block_of_every_stratum(n_blocks, group):
+    order = stratified_order(n_blocks, group, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(n_blocks))
+    strata = min(group, n_blocks)
+    stratum = np.arange(n_blocks) * strata // n_blocks
+    full = n_blocks // strata * strata  # the short group, if any, comes last
+    for lo in range(0, full, strata):
+        assert sorted(stratum[order[lo: lo + strata]].tolist()) == list(range(strata))
+        if strata % 2 == 0:  # dealt to 2 ranks: each gets every other stratum
+            assert len(set(stratum[order[lo: lo + strata: 2]] % 2)) == 1
+    again = stratified_order(n_blocks, group, np.random.default_rng(0))
+    assert np.array_equal(order, again)
+
+
+def fetch_study_mixtures(store, **data) -> np.ndarray:
+    """Per fetch of epoch 0: the fraction of its cells from each study."""
+    ds = CorpusDataset([store], small_data(**data), ["dataset"], seed=3, epochs=1)
+    studies = sorted(store.categories["dataset"])
+    return np.array([[np.mean(block.obs["dataset"] == s) for s in studies] for block in ds])
+
+
+def test_stratified_fetches_hold_each_study_in_its_corpus_share(tiny_store):
+    """The tiny store is sorted by study, as atlases are: a random set of blocks over-represents
+    some studies in one fetch; a stratified one holds every study near its corpus share."""
+    datasets = tiny_store.obs_values("dataset")
+    share = np.array([np.mean(datasets == s) for s in sorted(tiny_store.categories["dataset"])])
+    assert np.all(np.diff(tiny_store.obs_codes("dataset")) >= 0)  # stored study by study
+    settings = {"block_cells": 25, "blocks_per_fetch": 6}  # 24 blocks, 4 fetches
+    distance = {order: 0.5 * np.abs(fetch_study_mixtures(tiny_store, block_order=order, **settings)
+                                    - share).sum(axis=1)
+                for order in ("stratified", "random")}
+    np.testing.assert_allclose(distance["stratified"], 0, atol=1e-12)  # 100-cell strata, 200-cell studies
+    assert distance["random"].max() >= 1 / 6  # a whole block's worth off in some fetch
 
 
 def test_fetch_rows_match_the_store(tiny_store):
@@ -146,6 +183,21 @@ def test_batches_are_the_same_through_zarr_reads(tiny_store, tokenizer, monkeypa
     assert through_zarr.dataset.stores[0]._slices(0, "indices").directory is None
 
 
+def test_small_blocks_of_a_store_read_in_whole_chunks_are_warned_of(tiny_store, monkeypatch):
+    import warnings
+
+    import sc_fm.store.direct
+    from sc_fm.store import CorpusStore
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CorpusDataset([CorpusStore(tiny_store.path)], small_data(block_cells=16))  # blosc: partial reads
+    monkeypatch.setattr(sc_fm.store.direct, "_blosc", lambda: None)
+    with pytest.warns(UserWarning, match=r"chunks of about 64 cells .* data.block_cells=64 "
+                                         r"data.blocks_per_fetch=2 \(the same shuffle buffer"):
+        CorpusDataset([CorpusStore(tiny_store.path)], small_data(block_cells=16, blocks_per_fetch=8))
+
+
 def test_ranks_split_the_batches(tiny_store, tokenizer):
     cfg = run_config(tiny_store.path, micro_batch_cells=50)
     ranks = [build_train_loader(cfg, tokenizer, rank=r, world_size=2) for r in range(2)]
@@ -154,6 +206,16 @@ def test_ranks_split_the_batches(tiny_store, tokenizer):
     with pytest.raises(ConfigError, match="world_size"):
         other = build_train_loader(cfg, tokenizer)
         other.load_state_dict(ranks[0].state_dict())
+
+
+def test_a_loader_state_of_another_block_order_is_refused(tiny_store, tokenizer):
+    cfg = run_config(tiny_store.path)
+    state = build_train_loader(cfg, tokenizer).state_dict()
+    del state["block_order"]  # saved before block orders existed: the random order
+    with pytest.raises(ConfigError, match="block_order=random.*data.block_order"):
+        build_train_loader(cfg, tokenizer).load_state_dict(state)
+    cfg.data.block_order = "random"
+    build_train_loader(cfg, tokenizer).load_state_dict(state)
 
 
 def test_store_errors(tiny_store, tokenizer, tmp_path):

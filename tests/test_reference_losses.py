@@ -2,8 +2,9 @@
 
 The values were recorded from the code before the package was reorganised (``Pretrained``,
 engine-only ``train/``); the same seed must still give the same losses, step by step. Any
-objective added since is switched off here, so a change in these numbers is a change in
-what the original objectives compute.
+objective added since is switched off here, and the cells come in the original order (the
+blocks and block order of then), so a change in these numbers is a change in what the
+original objectives compute.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def test_plain_engine_reproduces_reference_losses(tiny_store, tmp_path, monkeypa
         "train.global_batch_cells=32", "train.micro_batch_cells=16", "train.warmup_steps=2",
         "train.lr=3e-3", "tracking.enabled=false", "train.engine=plain", "train.max_steps=6",
         "train.seed=3", "model.cell_objective=none", "model.encoder_conditions=true", "model.pooling=cls",
-        "model.positional=null", "model.gene_init=normal", "tokenizer.downsample_prob=0"])
+        "model.positional=null", "model.gene_init=normal", "tokenizer.downsample_prob=0",
+        "data.block_cells=512", "data.blocks_per_fetch=16", "data.block_order=random"])
     pretrain(cfg, tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
     got = {r["step"]: (r["loss"], r["gene_loss"], r["value_loss"]) for r in records}

@@ -67,3 +67,17 @@ def test_resume_allows_schedule_extension_but_not_a_different_model(tmp_path):
         check_resumable(ckpt, to_dict(wider), world_size=1)
     with pytest.raises(ConfigError, match="written by 1 processes, this run has 2"):
         check_resumable(ckpt, to_dict(cfg), world_size=2)
+
+
+def test_a_run_saved_before_block_order_existed_resumes_with_the_random_order(tmp_path):
+    import yaml
+
+    ckpt = _checkpoint(tmp_path, RunConfig())
+    saved = yaml.safe_load((ckpt / CONFIG_FILE).read_text())
+    del saved["data"]["block_order"]  # as an older sc_fm wrote it
+    (ckpt / CONFIG_FILE).write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match="data.block_order differs .*saved: 'random'"):
+        check_resumable(ckpt, to_dict(RunConfig()), world_size=1)
+    old_order = RunConfig()
+    old_order.data.block_order = "random"
+    check_resumable(ckpt, to_dict(old_order), world_size=1)

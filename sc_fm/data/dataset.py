@@ -10,6 +10,7 @@ resumed dataset (any number of workers) continues the exact same sequence.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -72,25 +73,33 @@ class CorpusDataset(torch.utils.data.IterableDataset):
             raise ConfigError(f"{len(self.blocks)} cell blocks cannot be shared by {world_size} ranks",
                               "data.block_cells", "lower data.block_cells or use fewer ranks")
         self._store_offsets = store_offsets(self.stores)
+        _warn_of_whole_chunk_reads(self.stores, config)
         self.epoch = 0
         self.offset = 0
 
     # ---- position -----------------------------------------------------------------------
     def fetches(self, epoch: int) -> list[Fetch]:
         return epoch_fetches(self.blocks, self.seed, epoch, self.rank, self.world_size,
-                             self.config.blocks_per_fetch)
+                             self.config.blocks_per_fetch, self.config.block_order)
+
+    @property
+    def block_order(self) -> str:
+        return self.config.block_order
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed,
-                "rank": self.rank, "world_size": self.world_size}
+                "rank": self.rank, "world_size": self.world_size, "block_order": self.block_order}
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume at ``state``; a different seed or world size has another plan, so it is refused."""
-        for key in ("seed", "world_size", "rank"):
+        """Resume at ``state``; a different seed, world size or block order has another plan, so
+        it is refused. States saved before ``block_order`` existed used the ``random`` order."""
+        state = {"block_order": "random", **state}
+        for key, fix in (("seed", "train.seed"), ("world_size", "the number of processes"), ("rank", "rank"),
+                         ("block_order", "data.block_order")):
             if state.get(key, getattr(self, key)) != getattr(self, key):
                 raise ConfigError(f"loader state was saved with {key}={state[key]}, this run has "
                                   f"{getattr(self, key)}", "checkpoint",
-                                  f"resume with the same {key} (train.seed / number of processes)")
+                                  f"resume with the same {key} ({fix})")
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
 
     # ---- iteration ----------------------------------------------------------------------
@@ -146,6 +155,22 @@ class CorpusDataset(torch.utils.data.IterableDataset):
                 obs = {c: v[keep] for c, v in obs.items()}
             out.append(CellBlock(counts, obs, cells, fetch.epoch, fetch.number, fetch.start))
         return out
+
+
+def _warn_of_whole_chunk_reads(stores: Sequence[CorpusStore], config: DataConfig) -> None:
+    """Small blocks suit stores whose reads decode only the blosc blocks they need; where a read
+    decodes whole chunks instead, a 64-cell block of a 1,024-cell chunk costs 16x the decoding."""
+    for store in stores:
+        rows = store.chunk_rows(0) if store.shards else None
+        if rows is not None and config.block_cells < rows // 2:
+            warnings.warn(f"store {store.path} decodes whole chunks of about {rows} cells per read "
+                          f"(its codec is not blosc, or c-blosc is missing), and data.block_cells="
+                          f"{config.block_cells} reads a fraction of one: pass data.block_cells={rows} "
+                          f"data.blocks_per_fetch="
+                          f"{max(1, config.block_cells * config.blocks_per_fetch // rows)} (the same "
+                          "shuffle buffer in whole-chunk blocks) or re-prepare the store with the "
+                          "default blosc codec",
+                          stacklevel=3)
 
 
 def _obs_slice(store: CorpusStore, shard: int, start: int, stop: int, columns: Sequence[str]) -> dict:

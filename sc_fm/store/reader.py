@@ -184,6 +184,16 @@ class CorpusStore:
         lo, hi = int(indptr[0]), int(indptr[-1])
         return indptr - lo, self._slices(k, "indices")(lo, hi), self._slices(k, "data")(lo, hi)
 
+    def chunk_rows(self, k: int) -> int | None:
+        """About how many rows one ``indices`` chunk of shard ``k`` holds, where a read decodes
+        whole chunks (codecs other than blosc, or no c-blosc); None where a read decodes only
+        the blosc blocks it needs, so that a small read costs little more per row."""
+        reader = self._slices(k, "indices")
+        if reader.directory is not None or not self.shards[k].n_cells:
+            return None
+        nonzeros_per_row = max(1, self.shards[k].nnz // self.shards[k].n_cells)
+        return max(1, reader.chunk // nonzeros_per_row)
+
     def shard_obs(self, k: int, column: str, start: int, stop: int) -> tuple[np.ndarray, list[str]] | None:
         """Codes (-1 missing) and categories of ``column`` for rows ``[start, stop)`` of shard
         ``k``; None where the shard lacks the column. Array handles and categories are opened

@@ -105,6 +105,8 @@ RESUMABLE_CHANGES = {"train.max_steps", "train.checkpoint_every", "train.keep_la
                      "train.eval_every", "tracking", "eval", "prepare", "data.num_workers", "embed", "adapt",
                      "benchmark", "finetune", "train.allow_data_change"}
 
+# The behaviour of a run saved before a setting existed (its config.yaml lacks the key).
+SETTINGS_BEFORE_THEY_EXISTED = {"data.block_order": "random"}
 
 # Before JSON rank states, ``rank_R.pt`` was a pickle; reading one runs whatever it holds.
 ALLOW_PICKLED_ENV = "SCFM_ALLOW_PICKLED_CHECKPOINTS"
@@ -233,6 +235,10 @@ def check_resumable(checkpoint: Path, config: dict, world_size: int) -> None:
                           f"resume with {state['world_size']} processes (each rank resumes its own share of "
                           f"the data), or start a new run directory")
     saved = yaml.safe_load((checkpoint / CONFIG_FILE).read_text())
+    for dotted, value in SETTINGS_BEFORE_THEY_EXISTED.items():  # what a run saved before the key existed did
+        section, key = dotted.split(".")
+        if isinstance(saved.get(section), dict):
+            saved[section].setdefault(key, value)
     changed = _differences(saved, config)
     if changed:
         raise ConfigError(f"{changed[0]} differs from the checkpoint {checkpoint} (saved: "
