@@ -76,3 +76,55 @@ def test_damaged_chunk_is_an_input_error(tmp_path, format_version, match):
     chunk.write_bytes(chunk.read_bytes()[:40])
     with pytest.raises(sc_fm.store.InputDataError, match=match):
         CorpusStore(tmp_path / "s.zarr").read_rows(0, 0, 400)
+
+
+def test_partial_reads_of_a_verified_chunk_read_only_the_blosc_blocks_they_need(tmp_path, monkeypatch):
+    """Once a process has read a chunk whole and its checksum held, a read of a few rows of it
+    reads only the header, the block offsets and the blosc blocks holding them; a chunk file
+    changed since is read whole again, so damage done after the first read is still caught."""
+    import os
+    import struct
+
+    from sc_fm.errors import InputDataError
+
+    rng = np.random.default_rng(0)
+    x = sp.random(2048, 1000, density=0.5, format="csr", random_state=3,
+                  data_rvs=lambda n: rng.integers(1, 30, n).astype(np.int32))
+    vocab = GeneVocab([f"ENSG{i:011d}" for i in range(1000)])
+    with StoreWriter(tmp_path / "s.zarr", vocab, chunk_cells=2048) as writer:
+        writer.add_shard(x.indptr, x.indices, x.data, {}, {}, "s")
+        writer.commit({"global": {"all": GeneStatsAccumulator(1000)}}, [])
+    store = CorpusStore(tmp_path / "s.zarr")
+    chunk = tmp_path / "s.zarr" / "shards" / store.shards[0].name / "indices" / "c" / "0"
+    nbytes, blocksize, cbytes = struct.unpack_from("<iii", chunk.read_bytes(), 4)
+    assert nbytes > 6 * blocksize  # several blosc blocks per chunk
+    data_chunk = chunk.parent.parent.parent / "data" / "c" / "0"
+    smaller = min(cbytes, struct.unpack_from("<iii", data_chunk.read_bytes(), 4)[2])
+
+    whole, part_bytes = [], []
+    frames, preadv = sc_fm.store.direct.SliceReader._frames, os.preadv
+    monkeypatch.setattr(sc_fm.store.direct.SliceReader, "_frames",
+                        lambda self, chunks: whole.append((self.name, list(chunks))) or frames(self, chunks))
+    monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: part_bytes.append(len(buffers[0]))
+                        or preadv(fd, buffers, offset))
+
+    def check(start: int, stop: int) -> None:
+        indptr, indices, data = store.read_rows(0, start, stop)
+        lo, hi = x.indptr[start], x.indptr[stop]
+        np.testing.assert_array_equal(indices, x.indices[lo:hi])
+        np.testing.assert_array_equal(data, x.data[lo:hi])
+
+    check(100, 164)  # the first read of chunk 0 of indices/data: whole, verified
+    assert ("indices", [0]) in whole and ("data", [0]) in whole
+    whole.clear()
+    for start in (0, 90, 500, 1200, 1980):
+        check(start, start + 64)
+    assert not [name for name, _ in whole if name in ("indices", "data")]
+    assert part_bytes and max(part_bytes) < smaller / 2  # at most two of eight blosc blocks
+
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0x5A
+    chunk.write_bytes(bytes(raw))
+    os.utime(chunk, ns=(os.stat(chunk).st_atime_ns, os.stat(chunk).st_mtime_ns + 10**9))
+    with pytest.raises(InputDataError, match="fails its checksum"):
+        store.read_rows(0, 300, 364)

@@ -3,6 +3,12 @@
 ``SliceReader`` is what every row read goes through; chunks it cannot decode directly
 (other codecs, store kinds, byte orders, or no c-blosc) are read through zarr instead.
 
+Of a local chunk a read needs only in part, only the frame's header, its table of blosc block
+offsets and the blosc blocks that hold the range are read from the file, once the process has
+read and verified that chunk whole (``_VERIFIED``, keyed by the file's size and modification
+time: a chunk rewritten since is read and verified whole again). A loader block of 64 cells
+of a 1,024-cell chunk so reads about a tenth of the chunk's bytes, not all of them.
+
 The frames come from local chunk files, or, for a store on object storage (zarr's
 ``FsspecStore``), from one concurrent multi-object fetch per read (``fs.cat`` of every chunk the
 range touches, less those still in memory), retried with back-off (``location.remote_call``) and
@@ -20,6 +26,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
+import struct
 import sys
 from pathlib import Path
 
@@ -32,6 +40,12 @@ from sc_fm.store.location import filesystem, is_object, remote_call
 
 # CRC-32C of (message + its own CRC-32C, little-endian) is this constant for every message
 _CRC32C_RESIDUE = 0x48674BC7
+# a blosc frame: 16-byte header (version, version, flags, typesize, nbytes, blocksize, cbytes),
+# then int32 offsets of its blocks (absent when the frame is stored uncompressed, memcpyed)
+_BLOSC_HEADER = 16
+_BLOSC_MEMCPYED = 0x2
+# chunk file -> (size, mtime in ns) when this process read it whole and its checksum held
+_VERIFIED: dict[str, tuple[int, int]] = {}
 
 
 @functools.cache
@@ -142,13 +156,59 @@ class SliceReader:
         first, last = lo // self.chunk, (hi - 1) // self.chunk
         if self.directory is None:
             return self._through_zarr(lo, hi, first, last)
-        frames = self._frames(range(first, last + 1))
+        local = self.folder is not None
+        frames = {} if local else self._frames(range(first, last + 1))
         out = np.empty(hi - lo, self.array.dtype)
         for j in range(first, last + 1):
             start = j * self.chunk
             a, b = max(lo, start), min(hi, start + self.chunk)
-            self._decode(j, frames[j], a - start, b - a, out[a - lo: b - lo])
+            if local and b - a < self.chunk and self._decode_local_part(j, a - start, b - a, out[a - lo: b - lo]):
+                continue
+            frame = self._frames(range(j, j + 1))[j] if local else frames[j]
+            self._decode(j, frame, a - start, b - a, out[a - lo: b - lo])
         return out
+
+    def _decode_local_part(self, j: int, start: int, n: int, out: np.ndarray) -> bool:
+        """Items ``[start, start + n)`` of local chunk ``j`` into ``out`` from only the bytes
+        that hold them; False (nothing read) where the chunk must be read whole: not yet
+        verified by this process, changed since, missing, or stored uncompressed."""
+        path = self._chunk_path(j)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            stat = os.fstat(fd)
+            if self.checksum and _VERIFIED.get(str(path)) != (stat.st_size, stat.st_mtime_ns):
+                return False
+            header = os.pread(fd, _BLOSC_HEADER, 0)
+            if len(header) < _BLOSC_HEADER or header[2] & _BLOSC_MEMCPYED:
+                return False
+            nbytes, blocksize, cbytes = struct.unpack_from("<iii", header, 4)
+            if (nbytes != self.chunk * out.itemsize or blocksize <= 0
+                    or cbytes + (4 if self.checksum else 0) != stat.st_size):
+                return False
+            n_blocks = -(-nbytes // blocksize)
+            table = os.pread(fd, 4 * n_blocks, _BLOSC_HEADER)
+            offsets = np.frombuffer(table, "<i4")
+            if len(offsets) < n_blocks:
+                return False
+            first = start * out.itemsize // blocksize
+            last = ((start + n) * out.itemsize - 1) // blocksize
+            lo, hi = int(offsets[first]), int(offsets[last + 1]) if last + 1 < n_blocks else cbytes
+            if not _BLOSC_HEADER + len(table) <= lo < hi <= cbytes:
+                return False
+            frame = np.empty(cbytes, np.uint8)  # untouched pages of it are never allocated
+            frame[:_BLOSC_HEADER] = np.frombuffer(header, np.uint8)
+            frame[_BLOSC_HEADER: _BLOSC_HEADER + len(table)] = np.frombuffer(table, np.uint8)
+            if os.preadv(fd, [memoryview(frame)[lo:hi]], lo) != hi - lo:
+                return False
+        finally:
+            os.close(fd)
+        done = self.lib.blosc_getitem(frame.ctypes.data_as(ctypes.c_char_p), start, n, out.ctypes.data)
+        if done != out.nbytes:
+            raise self._damaged(j, f"does not decode (c-blosc returned {done})")
+        return True
 
     def _chunk_key(self, j: int) -> str:
         return self.array.metadata.encode_chunk_key((j,) + (0,) * (self.array.ndim - 1))
@@ -251,6 +311,9 @@ class SliceReader:
         if self.checksum:
             self._verify(j, frame)
             length -= 4  # blosc reads only the frame its header describes
+            if self.folder is not None:
+                stat = os.stat(self._chunk_path(j))
+                _VERIFIED[str(self._chunk_path(j))] = (stat.st_size, stat.st_mtime_ns)
         lib = self.lib
         size = ctypes.c_size_t()  # the header must fit the file and hold one whole chunk
         done = lib.blosc_cbuffer_validate(frame, length, ctypes.byref(size))
