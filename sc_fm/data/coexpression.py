@@ -61,16 +61,48 @@ def kept_normalised_rows(stores: Sequence[CorpusStore], config: DataConfig, norm
     return sp.vstack(parts, format="csr")
 
 
+def centred_top_axes(rows: sp.csr_matrix, k: int, seed: int, oversample: int = 64,
+                     power_iterations: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Singular values ``[k]`` and right singular vectors ``[k, genes]`` of ``rows`` minus its
+    column means, by a randomised range finder with power iterations (Halko, Martinsson and
+    Tropp 2011), the centring applied inside each product so the matrix stays sparse.
+
+    scikit-learn's PCA takes sparse input only with ARPACK (one matrix-vector product at a
+    time: 17 s for the demo corpus's 7,424 cells) or a genes x genes covariance (too large for a
+    real vocabulary), and its ``randomized_svd`` would need the centred matrix itself. Blocks of
+    ``k + oversample`` vectors here: 6.7 s on the same cells, holding 99.5% of the exact top-128
+    variance (the last axes, whose eigenvalues are close to their neighbours', least exactly).
+    """
+    x = rows.astype(np.float64)  # float32 mixes near-equal trailing axes (tested against an exact SVD)
+    mean = np.asarray(x.mean(axis=0), x.dtype).ravel()
+    width = min(k + oversample, *x.shape)
+
+    def times(m: np.ndarray) -> np.ndarray:  # (x - 1 mean^T) @ m
+        return x @ m - mean @ m
+
+    def transposed_times(m: np.ndarray) -> np.ndarray:  # (x - 1 mean^T)^T @ m
+        return x.T @ m - np.outer(mean, m.sum(axis=0))
+
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(times(rng.standard_normal((x.shape[1], width)).astype(x.dtype)))
+    for _ in range(power_iterations):
+        basis, _ = np.linalg.qr(transposed_times(basis))
+        basis, _ = np.linalg.qr(times(basis))
+    _, values, vectors = np.linalg.svd(transposed_times(basis).T, full_matrices=False)
+    return values[:k], vectors[:k]
+
+
 def coexpression_loadings(rows: sp.csr_matrix, dim: int, scale: float, seed: int) -> np.ndarray:
     """``[genes, dim]``: each gene's loadings on the top ``dim`` principal axes of ``rows``
-    (centred implicitly, so a sparse matrix stays sparse), scaled to standard deviation ``scale``."""
-    from sklearn.decomposition import PCA
-
+    (``centred_top_axes``), scaled to root mean square ``scale`` (as a normal start of std ``scale``)."""
     n_components = min(dim, min(rows.shape) - 1)
     if n_components < 1:
         raise ConfigError(f"{rows.shape[0]} training cells are too few for co-expression axes",
                           "model.gene_init", "use model.gene_init=normal, or train on more cells")
-    pca = PCA(n_components, svd_solver="arpack", random_state=seed).fit(rows.astype(np.float64))
+    values, vectors = centred_top_axes(rows, n_components, seed)
+    largest = vectors[np.arange(n_components), np.abs(vectors).argmax(axis=1)]
+    vectors = vectors * np.where(largest < 0, -1.0, 1.0)[:, None]  # a fixed sign: largest loading > 0
     loadings = np.zeros((rows.shape[1], dim))
-    loadings[:, :n_components] = pca.components_.T * np.sqrt(pca.explained_variance_)
-    return (loadings * (scale / max(loadings.std(), 1e-12))).astype(np.float32)
+    loadings[:, :n_components] = vectors.T * values  # the 1/sqrt(n - 1) of a variance cancels below
+    rms = float(np.sqrt(np.mean(loadings ** 2)))  # not the std, which an axis's sign would move
+    return (loadings * (scale / max(rms, 1e-12))).astype(np.float32)
