@@ -59,3 +59,14 @@ def test_step_threads_leave_a_core_per_loader_worker():
     assert step_threads(num_workers=0, cores=2) == 2
     assert step_threads(num_workers=2, local_processes=2, cores=16) == 6
     assert step_threads(num_workers=4, cores=2) == 1
+
+
+def test_a_step_faster_than_the_cpu_peak_raises_the_peak():
+    from sc_fm.train.flops import raised_cpu_peak
+
+    measured = measure_cpu_peak()
+    assert raised_cpu_peak(measured, measured / 2) == measured  # a slower step changes nothing
+    low = measured / 1000  # as if measured while other jobs held the cores
+    raised = raised_cpu_peak(low, low * 3)
+    assert raised > low * 3 and raised > measured / 10  # measured again: the MFU stays below 100%
+    assert raised_cpu_peak(1.0, 1e30) == 1e30  # never below what a step achieved

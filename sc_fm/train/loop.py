@@ -34,7 +34,7 @@ from sc_fm.train.distributed import DistEnv, all_reduce_sum, barrier, init_proce
 from sc_fm.train.engines import DeepSpeedEngine, PlainEngine, TrainEngine
 from sc_fm.train.guards import check_finite, out_of_memory_advice
 from sc_fm.train.plan import TrainPlan, make_plan
-from sc_fm.train.flops import StepFlops, peak_flops
+from sc_fm.train.flops import StepFlops, peak_flops, raised_cpu_peak
 from sc_fm.train.progress import ProgressBar, Throughput
 from sc_fm.train.rng import capture_rng, restore_rng, seed_everything
 from sc_fm.train.threads import available_cores, budget_cpu_threads
@@ -204,6 +204,8 @@ class Trainer:
                    "tokens_per_s": tokens_per_s, "cells_per_s": cells_per_s, "lr": lr,
                    "grad_norm": local["grad_norm"]}
         if self.peak_flops:
+            if self.plan.device.type == "cpu":
+                self.peak_flops = raised_cpu_peak(self.peak_flops, flops_per_s / world)
             metrics["mfu"] = flops_per_s / (self.peak_flops * world)
         return metrics
 
