@@ -15,6 +15,7 @@ Usage: ``python -m sc_fm.demo --out demo_out [--quick]``.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -83,6 +84,23 @@ def pretrain(out: Path, store: Path, size: DemoSize) -> Path:
     return run_dir / "final"
 
 
+def pretraining_time(run_dir: Path, stage_s: float) -> str:
+    """How the pretraining stage's time divides into steps and start-up, from the run's own
+    per-step rates (``metrics.jsonl``): a stall shows as loop time above steps x steady step."""
+    from sc_fm.train import METRICS_FILE
+
+    cells = load_config(run_dir / "config.yaml").train.global_batch_cells
+    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    step_s = np.array([cells / r["cells_per_s"] for r in records if r.get("cells_per_s")])
+    if not len(step_s):
+        return "pretraining: no steps recorded"
+    steady, loop = float(np.median(step_s)), float(step_s.sum())
+    return (f"pretraining: {len(step_s)} steps in {loop:.0f} s, {loop / (len(step_s) * steady):.2f}x steps x "
+            f"the steady {steady:.2f} s/step; the stage took {stage_s:.0f} s "
+            f"({stage_s / (len(step_s) * steady):.2f}x), the rest being start-up (imports, DeepSpeed, "
+            "the co-expression start, MLflow) and the final save")
+
+
 def evaluate(out: Path, checkpoint: Path, size: DemoSize):
     """Embed the held-out real cells into an h5ad, then benchmark the checkpoint on them: zero-shot,
     adapted to them (``scfm adapt``), against its untrained and from-scratch controls, scVI,
@@ -125,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(result.verdict))
     print("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
           + f"; total {time.perf_counter() - began:.0f} s")
+    print(pretraining_time(checkpoint.parent, timings["pretrain"]))
     print(f"report: {result.report}")
     print(f"embedded cells: {out / 'sc_mixology_embedded.h5ad'} (obsm['X_scfm'])")
     print(f"MLflow database: {result.tracking['tracking_uri']} (run {result.tracking['run_id']}); "
