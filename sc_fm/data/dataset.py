@@ -20,7 +20,7 @@ import torch
 
 from sc_fm.config import DataConfig
 from sc_fm.data.filters import CellFilter
-from sc_fm.data.plan import BlockTable, Fetch, build_blocks, epoch_fetches
+from sc_fm.data.plan import ORDER_BEFORE_BLOCK_ORDERS, BlockTable, Fetch, build_blocks, epoch_fetches
 from sc_fm.data.stores import store_offsets
 from sc_fm.errors import ConfigError
 from sc_fm.store import CorpusStore
@@ -93,7 +93,7 @@ class CorpusDataset(torch.utils.data.IterableDataset):
     def load_state_dict(self, state: dict) -> None:
         """Resume at ``state``; a different seed, world size or block order has another plan, so
         it is refused. States saved before ``block_order`` existed used the ``random`` order."""
-        state = {"block_order": "random", **state}
+        state = {"block_order": ORDER_BEFORE_BLOCK_ORDERS, **state}
         for key, fix in (("seed", "train.seed"), ("world_size", "the number of processes"), ("rank", "rank"),
                          ("block_order", "data.block_order")):
             if state.get(key, getattr(self, key)) != getattr(self, key):

@@ -76,6 +76,10 @@ def build_blocks(stores: Sequence[CorpusStore], block_cells: int, cell_filter: C
     return BlockTable(*(getattr(table, f)[nonempty] for f in ("store", "shard", "start", "stop", "n_cells")))
 
 
+# the order of every run saved before ``data.block_order`` existed
+ORDER_BEFORE_BLOCK_ORDERS = "random"
+
+
 def stratified_order(n_blocks: int, group: int, rng: np.random.Generator) -> np.ndarray:
     """All blocks, in groups of ``group`` that each take one block from every stratum.
 

@@ -312,8 +312,9 @@ class SliceReader:
             self._verify(j, frame)
             length -= 4  # blosc reads only the frame its header describes
             if self.folder is not None:
-                stat = os.stat(self._chunk_path(j))
-                _VERIFIED[str(self._chunk_path(j))] = (stat.st_size, stat.st_mtime_ns)
+                path = self._chunk_path(j)
+                stat = os.stat(path)
+                _VERIFIED[str(path)] = (stat.st_size, stat.st_mtime_ns)
         lib = self.lib
         size = ctypes.c_size_t()  # the header must fit the file and hold one whole chunk
         done = lib.blosc_cbuffer_validate(frame, length, ctypes.byref(size))

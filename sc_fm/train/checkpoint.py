@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from sc_fm.data.plan import ORDER_BEFORE_BLOCK_ORDERS
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.train.distributed import DistEnv, barrier
 
@@ -106,7 +107,7 @@ RESUMABLE_CHANGES = {"train.max_steps", "train.checkpoint_every", "train.keep_la
                      "benchmark", "finetune", "train.allow_data_change"}
 
 # The behaviour of a run saved before a setting existed (its config.yaml lacks the key).
-SETTINGS_BEFORE_THEY_EXISTED = {"data.block_order": "random"}
+SETTINGS_BEFORE_THEY_EXISTED = {"data.block_order": ORDER_BEFORE_BLOCK_ORDERS}
 
 # Before JSON rank states, ``rank_R.pt`` was a pickle; reading one runs whatever it holds.
 ALLOW_PICKLED_ENV = "SCFM_ALLOW_PICKLED_CHECKPOINTS"
