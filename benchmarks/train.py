@@ -10,10 +10,12 @@ ZeRO-2 (the default) and the plain PyTorch loop.
 
 A shared machine drifts by several times within a minute, so one run of each says nothing:
 the methods run in turn, round after round (model-only, DeepSpeed, plain, model-only, ...),
-each figure is the median over rounds, and the spread (min-max over rounds) is printed beside
-it. Steady state only: the first steps of every run (allocation, DeepSpeed set-up) are left
+each rate is the median over rounds with the spread (min-max over rounds) beside it, and each
+end-to-end/model-only ratio is taken within a round, a minute apart, then the median over
+rounds: a 1.5x drift of the machine between rounds, seen on the 2-core machine, cancels. Steady state only: the first steps of every run (allocation, DeepSpeed set-up) are left
 out. The model-only ceiling is the faster of the bare step with ``pretrain``'s own thread
-budget (a core left to the loader worker, ``sc_fm/train/threads.py``) and with every core.
+budget (``sc_fm/train/threads.py``: every core, the loader workers at idle priority) and with
+every core, when the two differ (``OMP_NUM_THREADS`` set).
 ``train_time_vs_steady`` is steps x the median step time over the run's actual time
 (target 1/1.2: no stalls).
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -167,7 +170,7 @@ def main() -> None:
                                     [*base, f"model.size={size}", *SIZE_OVERRIDES[size]])
                   for size in MFU_TARGETS}
         cfg = cfg_of[run]
-        budget = step_threads(cfg.data.num_workers)
+        budget = torch.get_num_threads() if os.environ.get("OMP_NUM_THREADS") else step_threads()
         threads = sorted({budget, available_cores()})
         print(f"{run} model end to end, {cfg.train.global_batch_cells} cells/step in micro-batches of "
               f"{cfg.train.micro_batch_cells}, max_len {cfg.tokenizer.max_len}, {steps} timed steps, "
@@ -204,10 +207,10 @@ def main() -> None:
             size_bench = bench if size == run else ModelOnly(size_cfg, max(steps // 2, 4))
             mfus[size] = mfu(size, size_bench, rounds, budget)
 
-    model_rate = statistics.median(rates["model"])
     for name, engine in (("train", "deepspeed"), ("train_plain", "plain")):
-        ratio = statistics.median(rates[engine]) / model_rate
-        print(f"result: {name}_vs_model_tokens_per_s ratio={ratio:.3f} target={TARGET}")
+        ratios = [e / m for e, m in zip(rates[engine], rates["model"])]
+        print(f"{engine} / model-only within each round: {', '.join(f'{r:.3f}' for r in ratios)}")
+        print(f"result: {name}_vs_model_tokens_per_s ratio={statistics.median(ratios):.3f} target={TARGET}")
     print(f"result: train_time_vs_steady ratio={statistics.median(steadiness):.3f} target={STEADY_TARGET}")
     for size, value in mfus.items():
         print(f"result: mfu_{size}_cpu ratio={value:.3f} target={MFU_TARGETS[size]}")

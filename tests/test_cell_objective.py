@@ -76,6 +76,48 @@ def test_downsampling_thins_the_input_but_not_the_target(tiny_store):
     np.testing.assert_array_equal(at_inference.gene_ids, reference.gene_ids)  # never without an rng
 
 
+def test_thinning_draws_are_the_binomial_inverse_cdf_of_their_uniforms():
+    from sc_fm.kernels import thin_rows, thinning_draws
+
+    rng = np.random.default_rng(0)  # one cell per count, every cell thinned at its own fraction
+    counts = np.concatenate([np.ones(2000, np.int64), rng.integers(2, 40, 4000), rng.integers(40, 1000, 500)])
+    p = rng.uniform(0.2, 1.0, len(counts))
+    p[:50] = 1.0
+    indptr, genes, thinned = np.arange(len(counts) + 1), np.zeros(len(counts), np.int32), np.ones(len(counts), bool)
+    assert thinning_draws(indptr, counts, thinned) == len(counts)  # one uniform per count up to 1,000
+    uniforms = rng.random(len(counts))
+    out_indptr, out_genes, out_counts = np.empty_like(indptr), np.empty_like(genes), np.empty_like(counts)
+    written = thin_rows(indptr, genes, counts, thinned, p, uniforms, out_indptr, out_genes, out_counts)
+    kept = np.zeros_like(counts)
+    kept[np.diff(out_indptr) == 1] = out_counts[:written]
+    assert (out_counts[:written] > 0).all()  # cells thinned to 0 of a gene lose that nonzero
+    # p <= 0.5 walks successes, p > 0.5 failures: each the inverse CDF at its uniform
+    expected = np.where(p <= 0.5, scipy.stats.binom.ppf(uniforms, counts, p),
+                        counts - scipy.stats.binom.ppf(uniforms, counts, 1 - p))
+    assert (kept == expected).mean() > 0.999  # float rounding at a CDF step may move a rare draw by one
+    assert np.abs(kept - expected).max() <= 1 and (kept[:50] == counts[:50]).all()
+    # a count over 1,000 takes a uniform per chunk; unthinned cells take none
+    assert thinning_draws(np.array([0, 2, 3, 5]), np.array([2500, 1, 7, 4, 4]), np.array([True, False, True])) == 6
+
+
+def test_thinned_counts_follow_the_binomial_of_their_cell_fraction(tiny_store):
+    cfg = TokenizerConfig(downsample_prob=1.0, downsample_min_fraction=0.5)
+    thinned = CellTokenizer.from_stores(cfg, [tiny_store])
+    indptr = np.arange(0, 3001 * 4, 4)  # 3,000 cells of 4 genes, counts 1, 3, 20 and 2,000
+    data = np.tile(np.array([1, 3, 20, 2000]), 3000)
+    indices = np.tile(np.arange(4), 3000)
+    out = sp.csr_matrix(thinned._downsampled(indptr, indices, data, np.random.default_rng(0))[::-1],
+                        shape=(3000, 4))
+    assert out.nnz < len(data) and (out.data > 0).all()  # the zeros thinning makes are dropped
+    fraction = np.random.default_rng(0)
+    fraction.random(3000)
+    p = fraction.uniform(0.5, 1.0, 3000)
+    out = out.toarray()
+    for column, n in enumerate([1, 3, 20, 2000]):  # a 2,000 is drawn as two chunks of 1,000
+        z = (out[:, column] - n * p) / np.sqrt(n * p * (1 - p))
+        assert abs(z.mean()) < 0.1 and 0.9 < z.std() < 1.1, (n, z.mean(), z.std())
+
+
 def test_model_learns_to_reconstruct_and_embeds_in_the_bottleneck(tokenizer, tiny_store):
     torch.manual_seed(0)
     model = MaskedGeneTransformer(SMALL, **tokenizer.model_inputs)

@@ -12,7 +12,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from sc_fm.config import DataConfig, TokenizerConfig, load_config
-from sc_fm.data.coexpression import coexpression_loadings, kept_normalised_rows, sample_blocks
+from sc_fm.data.coexpression import centred_top_axes, coexpression_loadings, kept_normalised_rows, sample_blocks
 from sc_fm.errors import ConfigError
 from sc_fm.pretrained import Pretrained
 from sc_fm.tokenize import CellTokenizer
@@ -40,6 +40,15 @@ def test_loadings_are_the_principal_axes_scaled_to_the_init_std():
     np.testing.assert_array_equal(loadings, coexpression_loadings(sp.csr_matrix(dense), 4, 0.02, seed=0))
     with pytest.raises(ConfigError, match="too few"):
         coexpression_loadings(sp.csr_matrix(dense[:1]), 4, 0.02, seed=0)
+
+
+def test_dense_and_sparse_products_find_the_same_axes():
+    rng = np.random.default_rng(1)
+    rows = sp.random(400, 120, density=0.3, random_state=2, format="csr") @ sp.diags(rng.uniform(1, 4, 120))
+    dense_values, dense_vectors = centred_top_axes(sp.csr_matrix(rows), 8, seed=0)
+    sparse_values, sparse_vectors = centred_top_axes(sp.csr_matrix(rows), 8, seed=0, dense_bytes=0)
+    np.testing.assert_allclose(dense_values, sparse_values, rtol=1e-10)
+    np.testing.assert_allclose(np.abs(dense_vectors @ sparse_vectors.T), np.eye(8), atol=1e-8)
 
 
 def test_rows_are_the_tokenizer_values_of_the_kept_cells_only(tiny_store):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -167,6 +168,21 @@ def test_resume_mid_epoch_with_other_worker_count(tiny_store, tokenizer):
     resumed = build_train_loader(cfg, tokenizer)
     resumed.load_state_dict(state)
     assert all(same(next(resumed), expected[i]) for i in range(5, 16))
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_idle_workers_run_at_idle_priority_and_change_no_batch(tiny_store, tokenizer):
+    import psutil
+
+    cfg = run_config(tiny_store.path)
+    cfg.data.num_workers = 1
+    expected = next(build_train_loader(cfg, tokenizer))
+    before = {child.pid for child in psutil.Process().children()}  # other loaders' workers, if alive
+    idle = build_train_loader(cfg, tokenizer, idle_workers=True)
+    assert same(next(idle), expected)
+    workers = [child.pid for child in psutil.Process().children() if child.pid not in before]
+    assert len(workers) == 1 and os.sched_getscheduler(workers[0]) == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the training process keeps its priority
 
 
 def test_batches_are_the_same_through_zarr_reads(tiny_store, tokenizer, monkeypatch):

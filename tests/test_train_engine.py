@@ -17,6 +17,7 @@ from s3_server import bucket, s3_env, s3_settings  # noqa: F401 - fixtures of th
 from sc_fm.config import load_config
 from sc_fm.model import MaskedGeneTransformer
 from sc_fm.pretrained import Pretrained
+from sc_fm.errors import ConfigError
 from sc_fm.tracking import TRACKING_FILE
 from sc_fm.train import FINAL_DIR, METRICS_FILE, TrainingError, pretrain
 
@@ -132,6 +133,23 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_store, tmp_path, mon
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_2", "step_4"]
     model = Pretrained.load(run_dir / "checkpoints" / "step_4").model
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    info = json.loads((run_dir / TRACKING_FILE).read_text())
+    assert MlflowClient(info["tracking_uri"]).get_run(info["run_id"]).info.status == "FAILED"
+
+
+def test_a_set_up_failure_closes_the_mlflow_run_it_opened(tiny_store, tmp_path, monkeypatch):
+    """The MLflow run opens in a thread beside the co-expression start: when that start
+    fails, the run is closed as FAILED, not left RUNNING."""
+    import sc_fm.train.loop
+
+    def fail(*args, **kwargs):
+        raise ConfigError("no axes", "model.gene_init")
+
+    monkeypatch.setattr(sc_fm.train.loop, "coexpression_loadings", fail)
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="no axes"):
+        pretrain(run_config(tiny_store, "train.max_steps=2", "train.engine=plain", "tracking.enabled=true",
+                            "model.gene_init=coexpression"), run_dir)
     info = json.loads((run_dir / TRACKING_FILE).read_text())
     assert MlflowClient(info["tracking_uri"]).get_run(info["run_id"]).info.status == "FAILED"
 

@@ -54,11 +54,10 @@ def test_one_peak_table_and_a_measured_cpu_peak():
     assert cpu == measure_cpu_peak() and 1e8 < cpu < 1e14  # measured once per thread count, then cached
 
 
-def test_step_threads_leave_a_core_per_loader_worker():
-    assert step_threads(num_workers=1, cores=2) == 1
-    assert step_threads(num_workers=0, cores=2) == 2
-    assert step_threads(num_workers=2, local_processes=2, cores=16) == 6
-    assert step_threads(num_workers=4, cores=2) == 1
+def test_step_threads_are_the_process_share_of_the_cores():
+    assert step_threads(cores=2) == 2
+    assert step_threads(local_processes=2, cores=16) == 8
+    assert step_threads(local_processes=3, cores=2) == 1
 
 
 def test_a_step_faster_than_the_cpu_peak_raises_the_peak():

@@ -11,6 +11,7 @@ restarts the stream there, giving the same batches as an uninterrupted run.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -81,16 +82,35 @@ def tokenizer_columns(tokenizer: CellTokenizer) -> list[str]:
     return list(tokenizer.config.condition_keys) + extra
 
 
+def run_on_idle_cores(worker_id: int) -> None:
+    """DataLoader worker start: take a core only while the training process leaves it idle.
+
+    A CPU training step's OpenMP threads each hold a core, and a region of the step ends only
+    when its slowest thread does: a worker that takes one of those cores for a time slice
+    stalls the whole step. At idle priority (Linux ``SCHED_IDLE``) a worker runs in the gaps
+    between the step's parallel regions and gives the core back as soon as a step thread
+    wakes, so the step may use every core; a worker needs a few percent of one to keep up.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux: the lowest ordinary priority instead
+        os.nice(19)
+
+
 class TrainBatches:
-    """Endless packed, masked batches of exactly ``batch_cells`` cells; resumable exactly."""
+    """Endless packed, masked batches of exactly ``batch_cells`` cells; resumable exactly.
+
+    ``idle_workers``: workers run at idle priority (``run_on_idle_cores``), for a training
+    step that computes on the CPU."""
 
     def __init__(self, dataset: CorpusDataset, tokenizer: CellTokenizer, batch_cells: int,
-                 num_workers: int = 0, with_expression: bool = False):
+                 num_workers: int = 0, with_expression: bool = False, idle_workers: bool = False):
         self.dataset = dataset
         self.tokenizer = tokenizer
         self.batch_cells = batch_cells
         self.num_workers = num_workers
         self.with_expression = with_expression
+        self.idle_workers = idle_workers
         self._stream: Iterator[dict] | None = None
         self._pending: deque[_Pending] = deque()
         self._position = (dataset.epoch, dataset.offset)
@@ -98,9 +118,14 @@ class TrainBatches:
     def __iter__(self) -> "TrainBatches":
         return self
 
-    def __next__(self) -> dict:
+    def start(self) -> None:
+        """Start the workers on their first fetches now (``__next__`` would, at the first batch):
+        a run overlaps that wait with the rest of its set-up."""
         if self._stream is None:
             self._stream = self._open()
+
+    def __next__(self) -> dict:
+        self.start()
         ds = self.dataset
         mask_rng = np.random.default_rng([ds.seed, ds.world_size, ds.rank, *self._position, _MASK])
         parts, index, need = [], [], self.batch_cells
@@ -125,7 +150,8 @@ class TrainBatches:
         if self.num_workers == 0:
             return iter(source)
         loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=self.num_workers,
-                                             prefetch_factor=2, persistent_workers=False)
+                                             prefetch_factor=2, persistent_workers=False,
+                                             worker_init_fn=run_on_idle_cores if self.idle_workers else None)
         return iter(loader)
 
     def state_dict(self) -> dict:
@@ -141,13 +167,14 @@ class TrainBatches:
         self._stream = None
 
 
-def build_train_loader(config: RunConfig, tokenizer: CellTokenizer, rank: int = 0,
-                       world_size: int = 1) -> TrainBatches:
-    """Open ``config.data.stores``, check them against the tokenizer, and stream batches."""
+def build_train_loader(config: RunConfig, tokenizer: CellTokenizer, rank: int = 0, world_size: int = 1,
+                       idle_workers: bool = False) -> TrainBatches:
+    """Open ``config.data.stores``, check them against the tokenizer, and stream batches
+    (``idle_workers``: see ``TrainBatches``)."""
     stores = open_stores(config.data.stores)
     for store in stores:
         check_vocabulary(store, tokenizer.vocab)
     dataset = CorpusDataset(stores, config.data, tokenizer_columns(tokenizer), seed=config.train.seed,
                             rank=rank, world_size=world_size)
     return TrainBatches(dataset, tokenizer, config.train.micro_batch_cells, config.data.num_workers,
-                        with_expression=config.model.cell_objective != "none")
+                        with_expression=config.model.cell_objective != "none", idle_workers=idle_workers)

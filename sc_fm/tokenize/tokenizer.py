@@ -217,7 +217,7 @@ class CellTokenizer:
         expression = (Ragged(indptr.copy(), (indices.astype(np.int32), data.astype(np.float32)))
                       if with_expression else None)
         if rng is not None and self.config.downsample_prob > 0:
-            indptr, indices, data = self._expressed_csr(*self._downsampled(indptr, indices, data, rng))
+            indptr, indices, data = self._downsampled(indptr, indices, data, rng)
         n = len(indptr) - 1
         group_values = normaliser_group_values
         parts = []
@@ -236,26 +236,23 @@ class CellTokenizer:
         probability ``downsample_prob``, kept at a fraction ~ U(``downsample_min_fraction``, 1) of
         its molecules, so the model sees the same cell at many depths. Non-integer values are kept.
 
-        Only the thinned cells' counts are drawn, and a count of 1 (most of a sparse row) is a
-        single uniform draw: numpy's binomial with a varying ``p`` costs ~75 ns a value, which
-        made thinning the loader's largest cost."""
+        Only the thinned cells' counts are drawn, each by inverting the binomial CDF at a
+        uniform of ``rng``, in one compiled pass that also drops the zeros it makes
+        (``sc_fm.kernels.thin_rows``): numpy's binomial with a varying ``p`` costs ~65 ns a
+        value, which made thinning the loader's largest cost."""
+        from sc_fm.kernels import thin_rows, thinning_draws
+
         cfg = self.config
         n = len(indptr) - 1
         thinned = rng.random(n) < cfg.downsample_prob
         fraction = rng.uniform(cfg.downsample_min_fraction, 1.0, n)
         if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
             return indptr, indices, data
-        lengths = np.diff(indptr)
-        where = np.repeat(thinned, lengths)  # the nonzeros of thinned cells
-        counts = data[where].astype(np.int64)
-        p = np.repeat(fraction[thinned], lengths[thinned])
-        single = counts == 1
-        kept = np.empty_like(counts)
-        kept[single] = rng.random(int(single.sum())) < p[single]
-        kept[~single] = rng.binomial(counts[~single], p[~single])
-        out = data.copy()
-        out[where] = kept.astype(data.dtype)
-        return indptr, indices, out
+        uniforms = rng.random(thinning_draws(indptr, data, thinned))
+        out_indptr = np.empty_like(indptr)
+        out_indices, out_data = np.empty_like(indices), np.empty_like(data)
+        written = thin_rows(indptr, indices, data, thinned, fraction, uniforms, out_indptr, out_indices, out_data)
+        return out_indptr, out_indices[:written], out_data[:written]
 
     def _encode_block(self, indptr, indices, data, conditions, group_values, rng) -> TokenizedCells:
         """``encode_rows`` on validated rows, all at once."""

@@ -8,10 +8,12 @@ same sequence of batches and random draws as an uninterrupted one.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -37,7 +39,7 @@ from sc_fm.train.plan import TrainPlan, make_plan
 from sc_fm.train.flops import StepFlops, peak_flops, raised_cpu_peak
 from sc_fm.train.progress import ProgressBar, Throughput
 from sc_fm.train.rng import capture_rng, restore_rng, seed_everything
-from sc_fm.train.threads import available_cores, budget_cpu_threads
+from sc_fm.train.threads import available_cores, budget_cpu_threads, local_processes
 from sc_fm.vocab import N_SPECIAL
 
 METRICS_FILE = "metrics.jsonl"
@@ -71,7 +73,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
     created = cfg.train.engine == "deepspeed" and init_process_group(env, plan.device)
     threads = torch.get_num_threads()
     if plan.device.type == "cpu":
-        budget_cpu_threads(cfg.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        budget_cpu_threads()
     try:
         return Trainer(cfg, plan, run_dir, checkpoints, latest, resume, evaluator, initial).run()
     finally:
@@ -108,24 +110,46 @@ class Trainer:
             self.tokenizer = CellTokenizer.load(latest / "tokenizer")
         else:
             self.tokenizer = initial.tokenizer if initial is not None else self._new_tokenizer(stores)
-        seed_everything(cfg.train.seed)  # identical initial weights on every rank
-        self.model = MaskedGeneTransformer(cfg.model, **self.tokenizer.model_inputs)
-        if initial is not None:
-            self.model.start_from(initial.model)
-        elif latest is None and cfg.model.gene_init == "coexpression":
-            self._coexpression_start(stores)
-        self.n_parameters = count_parameters(self.model)
-        seed_everything(cfg.train.seed + 1 + self.env.rank)  # per-rank dropout draws
-        self.engine: TrainEngine = (
-            PlainEngine(self.model, cfg.train, plan.accumulation, plan.device, plan.precision)
-            if plan.deepspeed_config is None else
-            DeepSpeedEngine(self.model, cfg.train, plan.device, plan.precision, plan.deepspeed_config))
-        self.loader = build_train_loader(cfg, self.tokenizer, self.env.rank, self.env.world_size)
-        self.step = 0
-        if latest is not None:
-            self._restore(latest)
-        self.evaluator = evaluator(self.tokenizer) if evaluator is not None and self.env.is_main else None
-        self.tracker = self._start_tracking() if self.env.is_main and cfg.tracking.enabled else None
+        self.loader = build_train_loader(cfg, self.tokenizer, self.env.rank, self.env.world_size,
+                                         idle_workers=plan.device.type == "cpu")
+        if latest is None:  # a resume repositions the loader first
+            self.loader.start()  # its workers fork before the set-up thread below exists
+        # DeepSpeed's import (~5 s of Python) and opening the MLflow run (~2 s on a new database)
+        # were most of a small run's start-up. In a thread they overlap the co-expression
+        # start, whose numpy and LAPACK work releases the interpreter lock, and the loader's
+        # first fetch; their errors are raised where their results are needed.
+        setup = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sc_fm-setup")
+        engine_import = (setup.submit(importlib.import_module, "deepspeed")
+                         if plan.deepspeed_config is not None else None)
+        tracking: Future | None = None
+        try:
+            seed_everything(cfg.train.seed)  # identical initial weights on every rank
+            self.model = MaskedGeneTransformer(cfg.model, **self.tokenizer.model_inputs)
+            self.n_parameters = count_parameters(self.model)
+            if self.env.is_main and cfg.tracking.enabled:
+                tracking = setup.submit(self._start_tracking)
+            if initial is not None:
+                self.model.start_from(initial.model)
+            elif latest is None and cfg.model.gene_init == "coexpression":
+                self._coexpression_start(stores)
+            seed_everything(cfg.train.seed + 1 + self.env.rank)  # per-rank dropout draws
+            if engine_import is not None:
+                engine_import.result()
+            self.engine: TrainEngine = (
+                PlainEngine(self.model, cfg.train, plan.accumulation, plan.device, plan.precision)
+                if plan.deepspeed_config is None else
+                DeepSpeedEngine(self.model, cfg.train, plan.device, plan.precision, plan.deepspeed_config))
+            self.step = 0
+            if latest is not None:
+                self._restore(latest)
+            self.evaluator = evaluator(self.tokenizer) if evaluator is not None and self.env.is_main else None
+            self.tracker: RunTracker | None = tracking.result() if tracking is not None else None
+        except BaseException:
+            if tracking is not None and tracking.exception() is None:
+                tracking.result().finish("FAILED")  # the MLflow run opened beside a set-up that failed
+            raise
+        finally:
+            setup.shutdown(wait=False)
         self.step_flops = StepFlops.of(self.model)
         self.peak_flops = peak_flops(plan.device)
 
@@ -317,9 +341,10 @@ class Trainer:
               f"{self.cfg.train.global_batch_cells} cells/step = {self.cfg.train.micro_batch_cells} x "
               f"{self.plan.accumulation} accumulation x {self.env.world_size}; {where}", file=sys.stderr)
         if self.plan.device.type == "cpu":
+            workers = self.cfg.data.num_workers
             why = ("OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else
-                   f"{available_cores()} core(s) less one per loader worker (data.num_workers="
-                   f"{self.cfg.data.num_workers})")
+                   f"{available_cores()} core(s) shared by {local_processes()} local process(es)"
+                   + (f"; {workers} loader worker(s) at idle priority" if workers else ""))
             print(f"scfm pretrain: {torch.get_num_threads()} CPU thread(s) per process: {why}",
                   file=sys.stderr)
         if self.tracker is not None:

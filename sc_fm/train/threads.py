@@ -1,12 +1,14 @@
-"""CPU thread budget: the training step's intra-op threads leave a core to each loader worker.
+"""CPU thread budget: the training step's intra-op threads take every core of their share.
 
 PyTorch starts one OpenMP thread per core. An OpenMP parallel region ends only when its slowest
 thread does, so when any other process takes one of those cores (a DataLoader worker
 tokenising its next fetch, gloo, a second rank, someone else's job) every region of the step
-waits for a descheduled thread: on 2 cores with one loader worker the tiny model's step went
-from about 0.5 s to 4-6 s and back, which the progress bar showed as stalls. Sizing the pool
-to the cores this process may use, shared among the local ranks, minus the loader workers,
-keeps the step's threads on cores of their own. ``OMP_NUM_THREADS`` set by the user wins.
+waits for a descheduled thread: on 2 cores with one loader worker at normal priority the tiny
+model's step went from about 0.5 s to 4-6 s and back, which the progress bar showed as
+stalls. The loader workers of a CPU run therefore run at idle priority
+(``sc_fm.data.loader.run_on_idle_cores``), in the gaps the step leaves, and the step's
+threads are the cores this process may use, shared among the local ranks.
+``OMP_NUM_THREADS`` set by the user wins.
 """
 
 from __future__ import annotations
@@ -24,16 +26,20 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def step_threads(num_workers: int, local_processes: int = 1, cores: int | None = None) -> int:
-    """Intra-op threads for one training process: its share of the cores less one per worker."""
-    share = (available_cores() if cores is None else cores) // max(local_processes, 1)
-    return max(1, share - num_workers)
+def local_processes() -> int:
+    """Training processes on this machine (the launchers' ``LOCAL_WORLD_SIZE``; 1 unlaunched)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
 
 
-def budget_cpu_threads(num_workers: int, local_processes: int) -> int | None:
+def step_threads(local_processes: int = 1, cores: int | None = None) -> int:
+    """Intra-op threads for one training process: its share of the cores."""
+    return max(1, (available_cores() if cores is None else cores) // max(local_processes, 1))
+
+
+def budget_cpu_threads() -> int | None:
     """Set torch's intra-op threads for a CPU run; returns the number set, None if the user chose."""
     if os.environ.get("OMP_NUM_THREADS"):
         return None
-    threads = step_threads(num_workers, local_processes)
+    threads = step_threads(local_processes())
     torch.set_num_threads(threads)
     return threads
