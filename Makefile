@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: install demo test bench clean
 
@@ -16,6 +17,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"  # the benchmarks' peers
+	touch $(BENCH_STAMP)
+
 demo: $(STAMP)
 	rm -rf demo_out  # each demo starts from a fresh corpus, run and MLflow database
 	$(PY) -m sc_fm.demo --out demo_out
@@ -23,7 +28,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	for b in ingest loader model train quality; do $(PY) benchmarks/$$b.py --quick || exit 1; done
 
 clean:

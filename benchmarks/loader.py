@@ -43,6 +43,7 @@ from sc_fm.store import CorpusStore
 from sc_fm.tokenize import CellTokenizer
 
 from memory import PeakRSS, tree_cpu_seconds  # benchmarks/memory.py, beside this script
+from peers import require_peers
 
 SOURCE_BLOCK = 1024  # cells; distinct source blocks per batch measure how well a loader mixes
 OBS_COLUMNS = ("dataset", "assay", "donor")
@@ -267,6 +268,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (best kept)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
     args = parser.parse_args()
+    require_peers("loader.py", "scdataset")
     args.cells = args.cells or (24_000 if args.quick else 500_000)
     args.seconds = args.seconds or (5.0 if args.quick else 40.0)
     args.warmup_s = 8.0 if args.quick else 15.0  # past the first fetch of every worker

@@ -31,6 +31,8 @@ from sc_fm.simulate import AtlasSimulator, AtlasSpec
 from sc_fm.train.flops import StepFlops, peak_flops
 from sc_fm.vocab import CLS_ID, MASK_ID, N_SPECIAL, PAD_ID
 
+from peers import require_peers  # benchmarks/peers.py, beside this script
+
 MASK_RATIO = 0.15
 
 
@@ -183,6 +185,7 @@ def main() -> None:
                         help="torch CPU threads (default: all cores); 1 is steadier on a busy machine")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    require_peers("model.py", "transformers")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -43,6 +43,7 @@ from sc_fm.store import CorpusStore
 from sc_fm.tokenize import CellTokenizer
 
 from loader import OBS_COLUMNS, Measured, Tokenise, best_run, build_inputs, endless, measure, sc_fm_batches
+from peers import require_peers
 
 METHODS = ("local", "s3_cold", "s3_warm", "soma_ml")
 ATLAS = (8000, 5, 8000.0)  # genes, studies, mean counts per cell
@@ -161,6 +162,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="the methods to measure (default: all)")
     args = parser.parse_args()
+    if "soma_ml" in args.methods:
+        require_peers("remote.py", "tiledbsoma_ml")
     args.genes, args.studies, args.depth = ATLAS  # loader.py's atlas: ~2k nonzeros per cell
     args.cells = args.cells or (16_000 if args.quick else 100_000)
     args.seconds = args.seconds or (5.0 if args.quick else 30.0)

@@ -39,7 +39,7 @@ from sc_fm.train.plan import TrainPlan, make_plan
 from sc_fm.train.flops import StepFlops, peak_flops, raised_cpu_peak
 from sc_fm.train.progress import ProgressBar, Throughput
 from sc_fm.train.rng import capture_rng, restore_rng, seed_everything
-from sc_fm.train.threads import available_cores, budget_cpu_threads, local_processes
+from sc_fm.train.threads import available_cores, budget_cpu_threads, local_processes, setup_blas_threads
 from sc_fm.vocab import N_SPECIAL
 
 METRICS_FILE = "metrics.jsonl"
@@ -114,10 +114,11 @@ class Trainer:
                                          idle_workers=plan.device.type == "cpu")
         if latest is None:  # a resume repositions the loader first
             self.loader.start()  # its workers fork before the set-up thread below exists
-        # DeepSpeed's import (~5 s of Python) and opening the MLflow run (~2 s on a new database)
-        # were most of a small run's start-up. In a thread they overlap the co-expression
-        # start, whose numpy and LAPACK work releases the interpreter lock, and the loader's
-        # first fetch; their errors are raised where their results are needed.
+        # DeepSpeed's import (~7 s of Python on 2 cores) and opening the MLflow run (~3 s on a new
+        # database) were most of a small run's start-up. In a thread they overlap the
+        # co-expression start, whose numpy and LAPACK work releases the interpreter lock (and
+        # leaves that thread a core: setup_blas_threads), and the loader's first fetch; their
+        # errors are raised where their results are needed.
         setup = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sc_fm-setup")
         engine_import = (setup.submit(importlib.import_module, "deepspeed")
                          if plan.deepspeed_config is not None else None)
@@ -131,7 +132,8 @@ class Trainer:
             if initial is not None:
                 self.model.start_from(initial.model)
             elif latest is None and cfg.model.gene_init == "coexpression":
-                self._coexpression_start(stores)
+                with setup_blas_threads(beside_setup_thread=engine_import is not None or tracking is not None):
+                    self._coexpression_start(stores)
             seed_everything(cfg.train.seed + 1 + self.env.rank)  # per-rank dropout draws
             if engine_import is not None:
                 engine_import.result()
