@@ -14,7 +14,7 @@ from sc_fm.config import EvalConfig
 from sc_fm.evaluate.metrics import ScibSettings
 from sc_fm.evaluate.report import verdict, verdicts, write_report
 from sc_fm.evaluate.scoring import (HARMONY, PCA, RANDOM, SCVI, baseline_methods, check_evaluation_set,
-                                    score_embeddings)
+                                    score_embeddings, single_batch_labels)
 from sc_fm.evaluate.seeds import METHOD, SEED, seed_list, summarise
 from sc_fm.evaluate.tracking import log_benchmark
 
@@ -132,6 +132,9 @@ def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | P
     if clash:
         raise ValueError(f"candidate names {sorted(clash)} are used twice (or by a baseline); rename them")
     baselines = baseline_methods(adata, batch_key, config)
+    one_batch = single_batch_labels(adata.obs, batch_key, label_key)
+    if one_batch:
+        baselines.notes.append(one_batch)
     fixed = {**candidates, PCA: baselines.pca}
     seeded = {**seeded_candidates, **baselines.seeded}
     order = [*candidates, *seeded_candidates, PCA, *baselines.seeded]
