@@ -14,7 +14,7 @@ each rate is the median over rounds with the spread (min-max over rounds) beside
 end-to-end/model-only ratio is taken within a round, a minute apart, then the median over
 rounds: a 1.5x drift of the machine between rounds, seen on the 2-core machine, cancels. Steady state only: the first steps of every run (allocation, DeepSpeed set-up) are left
 out. The model-only ceiling is the faster of the bare step with ``pretrain``'s own thread
-budget (``sc_fm/train/threads.py``: every core, the loader workers at idle priority) and with
+budget (``sc_fm/threads.py``: every core, the loader workers at idle priority) and with
 every core, when the two differ (``OMP_NUM_THREADS`` set).
 ``train_time_vs_steady`` is steps x the median step time over the run's actual time
 (target 1/1.2: no stalls).
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -156,7 +155,7 @@ def main() -> None:
     rounds = args.rounds or (3 if args.quick else 5)
     run = "tiny" if args.quick else "small"
     n_cells = 2000 if args.quick else 20000
-    from sc_fm.train.threads import available_cores, step_threads
+    from sc_fm.threads import ThreadPlan
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
@@ -170,11 +169,12 @@ def main() -> None:
                                     [*base, f"model.size={size}", *SIZE_OVERRIDES[size]])
                   for size in MFU_TARGETS}
         cfg = cfg_of[run]
-        budget = torch.get_num_threads() if os.environ.get("OMP_NUM_THREADS") else step_threads()
-        threads = sorted({budget, available_cores()})
+        plan = ThreadPlan.here()
+        budget, cores = plan.threads, plan.cores
+        threads = sorted({budget, cores})
         print(f"{run} model end to end, {cfg.train.global_batch_cells} cells/step in micro-batches of "
               f"{cfg.train.micro_batch_cells}, max_len {cfg.tokenizer.max_len}, {steps} timed steps, "
-              f"{rounds} rounds; pretrain's thread budget {budget} of {available_cores()} cores", flush=True)
+              f"{rounds} rounds; pretrain's thread budget {budget} of {cores} cores", flush=True)
 
         bench = ModelOnly(cfg, steps)
         rates: dict[str, list[float]] = {"model": [], "deepspeed": [], "plain": []}
