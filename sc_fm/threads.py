@@ -26,7 +26,7 @@ the others:
 Set-up follows the same rule: the co-expression start's numpy products on the main thread leave
 one core of the share to the set-up thread beside them (``setup_blas_threads``).
 
-This module sits below the engine and the verbs and imports nothing else of ``sc_fm``.
+This module sits below the engine and the verbs: of ``sc_fm`` it imports only the error classes.
 """
 
 from __future__ import annotations
@@ -40,19 +40,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sc_fm.errors import ConfigError
+
 WAIT_POLICY = "PASSIVE"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def prefer_passive_wait() -> bool:
-    """Ask OpenMP for passive waits (module docstring); True when it takes effect.
-
-    A no-op when the user set ``OMP_WAIT_POLICY`` or torch was imported first (its runtime
-    has read the environment already)."""
-    if "torch" in sys.modules or os.environ.get("OMP_WAIT_POLICY"):
-        return False
-    os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
-    return True
+def prefer_passive_wait() -> None:
+    """Ask OpenMP for passive waits (module docstring). A no-op when the user set
+    ``OMP_WAIT_POLICY`` or torch was imported first (its runtime has read the environment
+    already, and the variable left unset then says so in ``ThreadPlan.describe``)."""
+    if "torch" not in sys.modules and not os.environ.get("OMP_WAIT_POLICY"):
+        os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
 
 
 def affinity_cores() -> set[int]:
@@ -147,10 +146,12 @@ def ranks_sharing_cores() -> int:
         mine = host_identity()
         dist.all_gather_object(everyone, mine)
         return sharing(mine, [(host, tuple(cores)) for host, cores in everyone])
+    text = os.environ.get("LOCAL_WORLD_SIZE", "1")
     try:
-        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    except ValueError:
-        return 1
+        return max(1, int(text))
+    except ValueError as err:
+        raise ConfigError(f"environment variable LOCAL_WORLD_SIZE={text!r} is not an integer", "environment",
+                          "launch through launch/local.sh, torchrun or deepspeed, or unset it") from err
 
 
 def share_of_cores(cores: int, quota: float | None, ranks: int) -> int:

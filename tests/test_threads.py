@@ -16,7 +16,8 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
-from sc_fm.threads import cgroup_quota, cpu_threads, setup_blas_threads, share_of_cores, sharing
+from sc_fm.errors import ConfigError
+from sc_fm.threads import cgroup_quota, ranks_sharing_cores, setup_blas_threads, share_of_cores, sharing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,6 +71,16 @@ def test_ranks_share_cores_on_one_kernel_with_overlapping_masks():
     assert sharing(me, [me, ("boot-b", (0, 1, 2, 3))]) == 1  # another machine
     assert sharing(me, [me, ("boot-a", (4, 5, 6, 7))]) == 1  # bound to other cores of this host
     assert sharing(me, [me, ("boot-a", (3, 4)), ("boot-b", (0,)), ("boot-a", (0,))]) == 3
+
+
+def test_without_a_process_group_the_launchers_count_is_used(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    assert ranks_sharing_cores() == 3
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert ranks_sharing_cores() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match="LOCAL_WORLD_SIZE='two'"):
+        ranks_sharing_cores()
 
 
 RANK_SCRIPT = """
