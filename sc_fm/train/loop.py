@@ -74,9 +74,9 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
     if latest is not None:
         check_resumable(latest, to_dict(cfg), env.world_size)
     created = cfg.train.engine == "deepspeed" and init_process_group(env, plan.device)
-    # ranks_sharing_cores is collective: every rank calls it
-    budget = cpu_threads(ranks_sharing_cores()) if plan.device.type == "cpu" else nullcontext()
     try:
+        # ranks_sharing_cores is collective: every rank calls it
+        budget = cpu_threads(ranks_sharing_cores()) if plan.device.type == "cpu" else nullcontext()
         with budget as threads:
             if threads is not None and env.is_main:
                 workers = cfg.data.num_workers
