@@ -207,19 +207,28 @@ def _fsync_tree(root: Path) -> None:
         fsync_path(Path(directory))
 
 
-def _write_failed(err: OSError, path: Path) -> OutputError:
-    why = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else (err.strerror or str(err))
-    return OutputError(f"writing {path} failed ({why}); nothing was written there and what was there "
-                       f"before is unchanged", str(path),
-                       "free some space or choose another output location" if err.errno in (
-                           errno.ENOSPC, errno.EDQUOT) else "choose an output location you can write to")
+def is_write_failure(err: BaseException) -> bool:
+    """An ``OSError``, or torch's serialiser reporting a failed write (a full disk shows in
+    ``torch.save`` as a RuntimeError: "file write failed", "unexpected pos")."""
+    return isinstance(err, OSError) or (isinstance(err, RuntimeError) and any(
+        text in str(err) for text in ("write failed", "unexpected pos")))
+
+
+def write_failed(err: BaseException, path: Path, kept: str = "what was there before is unchanged") -> OutputError:
+    """The one-paragraph error for a write that failed (a full disk, a read-only folder)."""
+    full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "write failed" in str(err) \
+        or "unexpected pos" in str(err)
+    why = "the disk is full" if full else (getattr(err, "strerror", None) or str(err))
+    return OutputError(f"writing {path} failed ({why}); nothing partial was left and {kept}", str(path),
+                       "free some space or choose another output location" if full else
+                       "choose an output location you can write to")
 
 
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a hidden sibling to write; on success it is fsynced and renamed onto ``path``.
-    On any failure it is removed and ``path`` is left as it was; an ``OSError`` (a full disk)
-    becomes an ``OutputError`` naming the path."""
+    On any failure it is removed and ``path`` is left as it was; a failed write (a full disk,
+    ``is_write_failure``) becomes an ``OutputError`` naming the path."""
     path = Path(path)
     tmp = sibling(path, "tmp")
     try:
@@ -227,11 +236,10 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         fsync_path(tmp)
         os.replace(tmp, path)
         fsync_path(path.parent)
-    except OSError as err:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
-        raise _write_failed(err, path) from err
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        if is_write_failure(err):
+            raise write_failed(err, path) from err
         raise
 
 
@@ -258,9 +266,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield work
         swap_in(work, path)
-    except OSError as err:
+    except BaseException as err:
         shutil.rmtree(work, ignore_errors=True)
-        raise _write_failed(err, path) from err
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        if is_write_failure(err):
+            raise write_failed(err, path) from err
         raise

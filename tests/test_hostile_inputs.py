@@ -335,3 +335,27 @@ def test_verify_checks_again_when_an_append_lands_during_the_check(tiny_store, t
     monkeypatch.setattr(verify, "_verify_once", damaged)
     report = verify.verify_store(store)
     assert report.problems == ["a real problem"]  # the listing did not change: reported at once
+
+
+def test_a_disk_that_fills_during_a_checkpoint_keeps_the_previous_ones(tiny_store, tmp_path, monkeypatch):
+    from sc_fm.errors import OutputError
+    from sc_fm.train.engines import PlainEngine
+
+    real, calls = PlainEngine.save_state, []
+
+    def fills_up(self, directory):
+        calls.append(directory)
+        real(self, directory)
+        if len(calls) == 2:  # torch.save on a full disk
+            raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing "
+                               "file data/12: file write failed")
+
+    monkeypatch.setattr(PlainEngine, "save_state", fills_up)
+    cfg = load_config(ROOT / "configs/runs/tiny.yaml", [
+        f"data.stores=[{tiny_store.path}]", "data.num_workers=0", "tokenizer.max_len=32",
+        "train.global_batch_cells=16", "train.micro_batch_cells=16", "train.warmup_steps=1",
+        "tracking.enabled=false", "train.engine=plain", "train.max_steps=4", "train.checkpoint_every=2",
+        "model.gene_init=normal"])
+    with pytest.raises(OutputError, match="disk is full.*previous checkpoints are intact"):
+        pretrain(cfg, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_2"]

@@ -25,7 +25,7 @@ import yaml
 
 from sc_fm.data.plan import ORDER_BEFORE_BLOCK_ORDERS
 from sc_fm.errors import ConfigError, InputDataError
-from sc_fm.outputs import fsync_path
+from sc_fm.outputs import fsync_path, is_write_failure, write_failed
 from sc_fm.train.distributed import DistEnv, barrier
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -75,7 +75,14 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         barrier()
-        write(tmp)
+        try:
+            write(tmp)
+        except Exception as err:
+            if not is_write_failure(err):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise write_failed(err, tmp, "the previous checkpoints are intact (resume from them with "
+                               "--resume)") from err
         barrier()
         final = self.path(step)
         if self.env.is_main:
