@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import add_config_arguments, command_config
+from sc_fm.commands.options import add_config_arguments, add_overwrite_argument, command_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="obs column of batches; without it batch metrics are reported as not applicable")
     parser.add_argument("--label-key", required=True, help="obs column of cell types")
     parser.add_argument("-o", "--output", required=True, help="report directory")
+    add_overwrite_argument(parser)
     parser.add_argument("--scvi-epochs", type=int, default=None,
                         help="scVI epochs (default: eval.scvi_epochs)")
     parser.add_argument("--min-gene-overlap", type=float, default=None,
@@ -38,12 +39,11 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
-    import anndata
-
     from sc_fm.candidates import seeded_rows
     from sc_fm.evaluate.benchmark import run_benchmark
     from sc_fm.evaluate.scoring import check_evaluation_set
-    from sc_fm.pretrained.h5ad import open_backed
+    from sc_fm.outputs import check_output
+    from sc_fm.pretrained.h5ad import read_h5ad
 
     flags = {"min_gene_overlap": args.min_gene_overlap, "seeds": args.seeds,
              "tracking": False if args.no_tracking else None}
@@ -59,9 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.adapt_steps is not None or args.adapt:
         steps = args.adapt_steps if args.adapt_steps is not None else cfg.adapt.steps
         config = dataclasses.replace(config, adapt_steps=steps)  # checked like the YAML key
-    backed = open_backed(args.input)
-    backed.file.close()
-    adata = anndata.read_h5ad(args.input)
+    check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[*args.checkpoint, args.input])
+    adata = read_h5ad(args.input)
     check_evaluation_set(adata, args.batch_key, args.label_key, args.input)
     rows = seeded_rows(args.checkpoint, adata, args.batch_key, config, Path(args.output),
                        cfg.eval.embed_batch_cells, where=args.input)
