@@ -64,7 +64,7 @@ def main() -> int:
     adapt_steps = args.adapt_steps or size.adapt_steps
     rows = seeded_rows([checkpoint], adata, args.batch_key, BenchmarkConfig(adapt_steps=adapt_steps), work / "report")
     result = run_benchmark(adata, args.batch_key, args.label_key, work / "report", [checkpoint],
-                           EvalConfig(), track=False, progress=False, n_seeds=seeds, seeded_candidates=rows)
+                           EvalConfig(), progress=False, n_seeds=seeds, seeded_candidates=rows)
     table = result.table
     print(table[[BIO, BATCH, TOTAL, TOTAL + " sd", KNN_ACCURACY, "Seeds"]].round(3).to_string())
     if not args.input:

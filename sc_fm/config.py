@@ -7,6 +7,7 @@ Config is data: a tree of dataclasses loaded from YAML, with dotted command-line
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -287,7 +288,6 @@ class BenchmarkConfig:
 
     min_gene_overlap: float = MIN_GENE_OVERLAP
     seeds: int = 1  # seeded methods (scVI, Harmony, ...) are repeated with seeds eval.seed .. + seeds - 1
-    tracking: bool = True  # log the report to MLflow
     # > 0: each checkpoint is also adapted to the input's cells for this many steps ("(adapted)"),
     # and the same architecture from random initialisation too ("(scratch, adapted)")
     adapt_steps: int = 0
@@ -320,7 +320,6 @@ class ExplainConfig:
     random_draws: int = 200  # random gene sets of the control, per group and k
     min_gene_overlap: float = MIN_GENE_OVERLAP
     seed: int = 0
-    tracking: bool = True  # log the report to MLflow
 
     def __post_init__(self) -> None:
         require([(self.top_k >= 1, "explain.top_k must be at least 1"),
@@ -353,7 +352,6 @@ class FinetuneConfig:
     adversarial_weight: float = 0.0  # > 0: batch-adversarial integration objective (needs adversary_key)
     min_gene_overlap: float = MIN_GENE_OVERLAP
     seed: int = 0
-    tracking: bool = True
 
     def __post_init__(self) -> None:
         require([(self.epochs >= 1, "finetune.epochs must be at least 1"),
@@ -452,6 +450,41 @@ def _from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+# Keys that moved: old dotted name -> new. A config layer (the file saved beside a checkpoint, a
+# YAML file, the overrides) may still use an old name; its value moves to the new key unless the
+# same layer names the new key too. (The per-command ``tracking`` switches became the one
+# ``tracking.enabled`` that every command honours.)
+MOVED_KEYS = {
+    "benchmark.tracking": "tracking.enabled",
+    "explain.tracking": "tracking.enabled",
+    "finetune.tracking": "tracking.enabled",
+}
+
+
+def _section(tree: dict, parts: list[str]) -> dict | None:
+    for part in parts:
+        tree = tree.get(part)
+        if not isinstance(tree, dict):
+            return None
+    return tree
+
+
+def move_keys(tree: dict) -> dict:
+    """A copy of the nested ``tree`` with every key of ``MOVED_KEYS`` under its new name."""
+    tree = copy.deepcopy(tree)
+    for old, new in MOVED_KEYS.items():
+        *parents, leaf = old.split(".")
+        node = _section(tree, parents)
+        if node is None or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        *new_parents, new_leaf = new.split(".")
+        target = _section(tree, new_parents)
+        if target is None or new_leaf not in target:
+            _set_dotted(tree, new, value)
+    return tree
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
@@ -528,10 +561,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 base: dict | None = None) -> RunConfig:
     """Load a run config: defaults <- ``base`` <- YAML file (a path or a shipped name) <- dotted
     overrides; each section checks its own ranges as it is built."""
-    raw: dict = dict(base or {})
+    raw: dict = move_keys(base or {})
     if path is not None:
-        raw = _merge(raw, read_yaml(shipped_config(path, "runs")))
-    raw = _merge(raw, parse_overrides(overrides or []))
+        raw = _merge(raw, move_keys(read_yaml(shipped_config(path, "runs"))))
+    raw = _merge(raw, move_keys(parse_overrides(overrides or [])))
     cfg = _from_dict(RunConfig, raw)
     cfg.model = resolve_model(cfg.model)
     return cfg

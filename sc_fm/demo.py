@@ -120,7 +120,7 @@ def evaluate(out: Path, checkpoint: Path, size: DemoSize):
     print(embedded.mapping.summary())
     rows = seeded_rows([checkpoint], adata, config.batch_key, run.benchmark, out / "report", config.embed_batch_cells)
     return run_benchmark(adata, config.batch_key, config.label_key, out / "report", [checkpoint], config,
-                         seeded_candidates=rows)
+                         tracking=run.tracking, seeded_candidates=rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,8 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="also adapt each checkpoint to the input's cells (adapt.steps steps), and the same "
                             "architecture from scratch, as rows '(adapted)' and '(scratch, adapted)'")
     adapt.add_argument("--adapt-steps", type=int, default=None, metavar="N", help="--adapt with N steps")
-    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    add_config_arguments(parser, "benchmark")
+    add_config_arguments(parser, "benchmark", tracked=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from sc_fm.evaluate.scoring import check_evaluation_set
     from sc_fm.pretrained.h5ad import open_backed
 
-    flags = {"min_gene_overlap": args.min_gene_overlap, "seeds": args.seeds,
-             "tracking": False if args.no_tracking else None}
+    flags = {"min_gene_overlap": args.min_gene_overlap, "seeds": args.seeds}
     overrides = [f"eval.batch_key={args.batch_key}" if args.batch_key else "eval.batch_key=null",
                  f"eval.label_key={args.label_key}"]
     if args.seed is not None:
@@ -66,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     rows = seeded_rows(args.checkpoint, adata, args.batch_key, config, Path(args.output),
                        cfg.eval.embed_batch_cells, where=args.input)
     result = run_benchmark(adata, args.batch_key, args.label_key, args.output, args.checkpoint, cfg.eval,
-                           min_gene_overlap=config.min_gene_overlap, track=config.tracking, where=args.input,
+                           min_gene_overlap=config.min_gene_overlap, tracking=cfg.tracking, where=args.input,
                            n_seeds=config.seeds, seeded_candidates=rows)
     for line in result.verdict:
         print(line)

@@ -26,25 +26,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="attribute at most this many cells per group (explain.max_cells_per_group)")
     parser.add_argument("--min-gene-overlap", type=float, default=None,
                         help="minimum fraction of the input's genes found in the vocabulary")
-    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    add_config_arguments(parser, "explain")
+    add_config_arguments(parser, "explain", tracked=True)
 
 
 def run(args: argparse.Namespace) -> int:
     import anndata
 
     from sc_fm.explain import explain
-    from sc_fm.explain.report import write_report
-    from sc_fm.explain.tracking import log_explain
+    from sc_fm.explain.report import explain_metrics, write_report
     from sc_fm.pretrained import Pretrained
     from sc_fm.pretrained.h5ad import open_backed
+    from sc_fm.tracking import log_report
 
     perturb = [g.strip() for g in args.perturb.split(",") if g.strip()] if args.perturb else None
     cfg = command_config(args, "explain", {
         "batch_key": args.batch_key, "perturb": perturb, "top_k": args.top_k, "steps": args.steps,
-        "max_cells_per_group": args.max_cells_per_group, "min_gene_overlap": args.min_gene_overlap,
-        "tracking": False if args.no_tracking else None})
+        "max_cells_per_group": args.max_cells_per_group, "min_gene_overlap": args.min_gene_overlap})
     config = cfg.explain
     open_backed(args.input).file.close()  # a missing or damaged file: the one-paragraph error
     adata = anndata.read_h5ad(args.input)
@@ -58,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     for row in skipped.itertuples():
         print(f"perturbation of {row.symbol} ({row.gene_id}) {row.status}")
     print(f"report: {report}")
-    if config.tracking and cfg.tracking.enabled:
-        info = log_explain(result.markers, args.output, args.checkpoint, cfg.tracking)
+    info = log_report(cfg.tracking, "explain", args.output, explain_metrics(result.markers), files=args.output,
+                      checkpoints=[args.checkpoint])
+    if info is not None:
         print(f"MLflow: {info['tracking_uri']} (run {info['run_id']})")
     return 0

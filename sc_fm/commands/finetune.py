@@ -31,8 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="> 0 adds the batch-adversarial integration objective (needs --adversary-key)")
     parser.add_argument("--min-gene-overlap", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    add_config_arguments(parser, "finetune")
+    add_config_arguments(parser, "finetune", tracked=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,9 +46,8 @@ def run(args: argparse.Namespace) -> int:
     flags = {key: getattr(args, key) for key in (
         "label_key", "split_key", "batch_key", "adversary_key", "mode", "epochs", "lr", "head_lr", "batch_cells",
         "val_fraction", "adversarial_weight", "min_gene_overlap", "seed")}
-    if args.no_tracking:
-        flags["tracking"] = False
-    config = command_config(args, "finetune", flags).finetune
+    cfg = command_config(args, "finetune", flags)
+    config = cfg.finetune
     pretrained = Pretrained.load(args.checkpoint)
     open_backed(args.input).file.close()
     adata = anndata.read_h5ad(args.input)
@@ -59,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"held-out cells: {result.n_val}; accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f}")
     print(f"fine-tuned checkpoint: {result.directory}; "
           f"predictions in .obs['scfm_prediction'] of {predictions}")
-    if config.tracking:
-        info = track_finetune(result, config)
+    info = track_finetune(result, config, cfg.tracking)
+    if info is not None:
         print(f"MLflow: {info['tracking_uri']} (run {info['run_id']})")
     return 0

@@ -13,16 +13,23 @@ def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="pretrained directory (RUN_DIR/final or checkpoints/step_N)")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, section: str) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, section: str, tracked: bool = False) -> None:
+    """``--config`` and the ``KEY=VALUE`` overrides; ``tracked``: the command logs a report to MLflow
+    (under the ``tracking`` section), and ``--no-tracking`` sets ``tracking.enabled=false``."""
     parser.add_argument("--config", default=None, metavar="FILE|NAME",
                         help=f"YAML with a {section}: section (or a shipped run preset name)")
-    parser.set_defaults(overrides=[])  # KEY=VALUE given after the options land here
+    if tracked:
+        parser.add_argument("--no-tracking", action="store_true",
+                            help="do not log to MLflow (tracking.enabled=false; tracking.uri: where to log)")
+    parser.set_defaults(overrides=[], no_tracking=False)  # KEY=VALUE given after the options land here
 
 
 def command_config(args: argparse.Namespace, section: str, flags: dict[str, object]) -> RunConfig:
     """``--config`` <- ``KEY=VALUE`` overrides <- the flags the user gave (``None``: not given);
     ``flags`` maps ``key`` of ``section`` to the flag's value."""
     given = [f"{section}.{key}={_yaml(value)}" for key, value in flags.items() if value is not None]
+    if args.no_tracking:
+        given.append("tracking.enabled=false")
     return load_config(args.config, [*args.overrides, *given])
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sc_fm.config import EvalConfig
+from sc_fm.config import EvalConfig, TrackingConfig
 from sc_fm.evaluate.metrics import ScibSettings
 from sc_fm.evaluate.report import verdicts, write_report
 from sc_fm.evaluate.scoring import (HARMONY, PCA, RANDOM, SCVI, baseline_methods, check_evaluation_set,
                                     score_embeddings)
 from sc_fm.evaluate.seeds import METHOD, SEED, seed_list, summarise
-from sc_fm.evaluate.tracking import log_benchmark
+from sc_fm.tracking import log_report, metric_name
 
 
 VERDICT_REFERENCES = (SCVI, HARMONY, RANDOM)
@@ -79,9 +79,10 @@ def embedding_settings(pretrained, batch_key: str | None) -> str:
 def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | Path,
                   checkpoints: list[str | Path] = (), config: EvalConfig | None = None,
                   extra_embeddings: dict[str, np.ndarray] | None = None, min_gene_overlap: float = 0.1,
-                  track: bool = True, progress: bool = True, where: str = "input", *, n_seeds: int = 1,
+                  tracking: TrackingConfig | None = None, progress: bool = True, where: str = "input", *, n_seeds: int = 1,
                   seeded_candidates: dict[str, Callable[[int], np.ndarray]] | None = None) -> BenchmarkResult:
-    """Score every embedding, write the report into ``out_dir`` and log it to MLflow.
+    """Score every embedding, write the report into ``out_dir`` and log it to MLflow as ``tracking``
+    says (``sc_fm.tracking.log_report``; None: not logged).
 
     Candidates are the checkpoints (embedded once), ``extra_embeddings`` (fixed arrays) and
     ``seeded_candidates`` (``name -> f(seed) -> [cells, dim]`` array, called once per seed).
@@ -127,5 +128,12 @@ def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | P
     report = write_report(table, first, adata.obs, batch_key, label_key, out_dir, lines, settings,
                           config.seed,
                           per_seed=per_seed, notes=baselines.notes, seeds=seeds, model_lines=described)
-    tracking = log_benchmark(table, out_dir, list(checkpoints)) if track else {}
-    return BenchmarkResult(table, report, lines, tracking, per_seed, seeds, baselines.notes)
+    info = (log_report(tracking, "benchmark", out_dir, benchmark_metrics(table), files=out_dir,
+                       checkpoints=list(checkpoints)) if tracking is not None else None)
+    return BenchmarkResult(table, report, lines, info or {}, per_seed, seeds, baselines.notes)
+
+
+def benchmark_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """``benchmark/<method>/<score>`` for every score in the table."""
+    return {metric_name("benchmark", method, column): float(value)
+            for method, row in table.iterrows() for column, value in row.items() if pd.notna(value)}

@@ -20,7 +20,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
-from sc_fm.config import FinetuneConfig
+from sc_fm.config import FinetuneConfig, TrackingConfig
 from sc_fm.errors import InputDataError
 from sc_fm.finetune.heads import CellClassifier
 from sc_fm.finetune.splits import group_split
@@ -139,20 +139,16 @@ def _heads(classifier: CellClassifier) -> nn.ModuleDict:
     return nn.ModuleDict({"standardize": classifier.standardize, "head": classifier.head, **adversary})
 
 
-def track_finetune(result: "FinetuneResult", config: FinetuneConfig) -> dict[str, str]:
-    """A new MLflow run (experiment ``sc_fm-finetune``) with the settings, losses and held-out scores."""
-    from sc_fm.config import TrackingConfig
-    from sc_fm.tracking import RunTracker, flatten
+def track_finetune(result: "FinetuneResult", config: FinetuneConfig,
+                   tracking: TrackingConfig) -> dict[str, str] | None:
+    """A new MLflow run (experiment ``<tracking.experiment>-finetune``) with the settings, the
+    per-epoch losses and the held-out scores; None when ``tracking.enabled`` is off."""
+    from sc_fm.tracking import flatten, log_report
 
-    tracker = RunTracker.start(TrackingConfig(experiment="sc_fm-finetune", run_name=result.directory.name),
-                               result.directory, params=flatten(dataclasses.asdict(config)),
-                               tags={"sc_fm.kind": "finetune"}, resume=False)
-    for record in result.history:
-        tracker.log_metrics({"train_loss": record["train_loss"]}, record["epoch"])
-    tracker.log_metrics({"val_accuracy": result.accuracy, "val_macro_f1": result.macro_f1},
-                        len(result.history))
-    tracker.finish("FINISHED")
-    return tracker.info
+    return log_report(tracking, "finetune", result.directory,
+                      {"val_accuracy": result.accuracy, "val_macro_f1": result.macro_f1},
+                      params=flatten(dataclasses.asdict(config)),
+                      history=[(r["epoch"], {"train_loss": r["train_loss"]}) for r in result.history])
 
 
 def save_finetuned(classifier: CellClassifier, pretrained: Pretrained, out_dir: str | Path,
