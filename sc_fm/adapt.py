@@ -21,11 +21,11 @@ from sc_fm.config import AdaptConfig, PrepareConfig, QCConfig, RunConfig, load_c
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.pretrained import Pretrained
 from sc_fm.pretrained.inputs import require_counts, require_obs_column, stored_values
+from sc_fm.rundir import METRICS_FILE, run_config_of
 from sc_fm.store import CorpusStore
 from sc_fm.tokenize.normalisers import is_group_normalised
 
 ADAPT_FILE = "adapt.json"
-RUN_CONFIG_FILE = "config.yaml"
 INPUT_DATASET = "adapted_input"
 
 
@@ -48,8 +48,7 @@ def check_input(pretrained: Pretrained, adata, config: AdaptConfig, where: str, 
 
 def settings_of(pretrained: Pretrained) -> Path | None:
     """The run config saved beside a checkpoint (its ``config.yaml``), if any."""
-    saved = pretrained.path / RUN_CONFIG_FILE if pretrained.path is not None else None
-    return saved if saved is not None and saved.is_file() else None
+    return run_config_of(pretrained.path) if pretrained.path is not None else None
 
 
 def run_config(pretrained: Pretrained, config: AdaptConfig, stores: list[str], settings: Path | None,
@@ -116,7 +115,7 @@ def adapt(pretrained: Pretrained, adata, out_dir: str | Path, config: AdaptConfi
         (final / ADAPT_FILE).write_text(json.dumps({
             "base_checkpoint": str(pretrained.path) if pretrained.path else None, "n_cells": int(adata.n_obs),
             "settings": str(settings) if settings else None, "config": to_dict(config)}, indent=2) + "\n")
-        shutil.copyfile(work / "run" / "metrics.jsonl", final / "metrics.jsonl")
+        shutil.copyfile(work / "run" / METRICS_FILE, final / METRICS_FILE)
         os.replace(final, out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)

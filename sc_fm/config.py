@@ -32,6 +32,13 @@ MODEL_SIZES = {
 }
 
 
+# Field metadata for ``--resume``: SHAPES_RUN marks a section of ``RunConfig`` that decides what
+# pretraining computes (a resumed run must keep it, but for its RESUMABLE keys); every other
+# section (tracking, eval, each command's own) may change. See ``resumable_keys``.
+SHAPES_RUN = {"shapes_run": True}
+RESUMABLE = {"resumable": True}
+
+
 def require(checks: list[tuple[bool, str]]) -> None:
     """Raise the first failed ``(ok, "key ... must ...")`` range check of a section."""
     for ok, what in checks:
@@ -94,7 +101,7 @@ class DataConfig:
     # stratified: every fetch spreads its blocks evenly over the corpus (each study in its
     # share); random: one plain permutation of the blocks (sc_fm.data.plan)
     block_order: Literal["stratified", "random"] = "stratified"
-    num_workers: int = 2
+    num_workers: int = field(default=2, metadata=RESUMABLE)
     include: dict[str, list[str]] = field(default_factory=dict)  # obs column -> allowed values
     exclude: dict[str, list[str]] = field(default_factory=dict)  # obs column -> removed values
 
@@ -190,7 +197,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, distribution and checkpointing (``scfm pretrain``)."""
 
-    max_steps: int = 200
+    max_steps: int = field(default=200, metadata=RESUMABLE)
     seed: int = 0
     engine: Literal["deepspeed", "plain"] = "deepspeed"
     deepspeed_config: str = "configs/deepspeed/zero2.yaml"
@@ -202,11 +209,12 @@ class TrainConfig:
     warmup_steps: int = 20
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    checkpoint_every: int = 100
-    keep_last: int = 3
-    log_every: int = 10
-    eval_every: int = 0  # 0: no evaluation hook during pretraining
-    allow_data_change: bool = False  # --resume on a store appended to since the run started (not exact)
+    checkpoint_every: int = field(default=100, metadata=RESUMABLE)
+    keep_last: int = field(default=3, metadata=RESUMABLE)
+    log_every: int = field(default=10, metadata=RESUMABLE)
+    eval_every: int = field(default=0, metadata=RESUMABLE)  # 0: no evaluation hook during pretraining
+    # --resume on a store appended to since the run started (not exact)
+    allow_data_change: bool = field(default=False, metadata=RESUMABLE)
 
     def __post_init__(self) -> None:
         require([(self.micro_batch_cells > 0 and self.global_batch_cells > 0,
@@ -365,10 +373,10 @@ class FinetuneConfig:
 class RunConfig:
     """The whole tree: one file configures ingestion, data, tokens, model, training, eval."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig, metadata=SHAPES_RUN)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig, metadata=SHAPES_RUN)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata=SHAPES_RUN)
+    train: TrainConfig = field(default_factory=TrainConfig, metadata=SHAPES_RUN)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
@@ -377,6 +385,19 @@ class RunConfig:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+def resumable_keys() -> set[str]:
+    """The dotted settings that may change when a run is resumed: every section of ``RunConfig``
+    not marked SHAPES_RUN, and the RESUMABLE keys of those that are."""
+    keys = set()
+    for section in dataclasses.fields(RunConfig):
+        if not section.metadata.get("shapes_run"):
+            keys.add(section.name)
+            continue
+        keys.update(f"{section.name}.{f.name}" for f in dataclasses.fields(section.default_factory)
+                    if f.metadata.get("resumable"))
+    return keys
 
 
 def _type_name(tp: Any) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from sc_fm.config import CONFIGS_DIR, PrepareConfig, load_config
+from sc_fm.rundir import FINAL_DIR, METRICS_FILE, RUN_CONFIG_FILE
 from sc_fm.simulate import AtlasSpec, write_atlas_h5ad
 from sc_fm.vocab import GeneVocab
 
@@ -81,15 +82,13 @@ def pretrain(out: Path, store: Path, size: DemoSize) -> Path:
     command = [sys.executable, "-m", "sc_fm", "pretrain", "--config", str(RUN_CONFIG), "-o", str(run_dir),
                f"data.stores=[{store}]", f"train.max_steps={size.max_steps}"]
     subprocess.run(command, check=True)
-    return run_dir / "final"
+    return run_dir / FINAL_DIR
 
 
 def pretraining_time(run_dir: Path, stage_s: float) -> str:
     """How the pretraining stage's time divides into steps and start-up, from the run's own
     per-step rates (``metrics.jsonl``): a stall shows as loop time above steps x steady step."""
-    from sc_fm.train import METRICS_FILE
-
-    cells = load_config(run_dir / "config.yaml").train.global_batch_cells
+    cells = load_config(run_dir / RUN_CONFIG_FILE).train.global_batch_cells
     records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
     step_s = np.array([cells / r["cells_per_s"] for r in records if r.get("cells_per_s")])
     if not len(step_s):

@@ -21,7 +21,7 @@ from sc_fm.errors import InputDataError
 FORMAT = "sc_fm.model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model_config.json"
+MODEL_CONFIG_FILE = "model_config.json"
 INIT_ARGS = ("n_tokens", "value_encoding", "n_bins", "condition_sizes")
 # What a directory saved before the cell-level objective (and its adversary) means by the keys it lacks.
 LEGACY_MODEL_KEYS = {"pooling": "cls", "encoder_conditions": True, "cell_objective": "none",
@@ -45,12 +45,12 @@ def write_model(model: nn.Module, directory: str | Path) -> None:
     save_model(model, str(directory / WEIGHTS_FILE))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
             "config": dataclasses.asdict(model.config), **model.init_args}
-    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (directory / MODEL_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def read_model_config(directory: str | Path) -> tuple[ModelConfig, dict]:
     """The ``ModelConfig`` and constructor arguments stored in ``directory``."""
-    path = required_file(Path(directory), CONFIG_FILE)
+    path = required_file(Path(directory), MODEL_CONFIG_FILE)
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -74,6 +74,6 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
     try:
         load_model(model, str(path), strict=True, device="cpu")
     except (RuntimeError, OSError, SafetensorError) as err:
-        raise InputDataError(f"weights do not fit the model in {CONFIG_FILE} or the file is damaged "
+        raise InputDataError(f"weights do not fit the model in {MODEL_CONFIG_FILE} or the file is damaged "
                              f"({err})", str(path),
                              "save weights and config together with save_pretrained") from err

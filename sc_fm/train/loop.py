@@ -25,12 +25,13 @@ from sc_fm.data import kept_cells
 from sc_fm.data.coexpression import coexpression_loadings, kept_normalised_rows
 from sc_fm.errors import ConfigError
 from sc_fm.pretrained import Pretrained
+from sc_fm.rundir import FINAL_DIR, METRICS_FILE, RUN_CONFIG_FILE
 from sc_fm.store import CorpusStore
 from sc_fm.tokenize import CellTokenizer
 from sc_fm.tokenize.normalisers import is_group_normalised
 from sc_fm.tracking import RunTracker, flatten, system_info
 from sc_fm.train.callbacks import EvaluatorFactory
-from sc_fm.train.checkpoint import (CONFIG_FILE, CheckpointManager, check_resumable, check_same_data, data_identity,
+from sc_fm.train.checkpoint import (CheckpointManager, check_resumable, check_same_data, data_identity,
                                     read_rank_state, write_rank_state, write_trainer_state)
 from sc_fm.train.distributed import DistEnv, all_reduce_sum, barrier, init_process_group
 from sc_fm.train.engines import DeepSpeedEngine, PlainEngine, TrainEngine
@@ -42,8 +43,6 @@ from sc_fm.train.rng import capture_rng, restore_rng, seed_everything
 from sc_fm.train.threads import available_cores, budget_cpu_threads, local_processes, setup_blas_threads
 from sc_fm.vocab import N_SPECIAL
 
-METRICS_FILE = "metrics.jsonl"
-FINAL_DIR = "final"
 
 
 def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
@@ -105,7 +104,7 @@ class Trainer:
             check_same_data(latest, stores)
         if self.env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / CONFIG_FILE)
+            save_config(cfg, run_dir / RUN_CONFIG_FILE)
         if latest is not None:
             self.tokenizer = CellTokenizer.load(latest / "tokenizer")
         else:
@@ -277,7 +276,7 @@ class Trainer:
                          {"step": self.step, "rng": capture_rng(), "loader": self.loader.state_dict()})
         self._write_pretrained(directory)
         if self.env.is_main:
-            save_config(self.cfg, directory / CONFIG_FILE)
+            save_config(self.cfg, directory / RUN_CONFIG_FILE)
             write_trainer_state(directory, {
                 "step": self.step, "world_size": self.env.world_size, "engine": self.cfg.train.engine,
                 "accumulation": self.plan.accumulation, "precision": self.plan.precision,
@@ -314,7 +313,7 @@ class Trainer:
         barrier()
         self._write_pretrained(tmp)
         if self.env.is_main:
-            save_config(self.cfg, tmp / CONFIG_FILE)
+            save_config(self.cfg, tmp / RUN_CONFIG_FILE)
             if self.tracker is not None:
                 self.tracker.write_info(tmp)
             shutil.rmtree(final, ignore_errors=True)
