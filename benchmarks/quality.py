@@ -42,7 +42,7 @@ def main() -> int:
 
     from sc_fm import demo
     from sc_fm.candidates import seeded_rows
-    from sc_fm.config import BenchmarkConfig, EvalConfig
+    from sc_fm.config import BenchmarkConfig, EvalConfig, InputSettings
     from sc_fm.datasets import load_sc_mixology
     from sc_fm.evaluate import run_benchmark
     from sc_fm.evaluate.metrics import BATCH, BIO, KNN_ACCURACY, TOTAL
@@ -62,7 +62,8 @@ def main() -> int:
     else:
         adata = load_sc_mixology()
     adapt_steps = args.adapt_steps or size.adapt_steps
-    rows = seeded_rows([checkpoint], adata, args.batch_key, BenchmarkConfig(adapt_steps=adapt_steps), work / "report")
+    config = BenchmarkConfig(input=InputSettings(batch_key=args.batch_key), adapt_steps=adapt_steps)
+    rows = seeded_rows([checkpoint], adata, config, work / "report")
     result = run_benchmark(adata, args.batch_key, args.label_key, work / "report", [checkpoint],
                            EvalConfig(), progress=False, n_seeds=seeds, seeded_candidates=rows)
     table = result.table

@@ -31,8 +31,8 @@ INPUT_DATASET = "adapted_input"
 
 def check_input(pretrained: Pretrained, adata, config: AdaptConfig, where: str, settings: Path | None) -> None:
     """Everything that can be refused before any work: batches, genes, counts, enough cells."""
-    require_obs_column(adata, config.batch_key, "--batch-key", where)
-    pretrained.gene_mapping(adata, config.min_gene_overlap, where)
+    require_obs_column(adata, config.input.batch_key, "--batch-key", where)
+    pretrained.gene_mapping(adata, config.input, where)
     try:
         require_counts(stored_values(adata.X), where)
     except InputDataError as err:
@@ -106,7 +106,8 @@ def adapt(pretrained: Pretrained, adata, out_dir: str | Path, config: AdaptConfi
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.adapt-", dir=out_dir.parent))
     try:
-        store = write_input_store(pretrained, adata, config.batch_key, work / "cells.zarr", config.min_gene_overlap)
+        store = write_input_store(pretrained, adata, config.input.batch_key, work / "cells.zarr",
+                                  config.input.min_gene_overlap)
         tokenizer = pretrained.tokenizer.adapted_to([CorpusStore(store)])
         model = copy.deepcopy(pretrained.model)  # the caller's model stays as it was
         model.grow_conditions(tokenizer.model_inputs["condition_sizes"])

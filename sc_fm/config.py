@@ -21,8 +21,15 @@ from sc_fm.errors import ConfigError
 
 # Shipped YAML (package data): data/, deepspeed/, runs/; a checkout links configs/ to it.
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+# Depth normalisation: counts scaled to this total per cell (CP10k). The stored gene statistics
+# are at this scale (their store records it), the tokenizer's target_sum must match them, and
+# the cell-level decoder, the baselines and the marker test normalise with it too.
+CP10K = 1e4
 # Fraction of an input's genes that must map to the vocabulary (ingestion, embedding, ...).
 MIN_GENE_OVERLAP = 0.1
+# Genes of a user's AnnData that must map to the vocabulary, whatever the fraction: a panel of
+# 30 genes all in the vocabulary passes the fraction but leaves a cell almost nothing to say.
+MIN_GENES_MAPPED = 100
 # Named transformer shapes: (n_layers, d_model, n_heads, d_ff).
 MODEL_SIZES = {
     "tiny": (2, 128, 4, 256),
@@ -113,7 +120,7 @@ class TokenizerConfig:
     scheme: Literal["rank", "bin"] = "rank"
     n_bins: int = 51
     max_len: int = 1024
-    target_sum: float = 1e4
+    target_sum: float = CP10K  # must equal the scale of the stores' gene medians (checked by the tokenizer)
     # gene normalisers: "global", a store stats group (dataset, assay), or "none" (all 1)
     stats_group: str = "dataset"
     # a group's median is used for a gene seen in at least this many of its cells, else global
@@ -257,44 +264,57 @@ class EvalConfig:
 
 
 @dataclass
-class EmbedConfig:
-    """``scfm embed`` (and every embedding of user cells): how an AnnData meets a checkpoint."""
+class InputSettings:
+    """How a user's AnnData meets a checkpoint, the same for every command that reads one (the
+    ``input`` of the embed, adapt, explain, finetune and benchmark sections), checked once here.
 
-    batch_key: str | None = None  # obs column whose batches get their own gene normalisers
+    ``batch_key`` has one meaning everywhere: the obs column of the input's technical batches
+    (runs, protocols, studies). Each use follows from it: the input's own gene-normaliser groups
+    when the checkpoint normalises per group, the scIB batch label of a benchmark, and in
+    ``adapt`` also the categories of the new condition tokens."""
+
+    batch_key: str | None = None
     conditions: dict[str, str] = field(default_factory=dict)  # condition key -> category for all cells
-    min_gene_overlap: float = MIN_GENE_OVERLAP
+    min_gene_overlap: float = MIN_GENE_OVERLAP  # fraction of the input's genes in the vocabulary
+    min_genes_mapped: int = MIN_GENES_MAPPED  # and at least this many of them
     batch_cells: int = 64  # cells per model forward
     block_cells: int = 1024  # cells read from the input at once
 
     def __post_init__(self) -> None:
-        require([(0.0 < self.min_gene_overlap <= 1.0, "embed.min_gene_overlap must be in (0, 1]"),
+        require([(0.0 < self.min_gene_overlap <= 1.0, "input.min_gene_overlap must be in (0, 1]"),
+                 (self.min_genes_mapped >= 1, "input.min_genes_mapped must be at least 1"),
                  (self.batch_cells > 0 and self.block_cells > 0,
-                  "embed.batch_cells and embed.block_cells must be positive")])
+                  "input.batch_cells and input.block_cells must be positive")])
+
+
+@dataclass
+class EmbedConfig:
+    """``scfm embed`` (and every embedding of user cells): how an AnnData meets a checkpoint."""
+
+    input: InputSettings = field(default_factory=InputSettings)
 
 
 @dataclass
 class AdaptConfig:
     """``scfm adapt``: continue the self-supervised objectives on a user's own cells (no labels)."""
 
-    batch_key: str | None = None  # obs column of batches: normaliser groups and new condition categories
+    input: InputSettings = field(default_factory=InputSettings)
     steps: int = 300
     # a tenth of pretraining's 1e-3: at the pretraining rate, 300 steps on a few hundred cells taught
     # the encoder the protocols apart (batch 0.45 vs 0.80 here; docs/evaluate.md); None: train.lr
     lr: float | None = 1e-4
     seed: int = 0
-    min_gene_overlap: float = MIN_GENE_OVERLAP
 
     def __post_init__(self) -> None:
         require([(self.steps >= 1, f"adapt.steps={self.steps} must be at least 1"),
-                 (self.lr is None or self.lr > 0, "adapt.lr must be positive"),
-                 (0.0 < self.min_gene_overlap <= 1.0, "adapt.min_gene_overlap must be in (0, 1]")])
+                 (self.lr is None or self.lr > 0, "adapt.lr must be positive")])
 
 
 @dataclass
 class BenchmarkConfig:
     """``scfm benchmark``: which checkpoints meet which cells (scoring settings: ``eval``)."""
 
-    min_gene_overlap: float = MIN_GENE_OVERLAP
+    input: InputSettings = field(default_factory=InputSettings)  # input.batch_key: the scIB batch column too
     seeds: int = 1  # seeded methods (scVI, Harmony, ...) are repeated with seeds eval.seed .. + seeds - 1
     # > 0: each checkpoint is also adapted to the input's cells for this many steps ("(adapted)"),
     # and the same architecture from random initialisation too ("(scratch, adapted)")
@@ -302,8 +322,7 @@ class BenchmarkConfig:
     scratch_multipliers: list[int] = field(default_factory=lambda: [1, 4])  # scratch runs adapt_steps x these
 
     def __post_init__(self) -> None:
-        require([(0.0 < self.min_gene_overlap <= 1.0, "benchmark.min_gene_overlap must be in (0, 1]"),
-                 (self.seeds >= 1, f"benchmark.seeds={self.seeds} must be at least 1 (--seeds K repeats "
+        require([(self.seeds >= 1, f"benchmark.seeds={self.seeds} must be at least 1 (--seeds K repeats "
                                    f"every seeded method K times)"),
                  (self.adapt_steps >= 0, "benchmark.adapt_steps must be >= 0 (0: no adaptation rows)"),
                  (all(m >= 1 for m in self.scratch_multipliers), "benchmark.scratch_multipliers must be >= 1")])
@@ -313,33 +332,29 @@ class BenchmarkConfig:
 class ExplainConfig:
     """``scfm explain``: gene attributions, in-silico perturbation and the marker comparison."""
 
-    batch_key: str | None = None  # obs column whose batches get their own gene normalisers
+    input: InputSettings = field(default_factory=InputSettings)  # input.batch_cells: cells (x steps) per forward
     top_k: int = 20  # genes.csv's top_k_fraction: how often a gene is among a cell's k most attributed
     steps: int = 16  # integrated-gradients steps from the baseline to the cell
     # the integrated-gradients baseline of every gene token: "masked" (<mask> gene, hidden value: one
     # reference for all cells) or "hidden_value" (the cell's own genes with their values hidden)
     baseline: Literal["masked", "hidden_value"] = "masked"
-    batch_cells: int = 64  # cells (x steps) per model forward
     max_cells_per_group: int | None = 300  # seeded sample of each group's cells; None: every cell
     perturb: list[str] = field(default_factory=list)  # genes to delete / raise; empty: each group's top genes
     perturb_top: int = 1  # without perturb: this many top attributed genes per group
     marker_ks: list[int] = field(default_factory=lambda: [20, 50])  # overlap with DE markers at these k
     de_method: Literal["wilcoxon", "t-test", "t-test_overestim_var", "logreg"] = "wilcoxon"
     random_draws: int = 200  # random gene sets of the control, per group and k
-    min_gene_overlap: float = MIN_GENE_OVERLAP
     seed: int = 0
 
     def __post_init__(self) -> None:
         require([(self.top_k >= 1, "explain.top_k must be at least 1"),
                  (self.steps >= 1, "explain.steps must be at least 1"),
-                 (self.batch_cells >= 1, "explain.batch_cells must be positive"),
                  (self.max_cells_per_group is None or self.max_cells_per_group >= 2,
                   "explain.max_cells_per_group must be at least 2 (or null for every cell)"),
                  (self.perturb_top >= 0, "explain.perturb_top must be >= 0"),
                  (bool(self.marker_ks) and all(k >= 1 for k in self.marker_ks),
                   "explain.marker_ks must list positive k"),
-                 (self.random_draws >= 1, "explain.random_draws must be at least 1"),
-                 (0.0 < self.min_gene_overlap <= 1.0, "explain.min_gene_overlap must be in (0, 1]")])
+                 (self.random_draws >= 1, "explain.random_draws must be at least 1")])
 
 
 @dataclass
@@ -348,25 +363,23 @@ class FinetuneConfig:
 
     label_key: str = "cell_type"
     split_key: str | None = None  # donor/batch column whose groups are held out; None: random split
-    batch_key: str | None = None  # obs column of batches: per-batch normalisers
+    input: InputSettings = field(default_factory=InputSettings)  # input.batch_cells: per forward of predictions
     adversary_key: str | None = None  # obs column the batch-adversarial objective must not read
     mode: Literal["full", "linear"] = "full"  # "linear": frozen encoder, head only (linear probe)
     epochs: int = 10
-    batch_cells: int = 16
+    batch_cells: int = 16  # cells per training step
     lr: float = 1e-5  # encoder; small, so the pretrained weights move slowly
     head_lr: float = 1e-2
     weight_decay: float = 0.01
     val_fraction: float = 0.2
     adversarial_weight: float = 0.0  # > 0: batch-adversarial integration objective (needs adversary_key)
-    min_gene_overlap: float = MIN_GENE_OVERLAP
     seed: int = 0
 
     def __post_init__(self) -> None:
         require([(self.epochs >= 1, "finetune.epochs must be at least 1"),
                  (self.batch_cells >= 2, "finetune.batch_cells must be at least 2"),
                  (0.0 < self.val_fraction < 1.0, "finetune.val_fraction must be in (0, 1)"),
-                 (self.adversarial_weight >= 0, "finetune.adversarial_weight must be >= 0"),
-                 (0.0 < self.min_gene_overlap <= 1.0, "finetune.min_gene_overlap must be in (0, 1]")])
+                 (self.adversarial_weight >= 0, "finetune.adversarial_weight must be >= 0")])
 
 
 @dataclass
@@ -468,17 +481,30 @@ def _from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
         raise ConfigError(f"unknown key {where}{unknown[0]}", "config",
                           f"use one of: {', '.join(sorted(names))}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        section = prefix.rpartition(".")[0]  # a shared section (InputSettings) checks keys without its parent
+        if section and err.what.startswith(prefix.rpartition(".")[2] + "."):
+            raise ConfigError(f"{section}.{err.what}", err.where, err.fix) from None
+        raise
 
 
 # Keys that moved: old dotted name -> new. A config layer (the file saved beside a checkpoint, a
 # YAML file, the overrides) may still use an old name; its value moves to the new key unless the
 # same layer names the new key too. (The per-command ``tracking`` switches became the one
-# ``tracking.enabled`` that every command honours.)
+# ``tracking.enabled`` that every command honours; the input settings moved into each section's
+# ``input``.)
 MOVED_KEYS = {
     "benchmark.tracking": "tracking.enabled",
     "explain.tracking": "tracking.enabled",
     "finetune.tracking": "tracking.enabled",
+    **{f"{section}.{key}": f"{section}.input.{key}" for section, keys in {
+        "embed": ("batch_key", "conditions", "min_gene_overlap", "batch_cells", "block_cells"),
+        "adapt": ("batch_key", "min_gene_overlap"),
+        "benchmark": ("min_gene_overlap",),
+        "explain": ("batch_key", "batch_cells", "min_gene_overlap"),
+        "finetune": ("batch_key", "min_gene_overlap")}.items() for key in keys},
 }
 
 

@@ -122,7 +122,8 @@ def evaluate(out: Path, checkpoint: Path, size: DemoSize):
     from sc_fm.evaluate import run_benchmark
     from sc_fm.pretrained import embed_h5ad
 
-    run = load_config(RUN_CONFIG, [f"eval.scvi_epochs={size.scvi_epochs}", "embed.batch_key=batch",
+    run = load_config(RUN_CONFIG, [f"eval.scvi_epochs={size.scvi_epochs}", "embed.input.batch_key=batch",
+                                   "benchmark.input.batch_key=batch",
                                    f"benchmark.adapt_steps={size.adapt_steps}", "benchmark.scratch_multipliers=[1]"])
     config = run.eval
     adata = load_sc_mixology()
@@ -130,9 +131,9 @@ def evaluate(out: Path, checkpoint: Path, size: DemoSize):
     adata.write_h5ad(singlets)
     embedded = embed_h5ad(checkpoint, singlets, out / "sc_mixology_embedded.h5ad", run.embed)
     print(embedded.mapping.summary())
-    rows = seeded_rows([checkpoint], adata, config.batch_key, run.benchmark, out / "report", config.embed_batch_cells)
-    return run_benchmark(adata, config.batch_key, config.label_key, out / "report", [checkpoint], config,
-                         tracking=run.tracking, seeded_candidates=rows)
+    rows = seeded_rows([checkpoint], adata, run.benchmark, out / "report")
+    return run_benchmark(adata, run.benchmark.input.batch_key, config.label_key, out / "report", [checkpoint], config,
+                         inputs=run.benchmark.input, tracking=run.tracking, seeded_candidates=rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import add_checkpoint_argument, add_config_arguments, command_config
+from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_input_arguments, command_config,
+                                    input_flags, read_input)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,8 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="AnnData .h5ad with raw counts in X")
     parser.add_argument("-o", "--output", required=True, metavar="DIR",
                         help="the adapted checkpoint (accepted by embed, benchmark and finetune)")
-    parser.add_argument("--batch-key", default=None,
-                        help="obs column of batches: their own gene normalisers and new condition categories")
+    add_input_arguments(parser, "adapt", "obs column of the input's batches: their own gene normalisers and new "
+                                         "condition categories (adapt.input.batch_key)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (adapt.steps)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (adapt.lr, default 1e-4)")
     parser.add_argument("--seed", type=int, default=None)
@@ -22,18 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import anndata
-
     from sc_fm.adapt import adapt
     from sc_fm.pretrained import Pretrained
-    from sc_fm.pretrained.h5ad import open_backed
 
-    adapt_keys = {"batch_key": args.batch_key, "steps": args.steps, "lr": args.lr, "seed": args.seed}
+    adapt_keys = {**input_flags(args), "steps": args.steps, "lr": args.lr, "seed": args.seed}
     config = command_config(args, "adapt", adapt_keys).adapt
     train_overrides = [o for o in args.overrides if not o.startswith("adapt.")]
     pretrained = Pretrained.load(args.checkpoint)
-    open_backed(args.input).file.close()
-    adata = anndata.read_h5ad(args.input)
+    adata = read_input(args.input)
     adapted = adapt(pretrained, adata, args.output, config, train_overrides, where=args.input)
     print(f"adapted {adapted.name} on {adata.n_obs} cells for {config.steps} steps: {args.output}")
     return 0

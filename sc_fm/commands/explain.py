@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import add_checkpoint_argument, add_config_arguments, command_config
+from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_input_arguments, command_config,
+                                    input_flags, read_input)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,8 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True,
                         help="report directory: genes.csv, markers.csv, perturbation.csv, dotplot.png, "
                              "report.md")
-    parser.add_argument("--batch-key", default=None,
-                        help="obs column whose batches get their own gene normalisers (explain.batch_key)")
+    add_input_arguments(parser, "explain")
     parser.add_argument("--perturb", default=None, metavar="GENE[,GENE...]",
                         help="genes (Ensembl IDs or symbols) to delete / raise in silico; "
                              "default: each group's top attributed gene (explain.perturb_top)")
@@ -24,28 +24,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="integrated-gradients steps (explain.steps)")
     parser.add_argument("--max-cells-per-group", type=int, default=None,
                         help="attribute at most this many cells per group (explain.max_cells_per_group)")
-    parser.add_argument("--min-gene-overlap", type=float, default=None,
-                        help="minimum fraction of the input's genes found in the vocabulary")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_config_arguments(parser, "explain", tracked=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    import anndata
-
     from sc_fm.explain import explain
     from sc_fm.explain.report import explain_metrics, write_report
     from sc_fm.pretrained import Pretrained
-    from sc_fm.pretrained.h5ad import open_backed
     from sc_fm.tracking import log_report
 
     perturb = [g.strip() for g in args.perturb.split(",") if g.strip()] if args.perturb else None
     cfg = command_config(args, "explain", {
-        "batch_key": args.batch_key, "perturb": perturb, "top_k": args.top_k, "steps": args.steps,
-        "max_cells_per_group": args.max_cells_per_group, "min_gene_overlap": args.min_gene_overlap})
+        **input_flags(args), "perturb": perturb, "top_k": args.top_k, "steps": args.steps,
+        "max_cells_per_group": args.max_cells_per_group})
     config = cfg.explain
-    open_backed(args.input).file.close()  # a missing or damaged file: the one-paragraph error
-    adata = anndata.read_h5ad(args.input)
+    adata = read_input(args.input)
     model = Pretrained.load(args.checkpoint)
     result = explain(model, adata, args.groupby, config, progress=not args.no_progress, where=args.input)
     report = write_report(result, args.output, str(args.checkpoint))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import add_checkpoint_argument, add_config_arguments, command_config
+from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_input_arguments, command_config,
+                                    input_flags, read_input)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-key", default=None,
                         help="obs column (donor, batch) whose groups are held out for validation; "
                              "default: a random split")
-    parser.add_argument("--batch-key", default=None, help="obs column of batches (per-batch gene normalisers)")
+    add_input_arguments(parser, "finetune")
     parser.add_argument("--adversary-key", default=None,
                         help="obs column the batch-adversarial objective hides from the embedding")
     parser.add_argument("--mode", choices=["full", "linear"], default=None,
@@ -25,11 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="encoder learning rate (full mode)")
     parser.add_argument("--head-lr", type=float, default=None)
-    parser.add_argument("--batch-cells", type=int, default=None)
+    parser.add_argument("--batch-cells", type=int, default=None, help="cells per training step (finetune.batch_cells)")
     parser.add_argument("--val-fraction", type=float, default=None)
     parser.add_argument("--adversarial-weight", type=float, default=None,
                         help="> 0 adds the batch-adversarial integration objective (needs --adversary-key)")
-    parser.add_argument("--min-gene-overlap", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
     add_config_arguments(parser, "finetune", tracked=True)
 
@@ -37,20 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import anndata
-
     from sc_fm.finetune import finetune, track_finetune
     from sc_fm.pretrained import Pretrained
-    from sc_fm.pretrained.h5ad import open_backed
 
     flags = {key: getattr(args, key) for key in (
-        "label_key", "split_key", "batch_key", "adversary_key", "mode", "epochs", "lr", "head_lr", "batch_cells",
-        "val_fraction", "adversarial_weight", "min_gene_overlap", "seed")}
+        "label_key", "split_key", "adversary_key", "mode", "epochs", "lr", "head_lr", "batch_cells",
+        "val_fraction", "adversarial_weight", "seed")}
+    flags.update(input_flags(args))
     cfg = command_config(args, "finetune", flags)
     config = cfg.finetune
     pretrained = Pretrained.load(args.checkpoint)
-    open_backed(args.input).file.close()
-    adata = anndata.read_h5ad(args.input)
+    adata = read_input(args.input)
     result = finetune(pretrained, adata, args.output, config, where=args.input)
     predictions = Path(args.output) / "predictions.h5ad"
     adata.write_h5ad(predictions)

@@ -24,6 +24,36 @@ def add_config_arguments(parser: argparse.ArgumentParser, section: str, tracked:
     parser.set_defaults(overrides=[], no_tracking=False)  # KEY=VALUE given after the options land here
 
 
+def read_input(path: str):
+    """The user's h5ad in memory; a missing or damaged file is the one-paragraph error of
+    ``open_backed`` rather than h5py's traceback."""
+    import anndata
+
+    from sc_fm.pretrained.h5ad import open_backed
+
+    open_backed(path).file.close()
+    return anndata.read_h5ad(path)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser, section: str, batch_help: str | None = None) -> None:
+    """The flags of the input contract (``SECTION.input``, ``sc_fm.config.InputSettings``)."""
+    parser.add_argument("--batch-key", default=None,
+                        help=batch_help or f"obs column of the input's batches: their own gene normalisers when "
+                                           f"the checkpoint's tokenizer is batch-aware ({section}.input.batch_key)")
+    parser.add_argument("--min-gene-overlap", type=float, default=None,
+                        help=f"minimum fraction of the input's genes found in the vocabulary "
+                             f"({section}.input.min_gene_overlap)")
+    parser.add_argument("--min-genes-mapped", type=int, default=None,
+                        help=f"minimum number of the input's genes found in the vocabulary "
+                             f"({section}.input.min_genes_mapped, default 100)")
+
+
+def input_flags(args: argparse.Namespace) -> dict[str, object]:
+    """``add_input_arguments``' flags as ``command_config`` keys."""
+    return {"input.batch_key": args.batch_key, "input.min_gene_overlap": args.min_gene_overlap,
+            "input.min_genes_mapped": args.min_genes_mapped}
+
+
 def command_config(args: argparse.Namespace, section: str, flags: dict[str, object]) -> RunConfig:
     """``--config`` <- ``KEY=VALUE`` overrides <- the flags the user gave (``None``: not given);
     ``flags`` maps ``key`` of ``section`` to the flag's value."""

@@ -3,6 +3,7 @@ every seeded method repeated over ``n_seeds`` seeds."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sc_fm.config import EvalConfig, TrackingConfig
+from sc_fm.config import EvalConfig, InputSettings, TrackingConfig
 from sc_fm.evaluate.metrics import ScibSettings
 from sc_fm.evaluate.report import verdicts, write_report
 from sc_fm.evaluate.scoring import (HARMONY, PCA, RANDOM, SCVI, baseline_methods, check_evaluation_set,
@@ -44,8 +45,7 @@ def checkpoint_names(names: list[str], paths: list[str | Path]) -> list[str]:
     return out
 
 
-def checkpoint_embeddings(adata, checkpoints: list[str | Path], batch_key: str | None, config: EvalConfig,
-                          min_gene_overlap: float, where: str, progress: bool
+def checkpoint_embeddings(adata, checkpoints: list[str | Path], inputs: InputSettings, where: str, progress: bool
                           ) -> tuple[dict[str, np.ndarray], list[str]]:
     """``{"sc_fm-<size>": embedding}`` per checkpoint, zero-shot, and a line per checkpoint saying
     how it embeds (for the report)."""
@@ -55,10 +55,8 @@ def checkpoint_embeddings(adata, checkpoints: list[str | Path], batch_key: str |
     out: dict[str, np.ndarray] = {}
     described = []
     for name, pretrained in zip(checkpoint_names([p.name for p in loaded], checkpoints), loaded):
-        mapping = pretrained.gene_mapping(adata, min_gene_overlap, where)
-        out[name] = pretrained.embed(adata, batch_key, key_added=None, mapping=mapping,
-                                     batch_cells=config.embed_batch_cells, progress=progress, where=where)
-        described.append(f"{name}: {embedding_settings(pretrained, batch_key)}")
+        out[name] = pretrained.embed(adata, inputs, key_added=None, progress=progress, where=where)
+        described.append(f"{name}: {embedding_settings(pretrained, inputs.batch_key)}")
     return out, described
 
 
@@ -78,13 +76,14 @@ def embedding_settings(pretrained, batch_key: str | None) -> str:
 
 def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | Path,
                   checkpoints: list[str | Path] = (), config: EvalConfig | None = None,
-                  extra_embeddings: dict[str, np.ndarray] | None = None, min_gene_overlap: float = 0.1,
+                  extra_embeddings: dict[str, np.ndarray] | None = None, inputs: InputSettings | None = None,
                   tracking: TrackingConfig | None = None, progress: bool = True, where: str = "input", *, n_seeds: int = 1,
                   seeded_candidates: dict[str, Callable[[int], np.ndarray]] | None = None) -> BenchmarkResult:
     """Score every embedding, write the report into ``out_dir`` and log it to MLflow as ``tracking``
     says (``sc_fm.tracking.log_report``; None: not logged).
 
-    Candidates are the checkpoints (embedded once), ``extra_embeddings`` (fixed arrays) and
+    Candidates are the checkpoints (embedded once, meeting ``adata`` through ``inputs`` with
+    ``batch_key`` as its batch column), ``extra_embeddings`` (fixed arrays) and
     ``seeded_candidates`` (``name -> f(seed) -> [cells, dim]`` array, called once per seed).
     Every seeded method — scVI, Harmony, the random control and each seeded candidate — runs
     with seeds ``config.seed .. config.seed + n_seeds - 1``; the table holds their means and sds.
@@ -93,8 +92,8 @@ def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | P
     seeds = seed_list(config.seed, n_seeds, where)
     check_evaluation_set(adata, batch_key, label_key, where)
     seeded_candidates = dict(seeded_candidates or {})
-    candidates, described = checkpoint_embeddings(adata, list(checkpoints), batch_key, config, min_gene_overlap,
-                                                  where, progress)
+    inputs = dataclasses.replace(inputs or InputSettings(), batch_key=batch_key)
+    candidates, described = checkpoint_embeddings(adata, list(checkpoints), inputs, where, progress)
     candidates.update(extra_embeddings or {})
     clash = set(candidates) & set(seeded_candidates) | (set(candidates) | set(seeded_candidates)) & {
         PCA, SCVI, HARMONY, RANDOM}

@@ -39,8 +39,9 @@ class GeneMapping:
         return text + (f"; {len(self.missing)} missing: {shown}" if self.missing else "")
 
 
-def map_genes(var_names, vocab: GeneVocab, min_overlap: float, where: str) -> GeneMapping:
-    """Look genes up by Ensembl ID (version stripped) or symbol; refuse overlaps below ``min_overlap``."""
+def map_genes(var_names, vocab: GeneVocab, min_overlap: float, min_mapped: int, where: str) -> GeneMapping:
+    """Look genes up by Ensembl ID (version stripped) or symbol; refuse overlaps below the fraction
+    ``min_overlap`` or fewer than ``min_mapped`` genes (``InputSettings``)."""
     names = [str(n) for n in var_names]
     index = vocab.lookup(names)
     found = np.flatnonzero(index >= 0)
@@ -55,4 +56,10 @@ def map_genes(var_names, vocab: GeneVocab, min_overlap: float, where: str) -> Ge
             f"the threshold is {min_overlap:.0%}", where,
             f"use var_names with Ensembl IDs or symbols of the vocabulary (got e.g. {example}), "
             "or lower --min-gene-overlap")
+    if mapping.n_mapped < min_mapped:
+        raise InputDataError(
+            f"only {mapping.n_mapped} of the input's genes are in the checkpoint's vocabulary ({vocab.name}); "
+            f"at least {min_mapped} are needed for a cell to be described", where,
+            "pass the full gene panel of the cells (not a selection of genes), or lower "
+            "input.min_genes_mapped (e.g. embed.input.min_genes_mapped=50) if the panel is small by design")
     return mapping

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from sc_fm.batch import LOSS_NAMES
+from sc_fm.batch import LOSS_NAMES, to_device
 from sc_fm.config import RunConfig, save_config, to_dict
 from sc_fm.data import kept_cells
 from sc_fm.data.coexpression import coexpression_loadings, kept_normalised_rows
@@ -82,11 +82,6 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
         # A lone process keeps its group: DeepSpeed caches it for later runs in the same process.
         if created and env.world_size > 1:
             dist.destroy_process_group()
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
 
 
 class Trainer:
@@ -220,7 +215,7 @@ class Trainer:
         throughput = Throughput()
         while self.step < t.max_steps:
             lr = self.engine.lr
-            micro = [_to_device(next(batches), self.plan.device) for _ in range(self.plan.accumulation)]
+            micro = [to_device(next(batches), self.plan.device, non_blocking=True) for _ in range(self.plan.accumulation)]
             with out_of_memory_advice(t.micro_batch_cells, self.cfg.tokenizer.max_len):
                 local = self.engine.train_step(micro)
             metrics = self._reduce(local, micro, throughput, lr)
