@@ -68,14 +68,16 @@ class ModelOnly:
     """The bare training step on pre-built batches: the ceiling for the end-to-end loop."""
 
     def __init__(self, cfg: RunConfig, steps: int):
-        from sc_fm.data import build_train_loader, open_stores
+        from sc_fm.data import open_stores
         from sc_fm.tokenize import CellTokenizer
+        from sc_fm.train.builder import run_loader
         from sc_fm.train.flops import StepFlops
 
         self.cfg, self.steps = cfg, steps
-        self.tokenizer = CellTokenizer.from_stores(cfg.tokenizer, open_stores(cfg.data.stores))
+        stores = open_stores(cfg.data.stores)
+        self.tokenizer = CellTokenizer.from_stores(cfg.tokenizer, stores)
         self.accumulation = cfg.train.global_batch_cells // cfg.train.micro_batch_cells
-        loader = build_train_loader(cfg, self.tokenizer)
+        loader = run_loader(cfg, self.tokenizer, stores)
         self.batches = [next(loader) for _ in range(self.accumulation * (steps + WARMUP_STEPS))]
         timed = self.batches[self.accumulation * WARMUP_STEPS:]
         self.tokens = sum(int(b["gene_ids"].numel()) for b in timed)

@@ -15,12 +15,13 @@ import zarr
 import sc_fm.store.direct
 from sc_fm.cli import main
 from sc_fm.config import DataConfig, RunConfig, TokenizerConfig
-from sc_fm.data import CorpusDataset, build_train_loader
+from sc_fm.data import CorpusDataset
 from sc_fm.errors import InputDataError
 from sc_fm.stats import GeneStatsAccumulator
 from sc_fm.store import CorpusStore, SliceReader, StoreWriter
 from sc_fm.store.verify import verify_store
 from sc_fm.tokenize import CellTokenizer
+from sc_fm.train.builder import run_loader
 
 from test_store_read import write_store
 
@@ -94,7 +95,7 @@ def test_training_loader_refuses_a_damaged_chunk(copy, tiny_store, num_workers):
     cfg.data = data
     cfg.train.micro_batch_cells = 48
     tokenizer = CellTokenizer.from_stores(TokenizerConfig(max_len=64, stats_group="dataset"), [tiny_store])
-    batches = build_train_loader(cfg, tokenizer)
+    batches = run_loader(cfg, tokenizer)
     with pytest.raises(InputDataError) as err:
         for _ in range(30):  # past one epoch: every block is read
             next(batches)

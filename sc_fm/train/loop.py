@@ -90,7 +90,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, plan: TrainPlan, run_dir: Path, checkpoints: CheckpointManager,
                  latest: Path | None, resume: bool, evaluator: EvaluatorFactory | None = None,
                  initial: Pretrained | None = None):
-        from sc_fm.data import build_train_loader, open_stores
+        from sc_fm.data import open_stores
+        from sc_fm.train.builder import run_loader
         from sc_fm.model import MaskedGeneTransformer, count_parameters
 
         self.cfg, self.plan, self.env = cfg, plan, plan.env
@@ -106,8 +107,8 @@ class Trainer:
             self.tokenizer = CellTokenizer.load(latest / "tokenizer")
         else:
             self.tokenizer = initial.tokenizer if initial is not None else self._new_tokenizer(stores)
-        self.loader = build_train_loader(cfg, self.tokenizer, self.env.rank, self.env.world_size,
-                                         idle_workers=plan.device.type == "cpu")
+        self.loader = run_loader(cfg, self.tokenizer, stores, self.env.rank, self.env.world_size,
+                                 idle_workers=plan.device.type == "cpu")
         if latest is None:  # a resume repositions the loader first
             self.loader.start()  # its workers fork before the set-up thread below exists
         # DeepSpeed's import (~7 s of Python on 2 cores) and opening the MLflow run (~3 s on a new
