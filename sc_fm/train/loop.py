@@ -22,15 +22,10 @@ import torch.distributed as dist
 
 from sc_fm.batch import LOSS_NAMES, to_device
 from sc_fm.config import RunConfig, save_config, to_dict
-from sc_fm.data import kept_cells
-from sc_fm.data.coexpression import coexpression_loadings, kept_normalised_rows
 from sc_fm.errors import ConfigError
 from sc_fm.model.io import START_FILE, load_weights
 from sc_fm.pretrained import Pretrained
 from sc_fm.rundir import FINAL_DIR, METRICS_FILE, RUN_CONFIG_FILE
-from sc_fm.store import CorpusStore
-from sc_fm.tokenize import CellTokenizer
-from sc_fm.tokenize.normalisers import is_group_normalised
 from sc_fm.tracking import RunTracker, flatten, system_info
 from sc_fm.train.callbacks import EvaluatorFactory
 from sc_fm.train.checkpoint import (CheckpointManager, check_resumable, check_same_data, data_identity,
@@ -43,7 +38,6 @@ from sc_fm.train.flops import StepFlops, peak_flops, raised_cpu_peak
 from sc_fm.train.progress import ProgressBar, Throughput
 from sc_fm.train.rng import capture_rng, restore_rng, seed_everything
 from sc_fm.train.threads import available_cores, budget_cpu_threads, local_processes, setup_blas_threads
-from sc_fm.vocab import N_SPECIAL
 
 
 
@@ -91,7 +85,7 @@ class Trainer:
                  latest: Path | None, resume: bool, evaluator: EvaluatorFactory | None = None,
                  initial: Pretrained | None = None):
         from sc_fm.data import open_stores
-        from sc_fm.train.builder import run_loader
+        from sc_fm.train.builder import coexpression_start, run_loader, run_tokenizer
         from sc_fm.model import MaskedGeneTransformer, count_parameters
 
         self.cfg, self.plan, self.env = cfg, plan, plan.env
@@ -103,10 +97,7 @@ class Trainer:
         if self.env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / RUN_CONFIG_FILE)
-        if latest is not None:
-            self.tokenizer = CellTokenizer.load(latest / "tokenizer")
-        else:
-            self.tokenizer = initial.tokenizer if initial is not None else self._new_tokenizer(stores)
+        self.tokenizer = run_tokenizer(cfg, stores, latest, initial)
         self.loader = run_loader(cfg, self.tokenizer, stores, self.env.rank, self.env.world_size,
                                  idle_workers=plan.device.type == "cpu")
         if latest is None:  # a resume repositions the loader first
@@ -130,7 +121,7 @@ class Trainer:
                 self.model.start_from(initial.model)
             elif latest is None and cfg.model.gene_init == "coexpression":
                 with setup_blas_threads(beside_setup_thread=engine_import is not None or tracking is not None):
-                    self._coexpression_start(stores)
+                    coexpression_start(self.model, cfg, self.tokenizer, stores)
             self.start = self._untrained_start(initial, latest)
             seed_everything(cfg.train.seed + 1 + self.env.rank)  # per-rank dropout draws
             if engine_import is not None:
@@ -170,24 +161,6 @@ class Trainer:
         else:  # a checkpoint written before starts were saved: its run's start is unknown
             return copy.deepcopy(self.model).eval()
         return start.eval()
-
-    def _new_tokenizer(self, stores: list[CorpusStore]) -> CellTokenizer:
-        """Normalisers and condition categories of the cells that train: held-out cells
-        (``data.exclude``/``include``) reach neither."""
-        t = self.cfg.tokenizer
-        group = t.stats_group if is_group_normalised(t.stats_group) else None
-        kept = kept_cells(stores, self.cfg.data, group, t.condition_keys)
-        return CellTokenizer.from_stores(t, stores, kept)
-
-    def _coexpression_start(self, stores: list[CorpusStore]) -> None:
-        """Gene embeddings from the training cells' principal axes (``sc_fm/data/coexpression.py``);
-        every rank computes the same table from the same sample."""
-        m, t = self.cfg.model, self.tokenizer
-        group = t.config.stats_group if t.normalises_by_group else None
-        rows = kept_normalised_rows(stores, self.cfg.data, t.normalised_values, group, m.gene_init_cells,
-                                    self.cfg.train.seed)
-        loadings = coexpression_loadings(rows, m.d_model, m.init_std, self.cfg.train.seed)
-        self.model.embedding.set_gene_rows(N_SPECIAL, torch.from_numpy(loadings))
 
     # ----------------------------------------------------------------------------------- run
     def run(self) -> Path:
