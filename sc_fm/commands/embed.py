@@ -41,10 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sc_fm.pretrained import embed_h5ad
+    from sc_fm.threads import cpu_threads
 
     config = command_config(args, "embed", {**input_flags(args), "input.conditions": parse_conditions(args.condition),
                                             "input.batch_cells": args.batch_cells}).embed
-    summary = embed_h5ad(args.checkpoint, args.input, args.output, config, progress=not args.no_progress)
+    with cpu_threads():
+        summary = embed_h5ad(args.checkpoint, args.input, args.output, config, progress=not args.no_progress)
     print(summary.mapping.summary())
     if summary.mapping.missing:
         missing_file = Path(f"{summary.output}.missing_genes.txt")

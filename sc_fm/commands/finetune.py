@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sc_fm.finetune import finetune, track_finetune
     from sc_fm.pretrained import Pretrained
+    from sc_fm.threads import cpu_threads
 
     flags = {key: getattr(args, key) for key in (
         "label_key", "split_key", "adversary_key", "mode", "epochs", "lr", "head_lr", "batch_cells",
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     config = cfg.finetune
     pretrained = Pretrained.load(args.checkpoint)
     adata = read_input(args.input)
-    result = finetune(pretrained, adata, args.output, config, where=args.input)
+    with cpu_threads():
+        result = finetune(pretrained, adata, args.output, config, where=args.input)
     predictions = Path(args.output) / "predictions.h5ad"
     adata.write_h5ad(predictions)
     print(f"held-out cells: {result.n_val}; accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f}")

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from sc_fm.errors import ConfigError
 from sc_fm.model.io import START_FILE, load_weights
 from sc_fm.pretrained import Pretrained
 from sc_fm.rundir import FINAL_DIR, METRICS_FILE, RUN_CONFIG_FILE
+from sc_fm.threads import cpu_threads, ranks_sharing_cores, setup_blas_threads
 from sc_fm.tracking import RunTracker, flatten, system_info
 from sc_fm.train.callbacks import EvaluatorFactory
 from sc_fm.train.checkpoint import (CheckpointManager, check_resumable, check_same_data, data_identity,
@@ -37,8 +39,6 @@ from sc_fm.train.plan import TrainPlan, make_plan
 from sc_fm.train.flops import StepFlops, peak_flops, raised_cpu_peak
 from sc_fm.train.progress import ProgressBar, Throughput
 from sc_fm.train.rng import capture_rng, restore_rng, seed_everything
-from sc_fm.train.threads import available_cores, budget_cpu_threads, local_processes, setup_blas_threads
-
 
 
 def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
@@ -66,13 +66,16 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
     if latest is not None:
         check_resumable(latest, to_dict(cfg), env.world_size)
     created = cfg.train.engine == "deepspeed" and init_process_group(env, plan.device)
-    threads = torch.get_num_threads()
-    if plan.device.type == "cpu":
-        budget_cpu_threads()
     try:
-        return Trainer(cfg, plan, run_dir, checkpoints, latest, resume, evaluator, initial).run()
+        # ranks_sharing_cores is collective: every rank calls it
+        budget = cpu_threads(ranks_sharing_cores()) if plan.device.type == "cpu" else nullcontext()
+        with budget as threads:
+            if threads is not None and env.is_main:
+                workers = cfg.data.num_workers
+                print(f"scfm pretrain: {threads.describe()}"
+                      + (f"; {workers} loader worker(s) at idle priority" if workers else ""), file=sys.stderr)
+            return Trainer(cfg, plan, run_dir, checkpoints, latest, resume, evaluator, initial).run()
     finally:
-        torch.set_num_threads(threads)
         # A lone process keeps its group: DeepSpeed caches it for later runs in the same process.
         if created and env.world_size > 1:
             dist.destroy_process_group()
@@ -189,7 +192,8 @@ class Trainer:
         throughput = Throughput()
         while self.step < t.max_steps:
             lr = self.engine.lr
-            micro = [to_device(next(batches), self.plan.device, non_blocking=True) for _ in range(self.plan.accumulation)]
+            micro = [to_device(next(batches), self.plan.device, non_blocking=True)
+                     for _ in range(self.plan.accumulation)]
             with out_of_memory_advice(t.micro_batch_cells, self.cfg.tokenizer.max_len):
                 local = self.engine.train_step(micro)
             metrics = self._reduce(local, micro, throughput, lr)
@@ -331,12 +335,5 @@ class Trainer:
               f"{self.plan.device.type}, {self.plan.precision}, {self.n_parameters:,} parameters, "
               f"{self.cfg.train.global_batch_cells} cells/step = {self.cfg.train.micro_batch_cells} x "
               f"{self.plan.accumulation} accumulation x {self.env.world_size}; {where}", file=sys.stderr)
-        if self.plan.device.type == "cpu":
-            workers = self.cfg.data.num_workers
-            why = ("OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else
-                   f"{available_cores()} core(s) shared by {local_processes()} local process(es)"
-                   + (f"; {workers} loader worker(s) at idle priority" if workers else ""))
-            print(f"scfm pretrain: {torch.get_num_threads()} CPU thread(s) per process: {why}",
-                  file=sys.stderr)
         if self.tracker is not None:
             print(f"scfm pretrain: MLflow run {self.tracker.run_id} at {self.tracker.uri}", file=sys.stderr)
