@@ -75,7 +75,7 @@ def pretrained_rows(checkpoints: dict[int, Path], adata, batch_key: str | None, 
             return embed(Pretrained.load(path))
 
         rows["co-expression start (untrained)"] = coexpression
-    per_seed = {seed: seeded_rows([path], adata, batch_key, config, work / "report") for seed, path in checkpoints.items()}
+    per_seed = {seed: seeded_rows([path], adata, config, work / "report") for seed, path in checkpoints.items()}
     for row in next(iter(per_seed.values())):
         rows[row] = lambda seed, row=row: per_seed[seed][row](seed)
     return rows
@@ -99,7 +99,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from sc_fm import demo
-    from sc_fm.config import BenchmarkConfig, EvalConfig
+    from sc_fm.config import BenchmarkConfig, EvalConfig, InputSettings
     from sc_fm.evaluate import run_benchmark
     from sc_fm.evaluate.metrics import BATCH, BIO, KNN_ACCURACY, TOTAL
     from sc_fm.evaluate.seeds import seed_list
@@ -109,7 +109,7 @@ def main() -> int:
     seeds = seed_list(EvalConfig().seed, args.seeds or (1 if args.quick else 5), "--seeds")
     adata, batch_key, label_key = evaluation_set(args)
     adapt_steps = args.adapt_steps if args.adapt_steps is not None else size.adapt_steps
-    config = BenchmarkConfig(adapt_steps=adapt_steps)
+    config = BenchmarkConfig(input=InputSettings(batch_key=batch_key), adapt_steps=adapt_steps)
     began = time.perf_counter()
     if args.checkpoint is None:
         store = work / "corpus.zarr"
@@ -121,7 +121,7 @@ def main() -> int:
         store, checkpoints = None, {seed: Path(args.checkpoint) for seed in seeds}
     pretrain_s = time.perf_counter() - began
     rows = pretrained_rows(checkpoints, adata, batch_key, config, work, store, size)
-    result = run_benchmark(adata, batch_key, label_key, work / "report", [], EvalConfig(), track=False,
+    result = run_benchmark(adata, batch_key, label_key, work / "report", [], EvalConfig(),
                            progress=False, n_seeds=len(seeds), seeded_candidates=rows)
     table = result.table
     print(table[[BIO, BATCH, TOTAL, TOTAL + " sd", KNN_ACCURACY, "Seeds"]].round(3).to_string())

@@ -67,14 +67,16 @@ class ModelOnly:
     """The bare training step on pre-built batches: the ceiling for the end-to-end loop."""
 
     def __init__(self, cfg: RunConfig, steps: int):
-        from sc_fm.data import build_train_loader, open_stores
+        from sc_fm.data import open_stores
         from sc_fm.tokenize import CellTokenizer
+        from sc_fm.train.builder import run_loader
         from sc_fm.train.flops import StepFlops
 
         self.cfg, self.steps = cfg, steps
-        self.tokenizer = CellTokenizer.from_stores(cfg.tokenizer, open_stores(cfg.data.stores))
+        stores = open_stores(cfg.data.stores)
+        self.tokenizer = CellTokenizer.from_stores(cfg.tokenizer, stores)
         self.accumulation = cfg.train.global_batch_cells // cfg.train.micro_batch_cells
-        loader = build_train_loader(cfg, self.tokenizer)
+        loader = run_loader(cfg, self.tokenizer, stores)
         self.batches = [next(loader) for _ in range(self.accumulation * (steps + WARMUP_STEPS))]
         timed = self.batches[self.accumulation * WARMUP_STEPS:]
         self.tokens = sum(int(b["gene_ids"].numel()) for b in timed)
@@ -127,14 +129,16 @@ def gpu_core_headroom(store: Path, batches: int) -> float:
     from gpu import MFU_TARGET  # benchmarks/gpu.py, beside this script
     from memory import tree_cpu_seconds
 
-    from sc_fm.data import build_train_loader, open_stores
+    from sc_fm.data import open_stores
     from sc_fm.model import MaskedGeneTransformer
     from sc_fm.tokenize import CellTokenizer
+    from sc_fm.train.builder import run_loader
     from sc_fm.train.flops import GPU_BF16_PEAKS, StepFlops
 
     cfg = load_config(CONFIGS_DIR / "runs" / "base.yaml", [f"data.stores=[{store}]", "data.num_workers=1"])
-    tokenizer = CellTokenizer.from_stores(cfg.tokenizer, open_stores(cfg.data.stores))
-    loader = build_train_loader(cfg, tokenizer)
+    stores = open_stores(cfg.data.stores)
+    tokenizer = CellTokenizer.from_stores(cfg.tokenizer, stores)
+    loader = run_loader(cfg, tokenizer, stores)
     for _ in range(3):  # warm-up: the worker's start and first fetch
         next(loader)
     cpu_before = tree_cpu_seconds()

@@ -20,18 +20,18 @@ from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.outputs import remove_stale_siblings, swap_in, work_dir
 from sc_fm.pretrained import Pretrained
 from sc_fm.pretrained.inputs import require_counts, require_obs_column, stored_values
+from sc_fm.rundir import METRICS_FILE, run_config_of
 from sc_fm.store import CorpusStore
 from sc_fm.tokenize.normalisers import is_group_normalised
 
 ADAPT_FILE = "adapt.json"
-RUN_CONFIG_FILE = "config.yaml"
 INPUT_DATASET = "adapted_input"
 
 
 def check_input(pretrained: Pretrained, adata, config: AdaptConfig, where: str, settings: Path | None) -> None:
     """Everything that can be refused before any work: batches, genes, counts, enough cells."""
-    require_obs_column(adata, config.batch_key, "--batch-key", where)
-    pretrained.gene_mapping(adata, config.min_gene_overlap, where)
+    require_obs_column(adata, config.input.batch_key, "--batch-key", where)
+    pretrained.gene_mapping(adata, config.input, where)
     try:
         require_counts(stored_values(adata.X), where)
     except InputDataError as err:
@@ -52,8 +52,7 @@ def check_input(pretrained: Pretrained, adata, config: AdaptConfig, where: str, 
 
 def settings_of(pretrained: Pretrained) -> Path | None:
     """The run config saved beside a checkpoint (its ``config.yaml``), if any."""
-    saved = pretrained.path / RUN_CONFIG_FILE if pretrained.path is not None else None
-    return saved if saved is not None and saved.is_file() else None
+    return run_config_of(pretrained.path) if pretrained.path is not None else None
 
 
 def run_config(pretrained: Pretrained, config: AdaptConfig, stores: list[str], settings: Path | None,
@@ -112,7 +111,8 @@ def adapt(pretrained: Pretrained, adata, out_dir: str | Path, config: AdaptConfi
     remove_stale_siblings(out_dir)
     work = work_dir(out_dir, "adapt")  # beside the output; a killed run's is removed by the next
     try:
-        store = write_input_store(pretrained, adata, config.batch_key, work / "cells.zarr", config.min_gene_overlap)
+        store = write_input_store(pretrained, adata, config.input.batch_key, work / "cells.zarr",
+                                  config.input.min_gene_overlap)
         tokenizer = pretrained.tokenizer.adapted_to([CorpusStore(store)])
         model = copy.deepcopy(pretrained.model)  # the caller's model stays as it was
         model.grow_conditions(tokenizer.model_inputs["condition_sizes"])
@@ -125,7 +125,7 @@ def adapt(pretrained: Pretrained, adata, out_dir: str | Path, config: AdaptConfi
         (final / ADAPT_FILE).write_text(json.dumps({
             "base_checkpoint": str(pretrained.path) if pretrained.path else None, "n_cells": int(adata.n_obs),
             "settings": str(settings) if settings else None, "config": to_dict(config)}, indent=2) + "\n")
-        shutil.copyfile(work / "run" / "metrics.jsonl", final / "metrics.jsonl")
+        shutil.copyfile(work / "run" / METRICS_FILE, final / METRICS_FILE)
         swap_in(final, out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -9,6 +9,8 @@ attention, ``condition_ids`` (``[B, C]``, 0 = ``<unk>``/dropped), ``labels`` and
 
 from __future__ import annotations
 
+from typing import Any
+
 GENE_IDS = "gene_ids"
 VALUES = "values"
 CU_SEQLENS = "cu_seqlens"
@@ -40,3 +42,9 @@ VALUE_LOSS = "value_loss"
 EXPRESSION_LOSS = "expression_loss"  # the cell-level objective (reconstruction + KL), weighted into LOSS
 ADVERSARY_LOSS = "adversary_loss"  # the condition adversary's cross-entropy (its gradient is reversed)
 LOSS_NAMES = (LOSS, GENE_LOSS, VALUE_LOSS, EXPRESSION_LOSS, ADVERSARY_LOSS)
+
+
+def to_device(batch: dict[str, Any], device, non_blocking: bool = False) -> dict[str, Any]:
+    """The batch with every tensor on ``device`` (``max_seqlen``, an int, stays as it is);
+    ``non_blocking`` overlaps the copy from pinned memory with the step (training)."""
+    return {k: v.to(device, non_blocking=non_blocking) if hasattr(v, "to") else v for k, v in batch.items()}

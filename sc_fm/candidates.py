@@ -28,18 +28,16 @@ from sc_fm.pretrained import Pretrained
 SeededRow = Callable[[int], np.ndarray]
 
 
-def seeded_rows(checkpoints: list[str | Path], adata, batch_key: str | None, config: BenchmarkConfig,
-                work_dir: Path, embed_batch_cells: int = 64, progress: bool = False,
-                where: str = "input") -> dict[str, SeededRow]:
-    """``{row name: f(seed) -> embedding}`` for every checkpoint (see the module doc); adapted
-    checkpoints are kept under ``work_dir/adapted/`` for the user to reuse."""
+def seeded_rows(checkpoints: list[str | Path], adata, config: BenchmarkConfig, work_dir: Path,
+                progress: bool = False, where: str = "input") -> dict[str, SeededRow]:
+    """``{row name: f(seed) -> embedding}`` for every checkpoint (see the module doc), each meeting
+    ``adata`` through ``config.input``; adapted checkpoints are kept under ``work_dir/adapted/``
+    for the user to reuse."""
     loaded = [Pretrained.load(path) for path in checkpoints]
     rows: dict[str, SeededRow] = {}
     for name, pretrained in zip(checkpoint_names([p.name for p in loaded], checkpoints), loaded):
         def embed(model: Pretrained) -> np.ndarray:
-            mapping = model.gene_mapping(adata, config.min_gene_overlap, where)
-            return model.embed(adata, batch_key, key_added=None, mapping=mapping, batch_cells=embed_batch_cells,
-                               progress=progress, where=where)
+            return model.embed(adata, config.input, key_added=None, progress=progress, where=where)
 
         def untrained(seed: int, pretrained=pretrained, embed=embed) -> np.ndarray:
             return embed(pretrained.untrained(seed))
@@ -56,8 +54,7 @@ def seeded_rows(checkpoints: list[str | Path], adata, batch_key: str | None, con
             kind = f"scratch{steps}" if scratch else f"adapted{steps}"
             out = work_dir / "adapted" / f"{slug}_{kind}_seed{seed}"
             shutil.rmtree(out, ignore_errors=True)  # this benchmark's own output from an earlier run
-            model = adapt(start, adata, out, AdaptConfig(batch_key=batch_key, steps=steps, seed=seed,
-                                                         min_gene_overlap=config.min_gene_overlap),
+            model = adapt(start, adata, out, AdaptConfig(input=config.input, steps=steps, seed=seed),
                           where=where, settings=settings)
             return embed(model)
 

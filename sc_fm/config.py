@@ -7,6 +7,7 @@ Config is data: a tree of dataclasses loaded from YAML, with dotted command-line
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -20,11 +21,16 @@ from sc_fm.errors import ConfigError
 
 # Shipped YAML (package data): data/, deepspeed/, runs/; a checkout links configs/ to it.
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+# Depth normalisation: counts scaled to this total per cell (CP10k). The stored gene statistics
+# are at this scale (their store records it), the tokenizer's target_sum must match them, and
+# the cell-level decoder, the baselines and the marker test normalise with it too.
+CP10K = 1e4
 # Fraction of an input's genes that must map to the vocabulary (ingestion, embedding, ...).
 MIN_GENE_OVERLAP = 0.1
-# and at least this many of an input's genes must map (or all of a smaller vocabulary): a fraction
-# alone passes a one-gene input (1 of 1), whose cells all embed alike
-MIN_MAPPED_GENES = 100
+# Genes of a user's AnnData that must map to the vocabulary (or all of a smaller vocabulary),
+# whatever the fraction: a panel of 30 genes all in the vocabulary, or a one-gene input (1 of 1),
+# passes the fraction but leaves a cell almost nothing to say.
+MIN_GENES_MAPPED = 100
 # Named transformer shapes: (n_layers, d_model, n_heads, d_ff).
 MODEL_SIZES = {
     "tiny": (2, 128, 4, 256),
@@ -32,6 +38,13 @@ MODEL_SIZES = {
     "base": (12, 512, 8, 2048),
     "large": (24, 1024, 16, 4096),
 }
+
+
+# Field metadata for ``--resume``: SHAPES_RUN marks a section of ``RunConfig`` that decides what
+# pretraining computes (a resumed run must keep it, but for its RESUMABLE keys); every other
+# section (tracking, eval, each command's own) may change. See ``resumable_keys``.
+SHAPES_RUN = {"shapes_run": True}
+RESUMABLE = {"resumable": True}
 
 
 def require(checks: list[tuple[bool, str]]) -> None:
@@ -96,7 +109,7 @@ class DataConfig:
     # stratified: every fetch spreads its blocks evenly over the corpus (each study in its
     # share); random: one plain permutation of the blocks (sc_fm.data.plan)
     block_order: Literal["stratified", "random"] = "stratified"
-    num_workers: int = 2
+    num_workers: int = field(default=2, metadata=RESUMABLE)
     include: dict[str, list[str]] = field(default_factory=dict)  # obs column -> allowed values
     exclude: dict[str, list[str]] = field(default_factory=dict)  # obs column -> removed values
 
@@ -108,7 +121,7 @@ class TokenizerConfig:
     scheme: Literal["rank", "bin"] = "rank"
     n_bins: int = 51
     max_len: int = 1024
-    target_sum: float = 1e4
+    target_sum: float = CP10K  # must equal the scale of the stores' gene medians (checked by the tokenizer)
     # gene normalisers: "global", a store stats group (dataset, assay), or "none" (all 1)
     stats_group: str = "dataset"
     # a group's median is used for a gene seen in at least this many of its cells, else global
@@ -198,7 +211,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, distribution and checkpointing (``scfm pretrain``)."""
 
-    max_steps: int = 200
+    max_steps: int = field(default=200, metadata=RESUMABLE)
     seed: int = 0
     engine: Literal["deepspeed", "plain"] = "deepspeed"
     deepspeed_config: str = "configs/deepspeed/zero2.yaml"
@@ -210,11 +223,12 @@ class TrainConfig:
     warmup_steps: int = 20
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    checkpoint_every: int = 100
-    keep_last: int = 3
-    log_every: int = 10
-    eval_every: int = 0  # 0: no evaluation hook during pretraining
-    allow_data_change: bool = False  # --resume on a store appended to since the run started (not exact)
+    checkpoint_every: int = field(default=100, metadata=RESUMABLE)
+    keep_last: int = field(default=3, metadata=RESUMABLE)
+    log_every: int = field(default=10, metadata=RESUMABLE)
+    eval_every: int = field(default=0, metadata=RESUMABLE)  # 0: no evaluation hook during pretraining
+    # --resume on a store appended to since the run started (not exact)
+    allow_data_change: bool = field(default=False, metadata=RESUMABLE)
 
     def __post_init__(self) -> None:
         require([(self.micro_batch_cells > 0 and self.global_batch_cells > 0,
@@ -257,54 +271,65 @@ class EvalConfig:
 
 
 @dataclass
-class EmbedConfig:
-    """``scfm embed`` (and every embedding of user cells): how an AnnData meets a checkpoint."""
+class InputSettings:
+    """How a user's AnnData meets a checkpoint, the same for every command that reads one (the
+    ``input`` of the embed, adapt, explain, finetune and benchmark sections), checked once here.
 
-    batch_key: str | None = None  # obs column whose batches get their own gene normalisers
+    ``batch_key`` has one meaning everywhere: the obs column of the input's technical batches
+    (runs, protocols, studies). Each use follows from it: the input's own gene-normaliser groups
+    when the checkpoint normalises per group, the scIB batch label of a benchmark, and in
+    ``adapt`` also the categories of the new condition tokens."""
+
+    batch_key: str | None = None
     conditions: dict[str, str] = field(default_factory=dict)  # condition key -> category for all cells
-    min_gene_overlap: float = MIN_GENE_OVERLAP
+    min_gene_overlap: float = MIN_GENE_OVERLAP  # fraction of the input's genes in the vocabulary
+    min_genes_mapped: int = MIN_GENES_MAPPED  # and at least this many of them
     batch_cells: int = 64  # cells per model forward
     block_cells: int = 1024  # cells read from the input at once
 
     def __post_init__(self) -> None:
-        require([(0.0 < self.min_gene_overlap <= 1.0, "embed.min_gene_overlap must be in (0, 1]"),
+        require([(0.0 < self.min_gene_overlap <= 1.0, "input.min_gene_overlap must be in (0, 1]"),
+                 (self.min_genes_mapped >= 1, "input.min_genes_mapped must be at least 1"),
                  (self.batch_cells > 0 and self.block_cells > 0,
-                  "embed.batch_cells and embed.block_cells must be positive")])
+                  "input.batch_cells and input.block_cells must be positive")])
+
+
+@dataclass
+class EmbedConfig:
+    """``scfm embed`` (and every embedding of user cells): how an AnnData meets a checkpoint."""
+
+    input: InputSettings = field(default_factory=InputSettings)
 
 
 @dataclass
 class AdaptConfig:
     """``scfm adapt``: continue the self-supervised objectives on a user's own cells (no labels)."""
 
-    batch_key: str | None = None  # obs column of batches: normaliser groups and new condition categories
+    input: InputSettings = field(default_factory=InputSettings)
     steps: int = 300
     # a tenth of pretraining's 1e-3: at the pretraining rate, 300 steps on a few hundred cells taught
     # the encoder the protocols apart (batch 0.45 vs 0.80 here; docs/evaluate.md); None: train.lr
     lr: float | None = 1e-4
     seed: int = 0
-    min_gene_overlap: float = MIN_GENE_OVERLAP
 
     def __post_init__(self) -> None:
         require([(self.steps >= 1, f"adapt.steps={self.steps} must be at least 1"),
-                 (self.lr is None or self.lr > 0, "adapt.lr must be positive"),
-                 (0.0 < self.min_gene_overlap <= 1.0, "adapt.min_gene_overlap must be in (0, 1]")])
+                 (self.lr is None or self.lr > 0, "adapt.lr must be positive")])
 
 
 @dataclass
 class BenchmarkConfig:
     """``scfm benchmark``: which checkpoints meet which cells (scoring settings: ``eval``)."""
 
-    min_gene_overlap: float = MIN_GENE_OVERLAP
+    input: InputSettings = field(default_factory=InputSettings)  # input.batch_key: the scIB batch column too
     seeds: int = 1  # seeded methods (scVI, Harmony, ...) are repeated with seeds eval.seed .. + seeds - 1
-    tracking: bool = True  # log the report to MLflow
     # > 0: each checkpoint is also adapted to the input's cells for this many steps ("(adapted)"),
     # and the same architecture from random initialisation too ("(scratch, adapted)")
     adapt_steps: int = 0
     scratch_multipliers: list[int] = field(default_factory=lambda: [1, 4])  # scratch runs adapt_steps x these
 
     def __post_init__(self) -> None:
-        require([(0.0 < self.min_gene_overlap <= 1.0, "benchmark.min_gene_overlap must be in (0, 1]"),
-                 (self.seeds >= 1, f"benchmark.seeds={self.seeds} must be at least 1 (--seeds K repeats "
+        require([(self.seeds >= 1, f"benchmark.seeds={self.seeds} must be at least 1 (--seeds K repeats "
                                    f"every seeded method K times)"),
                  (self.adapt_steps >= 0, "benchmark.adapt_steps must be >= 0 (0: no adaptation rows)"),
                  (all(m >= 1 for m in self.scratch_multipliers), "benchmark.scratch_multipliers must be >= 1")])
@@ -314,34 +339,29 @@ class BenchmarkConfig:
 class ExplainConfig:
     """``scfm explain``: gene attributions, in-silico perturbation and the marker comparison."""
 
-    batch_key: str | None = None  # obs column whose batches get their own gene normalisers
+    input: InputSettings = field(default_factory=InputSettings)  # input.batch_cells: cells (x steps) per forward
     top_k: int = 20  # genes.csv's top_k_fraction: how often a gene is among a cell's k most attributed
     steps: int = 16  # integrated-gradients steps from the baseline to the cell
     # the integrated-gradients baseline of every gene token: "masked" (<mask> gene, hidden value: one
     # reference for all cells) or "hidden_value" (the cell's own genes with their values hidden)
     baseline: Literal["masked", "hidden_value"] = "masked"
-    batch_cells: int = 64  # cells (x steps) per model forward
     max_cells_per_group: int | None = 300  # seeded sample of each group's cells; None: every cell
     perturb: list[str] = field(default_factory=list)  # genes to delete / raise; empty: each group's top genes
     perturb_top: int = 1  # without perturb: this many top attributed genes per group
     marker_ks: list[int] = field(default_factory=lambda: [20, 50])  # overlap with DE markers at these k
     de_method: Literal["wilcoxon", "t-test", "t-test_overestim_var", "logreg"] = "wilcoxon"
     random_draws: int = 200  # random gene sets of the control, per group and k
-    min_gene_overlap: float = MIN_GENE_OVERLAP
     seed: int = 0
-    tracking: bool = True  # log the report to MLflow
 
     def __post_init__(self) -> None:
         require([(self.top_k >= 1, "explain.top_k must be at least 1"),
                  (self.steps >= 1, "explain.steps must be at least 1"),
-                 (self.batch_cells >= 1, "explain.batch_cells must be positive"),
                  (self.max_cells_per_group is None or self.max_cells_per_group >= 2,
                   "explain.max_cells_per_group must be at least 2 (or null for every cell)"),
                  (self.perturb_top >= 0, "explain.perturb_top must be >= 0"),
                  (bool(self.marker_ks) and all(k >= 1 for k in self.marker_ks),
                   "explain.marker_ks must list positive k"),
-                 (self.random_draws >= 1, "explain.random_draws must be at least 1"),
-                 (0.0 < self.min_gene_overlap <= 1.0, "explain.min_gene_overlap must be in (0, 1]")])
+                 (self.random_draws >= 1, "explain.random_draws must be at least 1")])
 
 
 @dataclass
@@ -350,36 +370,33 @@ class FinetuneConfig:
 
     label_key: str = "cell_type"
     split_key: str | None = None  # donor/batch column whose groups are held out; None: random split
-    batch_key: str | None = None  # obs column of batches: per-batch normalisers
+    input: InputSettings = field(default_factory=InputSettings)  # input.batch_cells: per forward of predictions
     adversary_key: str | None = None  # obs column the batch-adversarial objective must not read
     mode: Literal["full", "linear"] = "full"  # "linear": frozen encoder, head only (linear probe)
     epochs: int = 10
-    batch_cells: int = 16
+    batch_cells: int = 16  # cells per training step
     lr: float = 1e-5  # encoder; small, so the pretrained weights move slowly
     head_lr: float = 1e-2
     weight_decay: float = 0.01
     val_fraction: float = 0.2
     adversarial_weight: float = 0.0  # > 0: batch-adversarial integration objective (needs adversary_key)
-    min_gene_overlap: float = MIN_GENE_OVERLAP
     seed: int = 0
-    tracking: bool = True
 
     def __post_init__(self) -> None:
         require([(self.epochs >= 1, "finetune.epochs must be at least 1"),
                  (self.batch_cells >= 2, "finetune.batch_cells must be at least 2"),
                  (0.0 < self.val_fraction < 1.0, "finetune.val_fraction must be in (0, 1)"),
-                 (self.adversarial_weight >= 0, "finetune.adversarial_weight must be >= 0"),
-                 (0.0 < self.min_gene_overlap <= 1.0, "finetune.min_gene_overlap must be in (0, 1]")])
+                 (self.adversarial_weight >= 0, "finetune.adversarial_weight must be >= 0")])
 
 
 @dataclass
 class RunConfig:
     """The whole tree: one file configures ingestion, data, tokens, model, training, eval."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig, metadata=SHAPES_RUN)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig, metadata=SHAPES_RUN)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata=SHAPES_RUN)
+    train: TrainConfig = field(default_factory=TrainConfig, metadata=SHAPES_RUN)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
@@ -388,6 +405,19 @@ class RunConfig:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+def resumable_keys() -> set[str]:
+    """The dotted settings that may change when a run is resumed: every section of ``RunConfig``
+    not marked SHAPES_RUN, and the RESUMABLE keys of those that are."""
+    keys = set()
+    for section in dataclasses.fields(RunConfig):
+        if not section.metadata.get("shapes_run"):
+            keys.add(section.name)
+            continue
+        keys.update(f"{section.name}.{f.name}" for f in dataclasses.fields(section.default_factory)
+                    if f.metadata.get("resumable"))
+    return keys
 
 
 def _type_name(tp: Any) -> str:
@@ -458,7 +488,55 @@ def _from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
         raise ConfigError(f"unknown key {where}{unknown[0]}", "config",
                           f"use one of: {', '.join(sorted(names))}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        section = prefix.rpartition(".")[0]  # a shared section (InputSettings) checks keys without its parent
+        if section and err.what.startswith(prefix.rpartition(".")[2] + "."):
+            raise ConfigError(f"{section}.{err.what}", err.where, err.fix) from None
+        raise
+
+
+# Keys that moved: old dotted name -> new. A config layer (the file saved beside a checkpoint, a
+# YAML file, the overrides) may still use an old name; its value moves to the new key unless the
+# same layer names the new key too. (The per-command ``tracking`` switches became the one
+# ``tracking.enabled`` that every command honours; the input settings moved into each section's
+# ``input``.)
+MOVED_KEYS = {
+    "benchmark.tracking": "tracking.enabled",
+    "explain.tracking": "tracking.enabled",
+    "finetune.tracking": "tracking.enabled",
+    **{f"{section}.{key}": f"{section}.input.{key}" for section, keys in {
+        "embed": ("batch_key", "conditions", "min_gene_overlap", "batch_cells", "block_cells"),
+        "adapt": ("batch_key", "min_gene_overlap"),
+        "benchmark": ("min_gene_overlap",),
+        "explain": ("batch_key", "batch_cells", "min_gene_overlap"),
+        "finetune": ("batch_key", "min_gene_overlap")}.items() for key in keys},
+}
+
+
+def _section(tree: dict, parts: list[str]) -> dict | None:
+    for part in parts:
+        tree = tree.get(part)
+        if not isinstance(tree, dict):
+            return None
+    return tree
+
+
+def move_keys(tree: dict) -> dict:
+    """A copy of the nested ``tree`` with every key of ``MOVED_KEYS`` under its new name."""
+    tree = copy.deepcopy(tree)
+    for old, new in MOVED_KEYS.items():
+        *parents, leaf = old.split(".")
+        node = _section(tree, parents)
+        if node is None or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        *new_parents, new_leaf = new.split(".")
+        target = _section(tree, new_parents)
+        if target is None or new_leaf not in target:
+            _set_dotted(tree, new, value)
+    return tree
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -544,10 +622,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 base: dict | None = None) -> RunConfig:
     """Load a run config: defaults <- ``base`` <- YAML file (a path or a shipped name) <- dotted
     overrides; each section checks its own ranges as it is built."""
-    raw: dict = dict(base or {})
+    raw: dict = move_keys(base or {})
     if path is not None:
-        raw = _merge(raw, read_yaml(shipped_config(path, "runs")))
-    raw = _merge(raw, parse_overrides(overrides or []))
+        raw = _merge(raw, move_keys(read_yaml(shipped_config(path, "runs"))))
+    raw = _merge(raw, move_keys(parse_overrides(overrides or [])))
     cfg = _from_dict(RunConfig, raw)
     cfg.model = resolve_model(cfg.model)
     return cfg

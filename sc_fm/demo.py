@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from sc_fm.config import CONFIGS_DIR, PrepareConfig, load_config
+from sc_fm.rundir import FINAL_DIR, METRICS_FILE, RUN_CONFIG_FILE
 from sc_fm.simulate import AtlasSpec, write_atlas_h5ad
 from sc_fm.vocab import GeneVocab, default_vocab
 
@@ -97,15 +98,13 @@ def pretrain(out: Path, store: Path, size: DemoSize, overrides: list[str] = ()) 
     command = [sys.executable, "-m", "sc_fm", "pretrain", "--config", str(RUN_CONFIG), "-o", str(run_dir),
                f"data.stores=[{store}]", f"train.max_steps={size.max_steps}", *overrides]
     subprocess.run(command, check=True)
-    return run_dir / "final"
+    return run_dir / FINAL_DIR
 
 
 def pretraining_time(run_dir: Path, stage_s: float) -> str:
     """How the pretraining stage's time divides into steps and start-up, from the run's own
     per-step rates (``metrics.jsonl``): a stall shows as loop time above steps x steady step."""
-    from sc_fm.train import METRICS_FILE
-
-    cells = load_config(run_dir / "config.yaml").train.global_batch_cells
+    cells = load_config(run_dir / RUN_CONFIG_FILE).train.global_batch_cells
     records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
     step_s = np.array([cells / r["cells_per_s"] for r in records if r.get("cells_per_s")])
     if not len(step_s):
@@ -135,9 +134,9 @@ def evaluate(out: Path, checkpoint: Path, size: DemoSize) -> dict[str, "Benchmar
     run = load_config(RUN_CONFIG, [f"eval.scvi_epochs={size.scvi_epochs}", "benchmark.scratch_multipliers=[1]"])
     singlets = out / "sc_mixology_singlets.h5ad"
     load_sc_mixology().write_h5ad(singlets)
-    run.embed.batch_key = "batch"
+    run.embed.input.batch_key = "batch"
     print(embed_h5ad(checkpoint, singlets, out / "sc_mixology_embedded.h5ad", run.embed).mapping.summary())
-    run.embed.batch_key = "chemistry"
+    run.embed.input.batch_key = "chemistry"
     print("pbmc4k (gene symbols): " + embed_h5ad(checkpoint, resource_path("pbmc", "pbmc4k_10x_v2.h5ad"),
                                                  out / "pbmc4k_embedded.h5ad", run.embed).mapping.summary())
     results = {}
@@ -145,10 +144,11 @@ def evaluate(out: Path, checkpoint: Path, size: DemoSize) -> dict[str, "Benchmar
             ("sc_mixology singlets", load_sc_mixology(), "batch", "cell_type", size.adapt_steps),
             ("PBMC across 10x chemistries", load_pbmc_cross_chemistry(), PBMC_BATCH, PBMC_LABEL, 0)):
         run.benchmark.adapt_steps = adapt_steps
+        run.benchmark.input.batch_key = batch_key
         report = out / ("report" if not results else "report_pbmc")
-        rows = seeded_rows([checkpoint], adata, batch_key, run.benchmark, report, run.eval.embed_batch_cells)
+        rows = seeded_rows([checkpoint], adata, run.benchmark, report)
         results[name] = run_benchmark(adata, batch_key, label_key, report, [checkpoint], run.eval,
-                                      seeded_candidates=rows)
+                                      inputs=run.benchmark.input, tracking=run.tracking, seeded_candidates=rows)
     return results
 
 

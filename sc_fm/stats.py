@@ -1,7 +1,7 @@
 """Per-gene corpus statistics, accumulated in one streaming pass and mergeable across appends.
 
 For each gene: cells expressing it, sum of raw counts, sum and sum of squares of the
-depth-normalised value (counts / cell total * ``TARGET_SUM``), and the median of its nonzero
+depth-normalised value (counts / cell total * ``CP10K``), and the median of its nonzero
 normalised values. The median is a documented sketch: a histogram of ``log1p(normalised)``
 over ``N_HIST_BINS`` equal bins on ``[0, HIST_MAX)`` (width 0.0625, i.e. ~6% relative
 resolution), interpolated linearly inside the median's bin. Histograms add, so statistics of
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TARGET_SUM = 1e4
+from sc_fm.config import CP10K
+
 N_HIST_BINS = 160
 HIST_MAX = 10.0  # log1p(1e4) = 9.21: a gene can't exceed the cell total
 _BIN_WIDTH = HIST_MAX / N_HIST_BINS
@@ -60,7 +61,7 @@ class GeneStatsAccumulator:
         self.n_cells += len(indptr) - 1
         data = data[: indptr[-1]]
         position = np.empty(len(data), dtype=np.float32)
-        depth_normalise_and_sum(indptr, indices, data, TARGET_SUM, self.sum_counts, self.sum_norm,
+        depth_normalise_and_sum(indptr, indices, data, CP10K, self.sum_counts, self.sum_norm,
                                 self.sumsq_norm, position)
         np.log1p(position, out=position)
         position *= np.float32(1.0 / _BIN_WIDTH)

@@ -1,4 +1,5 @@
-"""MLflow runs, shared by pretraining (rank 0 only), benchmarks and fine-tuning.
+"""MLflow runs, shared by pretraining (rank 0 only) and every report (``log_report``: benchmark,
+explain, fine-tuning), all under the user's ``tracking`` section.
 
 A run is identified by ``RUN_DIR/tracking.json`` (``tracking_uri``, ``experiment_id``,
 ``run_id``): a resumed run reopens it, and a benchmark of its checkpoint logs under it too.
@@ -12,12 +13,15 @@ Metrics are buffered and sent in batches, so per-step logging costs one request 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from sc_fm.config import TrackingConfig
@@ -178,3 +182,44 @@ class RunTracker:
         """Flush and close the run as ``FINISHED``, ``FAILED`` or ``KILLED``."""
         self.flush()
         self.client.set_terminated(self.run_id, status=status)
+
+
+def log_report(tracking: TrackingConfig, kind: str, run_dir: str | Path, metrics: dict[str, float], *,
+               files: str | Path | None = None, checkpoints: Sequence[str | Path] = (),
+               params: dict[str, str] | None = None,
+               history: Sequence[tuple[int, dict[str, float]]] = ()) -> dict[str, str] | None:
+    """Log one command's report to MLflow as ``tracking`` says; None when ``tracking.enabled`` is off.
+
+    The run: that of the first of ``checkpoints`` whose ``tracking.json`` may be trusted for the
+    user's destination (``recorded_run``), else a new run in experiment
+    ``<tracking.experiment>-<kind>`` named ``tracking.run_name`` or ``run_dir``'s name, recorded in
+    ``run_dir/tracking.json``. ``metrics`` are logged at step 0 (after ``history``: ``(step,
+    metrics)`` pairs such as a training curve, at the last step of it), ``files`` (a directory)
+    under ``<kind>/``, and ``params`` on a new run.
+    """
+    if not tracking.enabled:
+        return None
+    run_dir = Path(run_dir)
+    config = dataclasses.replace(tracking, experiment=f"{tracking.experiment}-{kind}",
+                                 run_name=tracking.run_name or run_dir.name)
+    destination = resolve_tracking_uri(config, run_dir)
+    info = next((found for c in checkpoints if (found := recorded_run(c, destination)) is not None), None)
+    if info is not None:
+        tracker = RunTracker(info["tracking_uri"], info["experiment_id"], info["run_id"])
+    else:
+        tracker = RunTracker.start(config, run_dir, params=params or {}, tags={"sc_fm.kind": kind}, resume=False)
+    for step, values in history:
+        tracker.log_metrics(values, step)
+    tracker.log_metrics(metrics, history[-1][0] if history else 0)
+    tracker.flush()
+    if files is not None:
+        tracker.log_artifacts(files, kind)
+    if info is None:
+        tracker.finish("FINISHED")
+    return tracker.info
+
+
+def metric_name(*parts: object) -> str:
+    """``a/b/c`` with every character MLflow refuses in a metric name (it allows letters, digits
+    and ``_-./ :``) replaced by ``_``."""
+    return re.sub(r"[^\w\-./ ]", "_", "/".join(map(str, parts)))

@@ -10,7 +10,7 @@ import torch
 
 from sc_fm.adapt import ADAPT_FILE, adapt, run_config
 from sc_fm.cli import main
-from sc_fm.config import AdaptConfig
+from sc_fm.config import AdaptConfig, InputSettings
 from sc_fm.errors import InputDataError
 from sc_fm.pretrained import Pretrained
 
@@ -22,7 +22,7 @@ def adapted(tiny_checkpoint, tiny_atlas, tmp_path_factory):
     adata = tiny_atlas[:200].copy()
     adata.obs["plate"] = np.where(np.arange(adata.n_obs) % 2, "plate_a", "plate_b")
     out = tmp_path_factory.mktemp("adapt") / "adapted"
-    result = adapt(base, adata, out, AdaptConfig(batch_key="plate", steps=3), ["train.warmup_steps=1"])
+    result = adapt(base, adata, out, AdaptConfig(input=InputSettings(batch_key="plate"), steps=3), ["train.warmup_steps=1"])
     return base, before, adata, out, result
 
 

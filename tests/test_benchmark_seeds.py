@@ -78,7 +78,7 @@ def test_zero_or_negative_seeds_and_one_class_labels_are_refused_early(small_atl
     with pytest.raises(ConfigError, match="at least 1"):
         seed_list(0, 0)
     with pytest.raises(ConfigError, match="at least 1"):
-        run_benchmark(small_atlas, "dataset", "cell_type", tmp_path / "r0", n_seeds=-1, track=False)
+        run_benchmark(small_atlas, "dataset", "cell_type", tmp_path / "r0", n_seeds=-1)
     path = tmp_path / "cells.h5ad"
     small_atlas.write_h5ad(path)
     args = ["benchmark", str(path), "--label-key", "cell_type", "--seeds", "0", "-o", str(tmp_path / "r")]
@@ -90,13 +90,13 @@ def test_zero_or_negative_seeds_and_one_class_labels_are_refused_early(small_atl
     one_class.obs["cell_type"] = "T cell"
     with pytest.raises(InputDataError, match=r"\.obs\['cell_type'\] has the single value 'T cell'.*"
                                              r"--label-key"):
-        run_benchmark(one_class, "dataset", "cell_type", tmp_path / "r1", track=False)
+        run_benchmark(one_class, "dataset", "cell_type", tmp_path / "r1")
     few = small_atlas[:60].copy()
     with pytest.raises(InputDataError, match="only 60 cells; the benchmark needs at least 100"):
-        run_benchmark(few, "dataset", "cell_type", tmp_path / "r2", track=False)
+        run_benchmark(few, "dataset", "cell_type", tmp_path / "r2")
     rare = small_atlas.copy()
     rare.obs["cell_type"] = rare.obs["cell_type"].astype(str)
     rare.obs.iloc[0, rare.obs.columns.get_loc("cell_type")] = "singleton"
     with pytest.raises(InputDataError, match="fewer than 2 cells: 'singleton' \\(1\\)"):
-        run_benchmark(rare, "dataset", "cell_type", tmp_path / "r3", track=False)
+        run_benchmark(rare, "dataset", "cell_type", tmp_path / "r3")
     assert not any((tmp_path / f"r{i}").exists() for i in range(4))

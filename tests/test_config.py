@@ -39,3 +39,20 @@ def test_bad_values_name_the_key(override, message):
 
 def test_defaults_are_valid():
     assert isinstance(load_config(), RunConfig)
+
+
+def test_input_settings_are_one_section_nested_everywhere_and_old_keys_move_into_it():
+    from sc_fm.config import InputSettings
+
+    cfg = load_config(overrides=["embed.batch_key=plate", "explain.batch_cells=8", "finetune.min_gene_overlap=0.3",
+                                 "adapt.input.min_genes_mapped=40", "benchmark.min_gene_overlap=0.5"])
+    assert cfg.embed.input == InputSettings(batch_key="plate")
+    assert cfg.explain.input.batch_cells == 8 and cfg.finetune.input.min_gene_overlap == 0.3
+    assert cfg.adapt.input.min_genes_mapped == 40 and cfg.benchmark.input.min_gene_overlap == 0.5
+    assert cfg.finetune.batch_cells == 16  # the training step's cells, not the input's
+    both = load_config(overrides=["embed.batch_key=old", "embed.input.batch_key=new"])
+    assert both.embed.input.batch_key == "new"
+    with pytest.raises(ConfigError, match="explain.input.min_gene_overlap must be in"):
+        load_config(overrides=["explain.min_gene_overlap=0"])
+    with pytest.raises(ConfigError, match="embed.input.min_genes_mapped must be at least 1"):
+        load_config(overrides=["embed.input.min_genes_mapped=0"])

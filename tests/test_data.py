@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from sc_fm.config import DataConfig, RunConfig, TokenizerConfig
-from sc_fm.data import CorpusDataset, build_train_loader, open_stores
+from sc_fm.data import CorpusDataset, open_stores
 from sc_fm.data.plan import stratified_order
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.tokenize import CellTokenizer
+from sc_fm.train.builder import run_loader
 from sc_fm.vocab import GeneVocab
 
 
@@ -146,7 +147,7 @@ def same(a: dict, b: dict) -> bool:
 
 
 def test_batches_have_exact_size_and_roll_over_epochs(tiny_store, tokenizer):
-    batches = build_train_loader(run_config(tiny_store.path), tokenizer)
+    batches = run_loader(run_config(tiny_store.path), tokenizer)
     seen = [next(batches) for _ in range(13)]  # 624 cells: past one epoch of 600
     assert all(len(b["cell_index"]) == 48 and len(b["cu_seqlens"]) == 49 for b in seen)
     first_epoch = torch.cat([b["cell_index"] for b in seen])[:600]
@@ -158,14 +159,14 @@ def test_batches_have_exact_size_and_roll_over_epochs(tiny_store, tokenizer):
 def test_resume_mid_epoch_with_other_worker_count(tiny_store, tokenizer):
     cfg = run_config(tiny_store.path)
     cfg.data.num_workers = 2
-    reference = build_train_loader(cfg, tokenizer)
+    reference = run_loader(cfg, tokenizer)
     expected = [next(reference) for _ in range(16)]
-    first = build_train_loader(cfg, tokenizer)
+    first = run_loader(cfg, tokenizer)
     for _ in range(5):
         next(first)
     state = json.loads(json.dumps(first.state_dict()))
     cfg.data.num_workers = 0
-    resumed = build_train_loader(cfg, tokenizer)
+    resumed = run_loader(cfg, tokenizer)
     resumed.load_state_dict(state)
     assert all(same(next(resumed), expected[i]) for i in range(5, 16))
 
@@ -177,7 +178,7 @@ def test_starting_workers_leaves_the_global_rng_alone(tiny_store, tokenizer):
     cfg.data.num_workers = 1
     torch.manual_seed(11)
     before = torch.get_rng_state()
-    next(build_train_loader(cfg, tokenizer))
+    next(run_loader(cfg, tokenizer))
     assert torch.equal(torch.get_rng_state(), before)
 
 
@@ -187,9 +188,9 @@ def test_idle_workers_run_at_idle_priority_and_change_no_batch(tiny_store, token
 
     cfg = run_config(tiny_store.path)
     cfg.data.num_workers = 1
-    expected = next(build_train_loader(cfg, tokenizer))
+    expected = next(run_loader(cfg, tokenizer))
     before = {child.pid for child in psutil.Process().children()}  # other loaders' workers, if alive
-    idle = build_train_loader(cfg, tokenizer, idle_workers=True)
+    idle = run_loader(cfg, tokenizer, idle_workers=True)
     assert same(next(idle), expected)
     workers = [child.pid for child in psutil.Process().children() if child.pid not in before]
     assert len(workers) == 1 and os.sched_getscheduler(workers[0]) == os.SCHED_IDLE
@@ -201,13 +202,13 @@ def test_batches_are_the_same_through_zarr_reads(tiny_store, tokenizer, monkeypa
     import sc_fm.store.direct
 
     cfg = run_config(tiny_store.path)
-    direct = build_train_loader(cfg, tokenizer)
+    direct = run_loader(cfg, tokenizer)
     expected = [next(direct) for _ in range(14)]  # past an epoch
-    assert direct.dataset.stores[0]._slices(0, "indices").directory is not None
+    assert direct.dataset.stores[0].chunk_rows(0) is None  # blosc blocks decoded directly: no whole chunks
     monkeypatch.setattr(sc_fm.store.direct, "_blosc", lambda: None)
-    through_zarr = build_train_loader(cfg, tokenizer)
+    through_zarr = run_loader(cfg, tokenizer)
     assert all(same(next(through_zarr), batch) for batch in expected)
-    assert through_zarr.dataset.stores[0]._slices(0, "indices").directory is None
+    assert through_zarr.dataset.stores[0].chunk_rows(0) is not None  # through zarr: whole chunks
 
 
 def test_small_blocks_of_a_store_read_in_whole_chunks_are_warned_of(tiny_store, monkeypatch):
@@ -227,22 +228,22 @@ def test_small_blocks_of_a_store_read_in_whole_chunks_are_warned_of(tiny_store, 
 
 def test_ranks_split_the_batches(tiny_store, tokenizer):
     cfg = run_config(tiny_store.path, micro_batch_cells=50)
-    ranks = [build_train_loader(cfg, tokenizer, rank=r, world_size=2) for r in range(2)]
+    ranks = [run_loader(cfg, tokenizer, rank=r, world_size=2) for r in range(2)]
     cells = [torch.cat([next(r)["cell_index"] for _ in range(5)]) for r in ranks]  # within epoch 0
     assert not set(cells[0].tolist()) & set(cells[1].tolist())
     with pytest.raises(ConfigError, match="world_size"):
-        other = build_train_loader(cfg, tokenizer)
+        other = run_loader(cfg, tokenizer)
         other.load_state_dict(ranks[0].state_dict())
 
 
 def test_a_loader_state_of_another_block_order_is_refused(tiny_store, tokenizer):
     cfg = run_config(tiny_store.path)
-    state = build_train_loader(cfg, tokenizer).state_dict()
+    state = run_loader(cfg, tokenizer).state_dict()
     del state["block_order"]  # saved before block orders existed: the random order
     with pytest.raises(ConfigError, match="block_order=random.*data.block_order"):
-        build_train_loader(cfg, tokenizer).load_state_dict(state)
+        run_loader(cfg, tokenizer).load_state_dict(state)
     cfg.data.block_order = "random"
-    build_train_loader(cfg, tokenizer).load_state_dict(state)
+    run_loader(cfg, tokenizer).load_state_dict(state)
 
 
 def test_store_errors(tiny_store, tokenizer, tmp_path):
@@ -254,12 +255,12 @@ def test_store_errors(tiny_store, tokenizer, tmp_path):
     meta["attributes"]["format_version"] = 99
     (future / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(InputDataError, match="format version 99"):
-        build_train_loader(run_config(future), tokenizer)
+        run_loader(run_config(future), tokenizer)
     other_vocab = CellTokenizer(tokenizer.config, GeneVocab([f"ENSG{i:011d}" for i in range(300)]),
                                 {"global": {"all": np.ones(300, np.float32)},
                                  "dataset": {}}, tokenizer.condition_vocabs)
     with pytest.raises(InputDataError, match="differs from the tokenizer"):
-        build_train_loader(run_config(tiny_store.path), other_vocab)
+        run_loader(run_config(tiny_store.path), other_vocab)
 
 
 def test_several_stores_are_numbered_in_order(tiny_store):

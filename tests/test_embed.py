@@ -12,7 +12,7 @@ import torch
 
 from sc_fm.cli import main
 from sc_fm.errors import InputDataError
-from sc_fm.config import EmbedConfig
+from sc_fm.config import EmbedConfig, InputSettings
 from sc_fm.pretrained import EMBEDDING_KEY, Pretrained, embed_h5ad
 
 
@@ -39,11 +39,11 @@ def _forward_embedding(pretrained, adata) -> np.ndarray:
 def test_embedding_equals_model_forward_and_is_deterministic(tiny_checkpoint, tiny_atlas):
     pretrained = Pretrained.load(tiny_checkpoint)
     adata = tiny_atlas[:70].copy()
-    first = pretrained.embed(adata, batch_cells=16, block_cells=32, progress=False)
+    first = pretrained.embed(adata, InputSettings(batch_cells=16, block_cells=32), progress=False)
     assert adata.obsm[EMBEDDING_KEY] is first  # scanpy's habit: in place, and returned
-    second = pretrained.embed(adata, key_added="X_again", batch_cells=64, progress=False)
+    second = pretrained.embed(adata, InputSettings(batch_cells=64), key_added="X_again", progress=False)
     assert first.shape == (70, pretrained.model.embedding_dim) and "X_again" in adata.obsm
-    np.testing.assert_array_equal(first, pretrained.embed(adata, key_added=None, batch_cells=16, block_cells=32,
+    np.testing.assert_array_equal(first, pretrained.embed(adata, InputSettings(batch_cells=16, block_cells=32), key_added=None,
                                                           progress=False))
     np.testing.assert_allclose(first, second, atol=1e-5)  # batching does not change a cell's embedding
     np.testing.assert_allclose(first, _forward_embedding(pretrained, adata), atol=1e-5)
@@ -64,7 +64,7 @@ def test_batch_aware_normalisers_come_from_the_input(tiny_checkpoint, tiny_atlas
     assert pretrained.tokenizer.config.stats_group == "dataset"
     adata = tiny_atlas.copy()
     adata.obs["protocol"] = adata.obs["assay"].astype(str)
-    inputs = pretrained.input_cells(adata, "protocol", block_cells=128)
+    inputs = pretrained.input_cells(adata, InputSettings(batch_key="protocol", block_cells=128))
     tokenizer, groups = inputs.tokenizer, inputs.groups
     assert sorted(tokenizer.normalisers["dataset"]) == sorted(adata.obs["protocol"].unique())
     assert list(groups[:3]) == list(adata.obs["protocol"][:3])
@@ -74,12 +74,13 @@ def test_batch_aware_normalisers_come_from_the_input(tiny_checkpoint, tiny_atlas
         store_median = tiny_atlas_assay_median(stored, assay)
         if store_median is not None:
             np.testing.assert_allclose(tokenizer.normalisers["dataset"][assay], store_median, rtol=1e-6)
-    plain = pretrained.input_cells(adata, None)
+    plain = pretrained.input_cells(adata)
     assert plain.tokenizer is pretrained.tokenizer and plain.groups is None
     backed_path = tmp_path / "all.h5ad"
     adata.write_h5ad(backed_path)
     backed = anndata.read_h5ad(backed_path, backed="r")  # read twice in blocks, never whole
-    np.testing.assert_allclose(pretrained.embed(backed, "protocol", key_added=None, block_cells=128, progress=False),
+    np.testing.assert_allclose(pretrained.embed(backed, InputSettings(batch_key="protocol", block_cells=128), key_added=None,
+                                                progress=False),
                                pretrained.embed(adata, "protocol", key_added=None, progress=False), atol=1e-5)
     backed.file.close()
 
@@ -103,7 +104,7 @@ def test_cli_embed_adds_only_x_scfm(tiny_checkpoint, input_h5ad, tmp_path, capsy
     np.testing.assert_array_equal(after.obsm["X_latent"], before.obsm["X_latent"])
     assert after.uns["note"]["kept"] == 1
     assert "300/300 genes (100.0%)" in capsys.readouterr().out
-    fixed = embed_h5ad(tiny_checkpoint, input_h5ad, tmp_path / "dropped.h5ad", EmbedConfig(batch_key="dataset"),
+    fixed = embed_h5ad(tiny_checkpoint, input_h5ad, tmp_path / "dropped.h5ad", EmbedConfig(InputSettings(batch_key="dataset")),
                        progress=False)
     dropped = anndata.read_h5ad(fixed.output).obsm["X_scfm"]
     # conditions reach only the decoder by default, so the embedding does not depend on them
@@ -118,6 +119,19 @@ def test_low_gene_overlap_states_overlap_and_threshold(tiny_checkpoint, tiny_atl
     assert main(["embed", str(tiny_checkpoint), str(path), "-o", str(tmp_path / "o.h5ad")]) == 2
     err = capsys.readouterr().err
     assert "20 of 300 genes (6.7%)" in err and "threshold is 10%" in err and "Fix:" in err
+
+
+def test_a_small_panel_all_in_the_vocabulary_is_refused_below_the_gene_count(tiny_checkpoint, tiny_atlas, tmp_path,
+                                                                             capsys):
+    panel = tiny_atlas[:20, :60].copy()  # every gene maps (100%), but only 60 of them
+    path = tmp_path / "panel.h5ad"
+    panel.write_h5ad(path)
+    assert main(["embed", str(tiny_checkpoint), str(path), "-o", str(tmp_path / "o.h5ad")]) == 2
+    err = capsys.readouterr().err
+    assert "only 60 of the input's genes" in err and "at least 100" in err and "min_genes_mapped" in err
+    assert main(["embed", str(tiny_checkpoint), str(path), "-o", str(tmp_path / "o.h5ad"), "--no-progress",
+                 "--min-genes-mapped", "60"]) == 0
+    assert anndata.read_h5ad(tmp_path / "o.h5ad").obsm["X_scfm"].shape[0] == 20
 
 
 @pytest.mark.parametrize("transform, message", [

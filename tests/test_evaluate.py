@@ -65,7 +65,8 @@ def strong_batch_benchmark(strong_batch_atlas, tracked_checkpoint, tmp_path_fact
                            EvalConfig(n_hvg=200, scvi_epochs=80, scvi_kl_warmup_epochs=20, seed=3),
                            extra_embeddings={"Oracle latent": adata.obsm["X_latent"],
                                              "Batch signal": batch_signal},
-                           seeded_candidates={"sc_fm-seeded": seeded_model}, n_seeds=2, progress=False)
+                           seeded_candidates={"sc_fm-seeded": seeded_model}, n_seeds=2, progress=False,
+                           tracking=TrackingConfig())
     assert calls == [3, 4]
     return result, out, time.time() - started
 

@@ -16,6 +16,7 @@ import torch
 
 from sc_fm.cli import main
 from sc_fm.config import ExplainConfig, load_config
+from sc_fm.explain import explain
 from sc_fm.explain.attributions import group_directions, integrated_gradients
 from sc_fm.explain.genes import gene_table, top_k_mask
 from sc_fm.explain.markers import overlap_at_k, random_overlap
@@ -66,8 +67,8 @@ def test_attributions_recover_the_simulated_markers(trained, tiny_atlas):
     overlap 0.65 (random 0.07). Thresholds: trained >= 0.4, >= 4x random and >= untrained + 0.05;
     DE overlap above random + 0.3."""
     markers = known_markers(K)
-    result = trained.explain(tiny_atlas, "cell_type", FAST, progress=False)
-    control = trained.untrained(0).explain(tiny_atlas, "cell_type", FAST, progress=False)
+    result = explain(trained, tiny_atlas, "cell_type", FAST, progress=False)
+    control = explain(trained.untrained(0), tiny_atlas, "cell_type", FAST, progress=False)
     rng = np.random.default_rng(0)
     pools = {g: result.genes[result.genes["group"] == g]["gene_id"].tolist() for g in markers}
     random = np.mean([random_overlap(pools[g], m, K, 200, rng)[0] for g, m in markers.items()])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sc_fm.cli import main
+from sc_fm.config import InputSettings
 from sc_fm.errors import InputDataError
 from sc_fm.finetune import (PREDICTION_KEY, SPLIT_KEY, FinetuneConfig, finetune, group_split, load_finetuned,
                             predict, reverse_gradient)
@@ -20,10 +21,15 @@ from sc_fm.pretrained import Pretrained
 @pytest.fixture(scope="module")
 def finetuned(tiny_checkpoint, tiny_atlas, tmp_path_factory):
     adata = tiny_atlas[:300].copy()
-    config = FinetuneConfig(label_key="cell_type", batch_key="dataset", adversary_key="dataset", epochs=3,
-                            val_fraction=0.25, adversarial_weight=0.1)
+    config = FinetuneConfig(label_key="cell_type", input=InputSettings(batch_key="dataset"), adversary_key="dataset",
+                            epochs=3, val_fraction=0.25, adversarial_weight=0.1)
     out = tmp_path_factory.mktemp("ft") / "ft"
-    result = finetune(Pretrained.load(tiny_checkpoint), adata, out, config, progress=False)
+    pretrained = Pretrained.load(tiny_checkpoint)
+    before = {k: v.clone() for k, v in pretrained.model.state_dict().items()}
+    result = finetune(pretrained, adata, out, config, progress=False, device="cpu")
+    # a full fine-tune trains a copy: the caller's model is as it was
+    assert all(torch.equal(v, before[k]) for k, v in pretrained.model.state_dict().items())
+    assert all(p.requires_grad for p in pretrained.model.parameters())
     return result, adata, config
 
 
@@ -40,7 +46,7 @@ def test_full_finetune_reaches_high_held_out_accuracy(finetuned):
 def test_finetuned_directory_reloads_to_the_same_predictions(finetuned):
     result, adata, config = finetuned
     classifier, pretrained, classes = load_finetuned(result.directory)
-    inputs = pretrained.input_cells(adata, config.batch_key)
+    inputs = pretrained.input_cells(adata, config.input)
     predicted = np.asarray(classes)[predict(classifier, inputs.tokenizer, inputs.tokenize(), 64).argmax(axis=1)]
     np.testing.assert_array_equal(predicted, adata.obs[PREDICTION_KEY].to_numpy())
     assert Pretrained.load(result.directory).name == "sc_fm-tiny"  # usable by embed / benchmark
@@ -51,9 +57,12 @@ def test_linear_probe_keeps_the_encoder_frozen(tiny_checkpoint, tiny_atlas, tmp_
     before = {k: v.clone() for k, v in pretrained.model.state_dict().items()}
     adata = tiny_atlas[:200].copy()
     config = FinetuneConfig(label_key="cell_type", mode="linear", epochs=1)
-    finetune(pretrained, adata, tmp_path / "probe", config, progress=False)
+    result = finetune(pretrained, adata, tmp_path / "probe", config, progress=False)
     for key, value in pretrained.model.state_dict().items():
         assert torch.equal(value, before[key]), key
+    probe = Pretrained.load(result.directory).model.state_dict()
+    assert all(torch.equal(v, before[k]) for k, v in probe.items())  # the saved encoder did not move either
+    assert all(p.requires_grad for p in pretrained.model.parameters())  # the caller's model is not frozen
 
 
 def test_group_split_and_gradient_reversal(tiny_atlas):

@@ -68,8 +68,9 @@ def _under(module: str, *packages: str) -> bool:
                      "sc_fm.cli")),
     ("sc_fm.evaluate", ("sc_fm.train", "sc_fm.commands", "sc_fm.cli")),
     ("sc_fm.finetune", ("sc_fm.train", "sc_fm.evaluate", "sc_fm.commands", "sc_fm.cli")),
+    # Pretrained keeps load, save, embed and the input contract; the verbs take it, never the reverse
     ("sc_fm.pretrained", ("sc_fm.train", "sc_fm.evaluate", "sc_fm.finetune", "sc_fm.commands", "sc_fm.cli",
-                          "sc_fm.data")),
+                          "sc_fm.data", "sc_fm.explain", "sc_fm.adapt", "sc_fm.candidates")),
     ("sc_fm.train", ("sc_fm.evaluate", "sc_fm.finetune", "sc_fm.commands", "sc_fm.cli")),
     ("sc_fm.tokenize", ("sc_fm.model", "sc_fm.train", "sc_fm.pretrained", "sc_fm.evaluate", "sc_fm.commands")),
     ("sc_fm.explain", ("sc_fm.train", "sc_fm.finetune", "sc_fm.data", "sc_fm.commands", "sc_fm.cli")),

@@ -14,7 +14,7 @@ from s3_server import bucket, new_bucket, s3_env, s3_settings  # noqa: F401 - fi
 from sc_fm.cli import main
 from sc_fm.config import PrepareConfig, QCConfig
 from sc_fm.errors import InputDataError
-from sc_fm.store import CorpusStore
+from sc_fm.store import CorpusStore, SliceReader
 
 CONFIG = PrepareConfig(vocab="corpus", shard_cells=350, chunk_cells=64,
                        qc=QCConfig(min_genes=0, min_counts=0, max_mito_fraction=None))
@@ -50,7 +50,7 @@ def same_cells(a: CorpusStore, b: CorpusStore) -> None:
 
 def test_prepare_and_info_on_s3_match_a_local_store(remote, tiny_store, s3_env, capsys):
     store = CorpusStore(remote)
-    assert store.path == remote and store._slices(0, "data").directory.startswith(remote)  # direct decoder
+    assert store.path == remote and SliceReader(store.shard(0)["data"]).directory.startswith(remote)  # direct decoder
     same_cells(store, tiny_store)
     assert main(["info", remote, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -15,12 +15,13 @@ import zarr
 import sc_fm.store.direct
 from sc_fm.cli import main
 from sc_fm.config import DataConfig, RunConfig, TokenizerConfig
-from sc_fm.data import CorpusDataset, build_train_loader
+from sc_fm.data import CorpusDataset
 from sc_fm.errors import InputDataError
 from sc_fm.stats import GeneStatsAccumulator
-from sc_fm.store import CorpusStore, StoreWriter
+from sc_fm.store import CorpusStore, SliceReader, StoreWriter
 from sc_fm.store.verify import verify_store
 from sc_fm.tokenize import CellTokenizer
+from sc_fm.train.builder import run_loader
 
 from test_store_read import write_store
 
@@ -58,8 +59,8 @@ def test_new_stores_are_format_2_with_a_crc_per_chunk(tiny_store):
     group = tiny_store.shard(0)
     for name in ("indptr", "indices", "data", "obs/dataset", "obs_num/n_counts"):
         assert type(group[name].metadata.codecs[-1]).__name__ == "Crc32cCodec", name
-        assert tiny_store._slices(0, name).checksum
-    assert tiny_store._slices(0, "data").directory is not None  # the direct decoder still serves it
+        assert SliceReader(tiny_store.shard(0)[name]).checksum
+    assert SliceReader(tiny_store.shard(0)["data"]).directory is not None  # the direct decoder still serves it
     report = verify_store(tiny_store.path)
     assert report.ok and report.n_chunks > 10
     assert "chunk checksums verified" in report.text() and "unchecksummed" not in report.text()
@@ -77,7 +78,7 @@ def test_flipped_bytes_are_a_clear_error_on_both_read_paths(copy, array, path, m
     store = CorpusStore(copy.path)
     with pytest.raises(InputDataError) as err:
         store.read_rows(0, 0, store.shards[0].n_cells)
-    assert (store._slices(0, array).directory is None) == (path == "zarr")
+    assert (SliceReader(store.shard(0)[array]).directory is None) == (path == "zarr")
     assert_names_chunk(err, store, array)
     store.read_rows(1, 0, 10)  # the other shard is sound
 
@@ -94,7 +95,7 @@ def test_training_loader_refuses_a_damaged_chunk(copy, tiny_store, num_workers):
     cfg.data = data
     cfg.train.micro_batch_cells = 48
     tokenizer = CellTokenizer.from_stores(TokenizerConfig(max_len=64, stats_group="dataset"), [tiny_store])
-    batches = build_train_loader(cfg, tokenizer)
+    batches = run_loader(cfg, tokenizer)
     with pytest.raises(InputDataError) as err:
         for _ in range(30):  # past one epoch: every block is read
             next(batches)
@@ -155,7 +156,7 @@ def test_format_1_store_still_reads_and_is_reported_unchecksummed(tmp_path, caps
         writer.commit({"global": {"all": GeneStatsAccumulator(50)}}, [])
     appended = CorpusStore(store.path)
     assert appended.format_version == 1 and len(appended.shards) == 2
-    assert not appended._slices(1, "data").checksum
+    assert not SliceReader(appended.shard(1)["data"]).checksum
     np.testing.assert_array_equal(appended.read_rows(1, 0, 10)[2], x.data[: x.indptr[10]])
 
 
@@ -168,7 +169,7 @@ def test_merging_a_format_1_part_gives_format_1(tmp_path, tiny_store):
     assert merge_stores([new.path], tmp_path / "m2.zarr").store.format_version == 2
     merged = merge_stores([old.path, new.path], tmp_path / "m1.zarr", allow_duplicate_sources=True).store
     assert merged.format_version == 1
-    assert [merged._slices(k, "data").checksum for k in range(2)] == [False, True]
+    assert [SliceReader(merged.shard(k)["data"]).checksum for k in range(2)] == [False, True]
 
 
 def test_zarr_itself_verifies_format_2_chunks(copy):

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 import sc_fm.store.direct
 from sc_fm.stats import GeneStatsAccumulator
-from sc_fm.store import CorpusStore, StoreWriter
+from sc_fm.store import CorpusStore, SliceReader, StoreWriter
 from sc_fm.vocab import GeneVocab
 
 
@@ -49,14 +49,14 @@ def test_rows_equal_zarr_slices(tmp_path, codec, direct, format_version):
         np.testing.assert_array_equal(data, x.data[lo:hi])
         assert indices.dtype == group["indices"].dtype and data.dtype == group["data"].dtype
         np.testing.assert_array_equal(data, group["data"][lo:hi])
-    assert (store._slices(0, "indices").directory is not None) == direct
+    assert (SliceReader(store.shard(0)["indices"]).directory is not None) == direct
 
 
 def test_without_c_blosc_reads_go_through_zarr(tmp_path, monkeypatch):
     monkeypatch.setattr(sc_fm.store.direct, "_blosc", lambda: None)
     store, x = write_store(tmp_path / "s.zarr", "blosc-lz4-bitshuffle")
     indptr, indices, data = store.read_rows(0, 30, 250)
-    assert store._slices(0, "data").directory is None
+    assert SliceReader(store.shard(0)["data"]).directory is None
     np.testing.assert_array_equal(indices, x.indices[x.indptr[30]: x.indptr[250]])
     np.testing.assert_array_equal(data, x.data[x.indptr[30]: x.indptr[250]])
 

@@ -297,3 +297,27 @@ def test_store_assay_statistics_remove_a_simulated_capture_effect(tmp_path):
 
     batch_aware, corpus_wide = top_overlap("assay"), top_overlap("global")
     assert batch_aware > 0.95 and corpus_wide < 0.5, (batch_aware, corpus_wide)  # measured 0.99, 0.36
+
+
+def test_the_medians_scale_is_recorded_in_the_store_and_must_match_target_sum(tiny_store, tmp_path):
+    import json
+    import shutil
+
+    from sc_fm.config import CP10K
+    from sc_fm.store import CorpusStore
+
+    assert tiny_store.stats_target_sum == CP10K
+    with pytest.raises(ConfigError, match=r"tokenizer.target_sum=1000 but the gene medians are at 10000 .*"
+                                          r"set tokenizer.target_sum=10000"):
+        CellTokenizer.from_stores(TokenizerConfig(target_sum=1e3), [tiny_store])
+    older = tmp_path / "older.zarr"  # a store written before the scale was recorded
+    shutil.copytree(tiny_store.path, older)
+    root = json.loads((older / "zarr.json").read_text())
+    del root["attributes"]["stats_target_sum"]
+    (older / "zarr.json").write_text(json.dumps(root))
+    assert CorpusStore(older).stats_target_sum == 1e4
+    tokenizer = CellTokenizer.from_stores(TokenizerConfig(), [CorpusStore(older)])
+    mismatched = CellTokenizer(TokenizerConfig(target_sum=5e3), tokenizer.vocab, tokenizer.normalisers,
+                               tokenizer.condition_vocabs)
+    with pytest.raises(ConfigError, match="the input's own normalisers"):
+        mismatched.with_group_normalisers(iter([]))

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from sc_fm.config import RunConfig, save_config, to_dict
+from sc_fm.config import RunConfig, resumable_keys, save_config, to_dict
 from sc_fm.errors import ConfigError
+from sc_fm.rundir import RUN_CONFIG_FILE, TRAINER_STATE_FILE
 from sc_fm.train import CheckpointManager, DistEnv
-from sc_fm.train.checkpoint import CONFIG_FILE, TRAINER_STATE_FILE, check_resumable
+from sc_fm.train.checkpoint import check_resumable
 
 
 def _write(step: int):
@@ -49,7 +50,7 @@ def test_failed_write_leaves_previous_checkpoint_and_no_visible_partial(tmp_path
 def _checkpoint(tmp_path, cfg: RunConfig, world_size: int = 1):
     ckpt = tmp_path / "step_4"
     ckpt.mkdir()
-    save_config(cfg, ckpt / CONFIG_FILE)
+    save_config(cfg, ckpt / RUN_CONFIG_FILE)
     (ckpt / TRAINER_STATE_FILE).write_text(json.dumps({"step": 4, "world_size": world_size}))
     return ckpt
 
@@ -73,11 +74,28 @@ def test_a_run_saved_before_block_order_existed_resumes_with_the_random_order(tm
     import yaml
 
     ckpt = _checkpoint(tmp_path, RunConfig())
-    saved = yaml.safe_load((ckpt / CONFIG_FILE).read_text())
+    saved = yaml.safe_load((ckpt / RUN_CONFIG_FILE).read_text())
     del saved["data"]["block_order"]  # as an older sc_fm wrote it
-    (ckpt / CONFIG_FILE).write_text(yaml.safe_dump(saved))
+    (ckpt / RUN_CONFIG_FILE).write_text(yaml.safe_dump(saved))
     with pytest.raises(ConfigError, match="data.block_order differs .*saved: 'random'"):
         check_resumable(ckpt, to_dict(RunConfig()), world_size=1)
     old_order = RunConfig()
     old_order.data.block_order = "random"
     check_resumable(ckpt, to_dict(old_order), world_size=1)
+
+
+def test_every_section_but_the_run_s_own_may_change_on_resume(tmp_path):
+    ckpt = _checkpoint(tmp_path, RunConfig())
+    changed = RunConfig()
+    changed.explain.steps = 99  # the explain section was once left out of a hand-kept list
+    changed.explain.marker_ks = [5]
+    changed.finetune.epochs = 3
+    changed.eval.n_pcs = 7
+    changed.data.num_workers = 0
+    check_resumable(ckpt, to_dict(changed), world_size=1)
+    assert resumable_keys() >= {"explain", "embed", "adapt", "benchmark", "finetune", "eval", "tracking", "prepare"}
+    assert not resumable_keys() & {"data", "tokenizer", "model", "train", "train.lr", "data.stores"}
+    seeded = RunConfig()
+    seeded.train.seed = 1
+    with pytest.raises(ConfigError, match="train.seed differs"):
+        check_resumable(ckpt, to_dict(seeded), world_size=1)

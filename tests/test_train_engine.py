@@ -160,12 +160,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_store, tmp_path, mon
 def test_a_set_up_failure_closes_the_mlflow_run_it_opened(tiny_store, tmp_path, monkeypatch):
     """The MLflow run opens in a thread beside the co-expression start: when that start
     fails, the run is closed as FAILED, not left RUNNING."""
-    import sc_fm.train.loop
+    import sc_fm.train.builder
 
     def fail(*args, **kwargs):
         raise ConfigError("no axes", "model.gene_init")
 
-    monkeypatch.setattr(sc_fm.train.loop, "coexpression_loadings", fail)
+    monkeypatch.setattr(sc_fm.train.builder, "coexpression_loadings", fail)
     run_dir = tmp_path / "run"
     with pytest.raises(ConfigError, match="no axes"):
         pretrain(run_config(tiny_store, "train.max_steps=2", "train.engine=plain", "tracking.enabled=true",

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_overwrite_argument,
-                                    command_config)
+from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_input_arguments,
+                                    add_overwrite_argument, command_config, input_flags)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="DIR",
                         help="the adapted checkpoint (accepted by embed, benchmark and finetune)")
     add_overwrite_argument(parser)
-    parser.add_argument("--batch-key", default=None,
-                        help="obs column of batches: their own gene normalisers and new condition categories")
+    add_input_arguments(parser, "adapt", "obs column of the input's batches: their own gene normalisers and new "
+                                         "condition categories (adapt.input.batch_key)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (adapt.steps)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (adapt.lr, default 1e-4)")
     parser.add_argument("--seed", type=int, default=None)
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from sc_fm.pretrained import Pretrained
     from sc_fm.pretrained.h5ad import read_h5ad
 
-    adapt_keys = {"batch_key": args.batch_key, "steps": args.steps, "lr": args.lr, "seed": args.seed}
+    adapt_keys = {**input_flags(args), "steps": args.steps, "lr": args.lr, "seed": args.seed}
     config = command_config(args, "adapt", adapt_keys).adapt
     train_overrides = [o for o in args.overrides if not o.startswith("adapt.")]
     check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[args.checkpoint, args.input])

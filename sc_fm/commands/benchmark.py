@@ -5,22 +5,23 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import add_config_arguments, add_overwrite_argument, command_config
+from sc_fm.commands.options import (add_config_arguments, add_input_arguments, add_overwrite_argument, command_config,
+                                    input_flags)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="AnnData .h5ad with raw counts in X and batch/label columns in obs")
     parser.add_argument("--checkpoint", action="append", default=[],
                         help="pretrained directory to compare (repeatable); none: baselines only")
-    parser.add_argument("--batch-key", default=None,
-                        help="obs column of batches; without it batch metrics are reported as not applicable")
+    add_input_arguments(parser, "benchmark",
+                        "obs column of the input's batches: the scIB batch label and the input's own gene "
+                        "normalisers (benchmark.input.batch_key); without it batch metrics are reported as not "
+                        "applicable")
     parser.add_argument("--label-key", required=True, help="obs column of cell types")
     parser.add_argument("-o", "--output", required=True, help="report directory")
     add_overwrite_argument(parser)
     parser.add_argument("--scvi-epochs", type=int, default=None,
                         help="scVI epochs (default: eval.scvi_epochs)")
-    parser.add_argument("--min-gene-overlap", type=float, default=None,
-                        help="minimum fraction of the input's genes found in a checkpoint's vocabulary")
     parser.add_argument("--seed", type=int, default=None, help="first seed of every seeded method (eval.seed)")
     parser.add_argument("--seeds", type=int, default=None,
                         help="repeat every seeded method (scVI, Harmony, the random control, the untrained, "
@@ -31,8 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="also adapt each checkpoint to the input's cells (adapt.steps steps), and the same "
                             "architecture from scratch, as rows '(adapted)' and '(scratch, adapted)'")
     adapt.add_argument("--adapt-steps", type=int, default=None, metavar="N", help="--adapt with N steps")
-    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    add_config_arguments(parser, "benchmark")
+    add_config_arguments(parser, "benchmark", tracked=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,10 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from sc_fm.outputs import check_output
     from sc_fm.pretrained.h5ad import read_h5ad
 
-    flags = {"min_gene_overlap": args.min_gene_overlap, "seeds": args.seeds,
-             "tracking": False if args.no_tracking else None}
-    overrides = [f"eval.batch_key={args.batch_key}" if args.batch_key else "eval.batch_key=null",
-                 f"eval.label_key={args.label_key}"]
+    flags = {**input_flags(args), "seeds": args.seeds}
+    overrides = [f"eval.label_key={args.label_key}"]
     if args.seed is not None:
         overrides.append(f"eval.seed={args.seed}")
     if args.scvi_epochs is not None:
@@ -61,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, adapt_steps=steps)  # checked like the YAML key
     check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[*args.checkpoint, args.input])
     adata = read_h5ad(args.input)
-    check_evaluation_set(adata, args.batch_key, args.label_key, args.input)
-    rows = seeded_rows(args.checkpoint, adata, args.batch_key, config, Path(args.output),
-                       cfg.eval.embed_batch_cells, where=args.input)
-    result = run_benchmark(adata, args.batch_key, args.label_key, args.output, args.checkpoint, cfg.eval,
-                           min_gene_overlap=config.min_gene_overlap, track=config.tracking, where=args.input,
+    batch_key = config.input.batch_key
+    check_evaluation_set(adata, batch_key, args.label_key, args.input)
+    rows = seeded_rows(args.checkpoint, adata, config, Path(args.output), where=args.input)
+    result = run_benchmark(adata, batch_key, args.label_key, args.output, args.checkpoint, cfg.eval,
+                           inputs=config.input, tracking=cfg.tracking, where=args.input,
                            n_seeds=config.seeds, seeded_candidates=rows)
     for line in result.verdict:
         print(line)

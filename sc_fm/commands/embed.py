@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_overwrite_argument,
-                                    command_config)
+from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_input_arguments,
+                                    add_overwrite_argument, command_config, input_flags)
 from sc_fm.errors import ConfigError
 
 
@@ -29,15 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True,
                         help="output .h5ad: the input plus obsm['X_scfm'] (the input itself with --overwrite)")
     add_overwrite_argument(parser)
-    parser.add_argument("--batch-key", default=None,
-                        help="obs column whose batches get their own gene normalisers "
-                             "(when the checkpoint's tokenizer is batch-aware); default: global normalisers")
+    add_input_arguments(parser, "embed")
     parser.add_argument("--condition", action="append", default=[], metavar="KEY=VALUE",
                         help="fix a condition token for all cells (repeatable); "
                              "conditions not given are dropped")
-    parser.add_argument("--min-gene-overlap", type=float, default=None,
-                        help="minimum fraction of the input's genes found in the vocabulary (embed.min_gene_overlap)")
-    parser.add_argument("--batch-cells", type=int, default=None, help="cells per model forward (embed.batch_cells)")
+    parser.add_argument("--batch-cells", type=int, default=None,
+                        help="cells per model forward (embed.input.batch_cells)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_config_arguments(parser, "embed")
 
@@ -58,9 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_output(args.output, kind="file", overwrite=args.overwrite, inputs=[args.checkpoint, args.input],
                  replaceable_input=args.input, needed_bytes=_input_size(args.input))
-    config = command_config(args, "embed", {
-        "batch_key": args.batch_key, "conditions": parse_conditions(args.condition),
-        "min_gene_overlap": args.min_gene_overlap, "batch_cells": args.batch_cells}).embed
+    config = command_config(args, "embed", {**input_flags(args), "input.conditions": parse_conditions(args.condition),
+                                            "input.batch_cells": args.batch_cells}).embed
     with cpu_threads():
         summary = embed_h5ad(args.checkpoint, args.input, args.output, config, progress=not args.no_progress)
     print(summary.mapping.summary())

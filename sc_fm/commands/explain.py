@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_overwrite_argument,
-                                    command_config)
+from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_input_arguments,
+                                    add_overwrite_argument, command_config, input_flags)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,8 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="report directory: genes.csv, markers.csv, perturbation.csv, dotplot.png, "
                              "report.md")
     add_overwrite_argument(parser)
-    parser.add_argument("--batch-key", default=None,
-                        help="obs column whose batches get their own gene normalisers (explain.batch_key)")
+    add_input_arguments(parser, "explain")
     parser.add_argument("--perturb", default=None, metavar="GENE[,GENE...]",
                         help="genes (Ensembl IDs or symbols) to delete / raise in silico; "
                              "default: each group's top attributed gene (explain.perturb_top)")
@@ -26,26 +25,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="integrated-gradients steps (explain.steps)")
     parser.add_argument("--max-cells-per-group", type=int, default=None,
                         help="attribute at most this many cells per group (explain.max_cells_per_group)")
-    parser.add_argument("--min-gene-overlap", type=float, default=None,
-                        help="minimum fraction of the input's genes found in the vocabulary")
-    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    add_config_arguments(parser, "explain")
+    add_config_arguments(parser, "explain", tracked=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from sc_fm.explain import explain
-    from sc_fm.explain.report import REPORT_MD, write_report
-    from sc_fm.explain.tracking import log_explain
+    from sc_fm.explain.report import REPORT_MD, explain_metrics, write_report
     from sc_fm.outputs import atomic_dir, check_output
     from sc_fm.pretrained import Pretrained
     from sc_fm.pretrained.h5ad import read_h5ad
+    from sc_fm.tracking import log_report
 
     perturb = [g.strip() for g in args.perturb.split(",") if g.strip()] if args.perturb else None
     cfg = command_config(args, "explain", {
-        "batch_key": args.batch_key, "perturb": perturb, "top_k": args.top_k, "steps": args.steps,
-        "max_cells_per_group": args.max_cells_per_group, "min_gene_overlap": args.min_gene_overlap,
-        "tracking": False if args.no_tracking else None})
+        **input_flags(args), "perturb": perturb, "top_k": args.top_k, "steps": args.steps,
+        "max_cells_per_group": args.max_cells_per_group})
     config = cfg.explain
     output = check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[args.checkpoint, args.input])
     adata = read_h5ad(args.input)
@@ -61,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     for row in skipped.itertuples():
         print(f"perturbation of {row.symbol} ({row.gene_id}) {row.status}")
     print(f"report: {report}")
-    if config.tracking and cfg.tracking.enabled:
-        info = log_explain(result.markers, args.output, args.checkpoint, cfg.tracking)
+    info = log_report(cfg.tracking, "explain", output, explain_metrics(result.markers), files=output,
+                      checkpoints=[args.checkpoint])
+    if info is not None:
         print(f"MLflow: {info['tracking_uri']} (run {info['run_id']})")
     return 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_overwrite_argument,
-                                    command_config)
+from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_input_arguments,
+                                    add_overwrite_argument, command_config, input_flags)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-key", default=None,
                         help="obs column (donor, batch) whose groups are held out for validation; "
                              "default: a random split")
-    parser.add_argument("--batch-key", default=None, help="obs column of batches (per-batch gene normalisers)")
+    add_input_arguments(parser, "finetune")
     parser.add_argument("--adversary-key", default=None,
                         help="obs column the batch-adversarial objective hides from the embedding")
     parser.add_argument("--mode", choices=["full", "linear"], default=None,
@@ -27,14 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="encoder learning rate (full mode)")
     parser.add_argument("--head-lr", type=float, default=None)
-    parser.add_argument("--batch-cells", type=int, default=None)
+    parser.add_argument("--batch-cells", type=int, default=None, help="cells per training step (finetune.batch_cells)")
     parser.add_argument("--val-fraction", type=float, default=None)
     parser.add_argument("--adversarial-weight", type=float, default=None,
                         help="> 0 adds the batch-adversarial integration objective (needs --adversary-key)")
-    parser.add_argument("--min-gene-overlap", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    add_config_arguments(parser, "finetune")
+    add_config_arguments(parser, "finetune", tracked=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,11 +45,11 @@ def run(args: argparse.Namespace) -> int:
     from sc_fm.threads import cpu_threads
 
     flags = {key: getattr(args, key) for key in (
-        "label_key", "split_key", "batch_key", "adversary_key", "mode", "epochs", "lr", "head_lr", "batch_cells",
-        "val_fraction", "adversarial_weight", "min_gene_overlap", "seed")}
-    if args.no_tracking:
-        flags["tracking"] = False
-    config = command_config(args, "finetune", flags).finetune
+        "label_key", "split_key", "adversary_key", "mode", "epochs", "lr", "head_lr", "batch_cells",
+        "val_fraction", "adversarial_weight", "seed")}
+    flags.update(input_flags(args))
+    cfg = command_config(args, "finetune", flags)
+    config = cfg.finetune
     output = check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[args.checkpoint, args.input])
     pretrained = Pretrained.load(args.checkpoint)
     adata = read_h5ad(args.input)
@@ -63,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"held-out cells: {result.n_val}; accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f}")
     print(f"fine-tuned checkpoint: {result.directory}; "
           f"predictions in .obs['scfm_prediction'] of {predictions}")
-    if config.tracking:
-        info = track_finetune(result, config)
+    info = track_finetune(result, config, cfg.tracking)
+    if info is not None:
         print(f"MLflow: {info['tracking_uri']} (run {info['run_id']})")
     return 0

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 
+from sc_fm.rundir import CHECKPOINTS_DIR, FINAL_DIR, RUN_CONFIG_FILE
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="FILE|NAME",
                         help="run config: a YAML path or a shipped preset name (tiny, small, base, demo)")
     parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR",
-                        help="run directory: config.yaml, checkpoints/step_N/, final/")
+                        help=f"run directory: {RUN_CONFIG_FILE}, {CHECKPOINTS_DIR}/step_N/, {FINAL_DIR}/")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in RUN_DIR")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

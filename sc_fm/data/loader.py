@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from sc_fm.config import RunConfig
+from sc_fm.config import DataConfig
 from sc_fm.data.dataset import CellBlock, CorpusDataset
-from sc_fm.data.stores import open_stores
+from sc_fm.store import CorpusStore
 from sc_fm.tokenize import CellTokenizer, TokenizedCells, check_vocabulary
 
 _ENCODE, _MASK = 0, 1
@@ -172,14 +172,15 @@ class TrainBatches:
         self._stream = None
 
 
-def build_train_loader(config: RunConfig, tokenizer: CellTokenizer, rank: int = 0, world_size: int = 1,
+def build_train_loader(stores: Sequence[CorpusStore], data: DataConfig, tokenizer: CellTokenizer, seed: int,
+                       batch_cells: int, with_expression: bool = False, rank: int = 0, world_size: int = 1,
                        idle_workers: bool = False) -> TrainBatches:
-    """Open ``config.data.stores``, check them against the tokenizer, and stream batches
-    (``idle_workers``: see ``TrainBatches``)."""
-    stores = open_stores(config.data.stores)
+    """Stream batches of ``batch_cells`` cells of the opened ``stores`` (checked against the
+    tokenizer's vocabulary) as ``data`` says; ``with_expression``: each cell carries its whole
+    count row (the cell-level objective); ``idle_workers``: see ``TrainBatches``."""
     for store in stores:
         check_vocabulary(store, tokenizer.vocab)
-    dataset = CorpusDataset(stores, config.data, tokenizer_columns(tokenizer), seed=config.train.seed,
-                            rank=rank, world_size=world_size)
-    return TrainBatches(dataset, tokenizer, config.train.micro_batch_cells, config.data.num_workers,
-                        with_expression=config.model.cell_objective != "none", idle_workers=idle_workers)
+    dataset = CorpusDataset(list(stores), data, tokenizer_columns(tokenizer), seed=seed, rank=rank,
+                            world_size=world_size)
+    return TrainBatches(dataset, tokenizer, batch_cells, data.num_workers, with_expression=with_expression,
+                        idle_workers=idle_workers)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sc_fm.config import EvalConfig
+from sc_fm.config import CP10K, EvalConfig
 
 
 def baseline_view(adata, batch_key: str | None, n_hvg: int):
@@ -19,7 +19,7 @@ def baseline_view(adata, batch_key: str | None, n_hvg: int):
     view = adata.copy()
     view.X = view.X.astype(np.float32)
     view.layers["counts"] = view.X.copy()
-    sc.pp.normalize_total(view, target_sum=1e4)
+    sc.pp.normalize_total(view, target_sum=CP10K)
     sc.pp.log1p(view)
     sc.pp.highly_variable_genes(view, n_top_genes=min(n_hvg, view.n_vars), flavor="seurat_v3",
                                 layer="counts", batch_key=batch_key)

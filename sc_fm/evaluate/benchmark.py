@@ -3,6 +3,7 @@ every seeded method repeated over ``n_seeds`` seeds."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sc_fm.config import EvalConfig
+from sc_fm.config import EvalConfig, InputSettings, TrackingConfig
 from sc_fm.evaluate.metrics import ScibSettings
 from sc_fm.evaluate.report import verdict, verdicts, write_report
 from sc_fm.evaluate.scoring import (HARMONY, PCA, RANDOM, SCVI, baseline_methods, check_evaluation_set,
                                     score_embeddings, single_batch_labels)
 from sc_fm.evaluate.seeds import METHOD, SEED, seed_list, summarise
-from sc_fm.evaluate.tracking import log_benchmark
+from sc_fm.tracking import log_report, metric_name
 
 
 VERDICT_REFERENCES = (SCVI, HARMONY, RANDOM)
@@ -52,8 +53,7 @@ def same_start_row(name: str) -> str:
     return f"{name} {SAME_START}"
 
 
-def checkpoint_embeddings(adata, checkpoints: list[str | Path], batch_key: str | None, config: EvalConfig,
-                          min_gene_overlap: float, where: str, progress: bool
+def checkpoint_embeddings(adata, checkpoints: list[str | Path], inputs: InputSettings, where: str, progress: bool
                           ) -> tuple[dict[str, np.ndarray], list[str]]:
     """``{"sc_fm-<size>": embedding}`` per checkpoint, zero-shot, then its same start (the exact
     untrained weights its pretraining began from, embedded the same way), and a line per
@@ -64,16 +64,14 @@ def checkpoint_embeddings(adata, checkpoints: list[str | Path], batch_key: str |
     out: dict[str, np.ndarray] = {}
     described = []
     for name, pretrained in zip(checkpoint_names([p.name for p in loaded], checkpoints), loaded):
-        mapping = pretrained.gene_mapping(adata, min_gene_overlap, where)
         models = {name: pretrained}
         if pretrained.has_start:
             models[same_start_row(name)] = pretrained.same_start()
         for row, model in models.items():
-            out[row] = model.embed(adata, batch_key, key_added=None, mapping=mapping,
-                                   batch_cells=config.embed_batch_cells, progress=progress, where=where)
+            out[row] = model.embed(adata, inputs, key_added=None, progress=progress, where=where)
         start = ("" if pretrained.has_start else
                  "; no saved start (written before starts were kept), so no same-start row")
-        described.append(f"{name}: {embedding_settings(pretrained, batch_key)}{start}")
+        described.append(f"{name}: {embedding_settings(pretrained, inputs.batch_key)}{start}")
     return out, described
 
 
@@ -110,12 +108,14 @@ def embedding_settings(pretrained, batch_key: str | None) -> str:
 
 def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | Path,
                   checkpoints: list[str | Path] = (), config: EvalConfig | None = None,
-                  extra_embeddings: dict[str, np.ndarray] | None = None, min_gene_overlap: float = 0.1,
-                  track: bool = True, progress: bool = True, where: str = "input", *, n_seeds: int = 1,
+                  extra_embeddings: dict[str, np.ndarray] | None = None, inputs: InputSettings | None = None,
+                  tracking: TrackingConfig | None = None, progress: bool = True, where: str = "input", *, n_seeds: int = 1,
                   seeded_candidates: dict[str, Callable[[int], np.ndarray]] | None = None) -> BenchmarkResult:
-    """Score every embedding, write the report into ``out_dir`` and log it to MLflow.
+    """Score every embedding, write the report into ``out_dir`` and log it to MLflow as ``tracking``
+    says (``sc_fm.tracking.log_report``; None: not logged).
 
-    Candidates are the checkpoints (embedded once), ``extra_embeddings`` (fixed arrays) and
+    Candidates are the checkpoints (embedded once, meeting ``adata`` through ``inputs`` with
+    ``batch_key`` as its batch column), ``extra_embeddings`` (fixed arrays) and
     ``seeded_candidates`` (``name -> f(seed) -> [cells, dim]`` array, called once per seed).
     Every seeded method — scVI, Harmony, the random control and each seeded candidate — runs
     with seeds ``config.seed .. config.seed + n_seeds - 1``; the table holds their means and sds.
@@ -124,8 +124,8 @@ def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | P
     seeds = seed_list(config.seed, n_seeds, where)
     check_evaluation_set(adata, batch_key, label_key, where)
     seeded_candidates = dict(seeded_candidates or {})
-    candidates, described = checkpoint_embeddings(adata, list(checkpoints), batch_key, config, min_gene_overlap,
-                                                  where, progress)
+    inputs = dataclasses.replace(inputs or InputSettings(), batch_key=batch_key)
+    candidates, described = checkpoint_embeddings(adata, list(checkpoints), inputs, where, progress)
     candidates.update(extra_embeddings or {})
     clash = set(candidates) & set(seeded_candidates) | (set(candidates) | set(seeded_candidates)) & {
         PCA, SCVI, HARMONY, RANDOM}
@@ -162,5 +162,12 @@ def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | P
     report = write_report(table, first, adata.obs, batch_key, label_key, out_dir, lines, settings,
                           config.seed,
                           per_seed=per_seed, notes=baselines.notes, seeds=seeds, model_lines=described)
-    tracking = log_benchmark(table, out_dir, list(checkpoints)) if track else {}
-    return BenchmarkResult(table, report, lines, tracking, per_seed, seeds, baselines.notes)
+    info = (log_report(tracking, "benchmark", out_dir, benchmark_metrics(table), files=out_dir,
+                       checkpoints=list(checkpoints)) if tracking is not None else None)
+    return BenchmarkResult(table, report, lines, info or {}, per_seed, seeds, baselines.notes)
+
+
+def benchmark_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """``benchmark/<method>/<score>`` for every score in the table."""
+    return {metric_name("benchmark", method, column): float(value)
+            for method, row in table.iterrows() for column, value in row.items() if pd.notna(value)}

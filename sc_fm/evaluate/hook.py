@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sc_fm.config import MIN_GENE_OVERLAP, EvalConfig
+from sc_fm.config import EvalConfig, InputSettings
 from sc_fm.evaluate.metrics import BATCH, BIO, KNN_ACCURACY, LOGREG_ACCURACY, TOTAL
 from sc_fm.evaluate.scoring import PCA, SCVI, check_evaluation_set, compute_baselines, score_embeddings
 from sc_fm.pretrained import InputCells, embed_cells, map_genes
@@ -44,8 +44,10 @@ class PretrainEvaluator:
         self.adata = adata if adata is not None else load_evaluation_set(eval_config)
         where = eval_config.h5ad or "eval set"
         check_evaluation_set(self.adata, eval_config.batch_key, eval_config.label_key, where)
-        mapping = map_genes(self.adata.var_names, tokenizer.vocab, MIN_GENE_OVERLAP, where)
-        self.cells = InputCells.build(self.adata, mapping, tokenizer, eval_config.batch_key, where=where)
+        inputs = InputSettings(batch_key=eval_config.batch_key, batch_cells=eval_config.embed_batch_cells)
+        mapping = map_genes(self.adata.var_names, tokenizer.vocab, inputs.min_gene_overlap, inputs.min_genes_mapped,
+                            where)
+        self.cells = InputCells.build(self.adata, mapping, tokenizer, inputs, where=where)
         self.baselines = compute_baselines(self.adata, eval_config.batch_key, eval_config)
         self.baseline_table = score_embeddings(self.baselines.embeddings, self.adata.obs,
                                                eval_config.batch_key, eval_config.label_key,
@@ -61,7 +63,7 @@ class PretrainEvaluator:
 
     def embed(self, model) -> np.ndarray:
         """Embeddings of the evaluation cells with ``model``'s current weights."""
-        return embed_cells(model, self.cells, None, self.config.embed_batch_cells, progress=False)
+        return embed_cells(model, self.cells, self.config.embed_batch_cells, progress=False)
 
     def __call__(self, model) -> dict[str, float]:
         table = score_embeddings({"sc_fm": self.embed(model)}, self.adata.obs, self.config.batch_key,

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from sc_fm.batch import CONDITION_IDS, CU_SEQLENS, GENE_IDS, HIDDEN_VALUE, MAX_SEQLEN, VALUES
 from sc_fm.model import MaskedGeneTransformer
+from sc_fm.pretrained import unmasked_batches
 from sc_fm.tokenize import CellTokenizer, TokenizedCells
 from sc_fm.vocab import MASK_ID, N_SPECIAL
 
@@ -101,10 +102,7 @@ def attribute_cells(model: MaskedGeneTransformer, tokenizer: CellTokenizer, toke
     per_pass = max(1, batch_cells // steps)  # cells x steps copies go through the model at once
     parts = []
     bar = tqdm(total=len(tokens), unit="cells", desc="attributions", disable=not progress)
-    for lo in range(0, len(tokens), per_pass):
-        hi = min(lo + per_pass, len(tokens))
-        batch = tokenizer.mask_and_pack(tokens[lo:hi], None, np.arange(lo, hi))
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    for lo, hi, batch in unmasked_batches(tokenizer, tokens, per_pass, device):
         toward = torch.as_tensor(directions[lo:hi], dtype=torch.float32, device=device)
         parts.append(integrated_gradients(model, batch, toward, steps, baseline).float().cpu().numpy())
         bar.update(hi - lo)

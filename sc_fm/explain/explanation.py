@@ -1,10 +1,9 @@
 """``explain``: one pass over an AnnData's cells with a checkpoint -> the attribution, marker and
-perturbation tables (what ``Pretrained.explain`` returns and ``scfm explain`` writes)."""
+perturbation tables (what ``scfm explain`` writes): ``explain(pretrained, adata, groupby)``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -15,29 +14,9 @@ from sc_fm.errors import InputDataError
 from sc_fm.explain.attributions import attribute_cells, group_directions
 from sc_fm.explain.genes import gene_table
 from sc_fm.explain.markers import compare_with_markers, de_scores
-from sc_fm.explain.perturbation import embed_tokens, perturbation_table, resolve_genes
-from sc_fm.model import MaskedGeneTransformer
-from sc_fm.pretrained.cells import InputCells
-from sc_fm.pretrained.genes import GeneMapping
+from sc_fm.explain.perturbation import perturbation_table, resolve_genes
+from sc_fm.pretrained import Pretrained, embed_tokens
 from sc_fm.pretrained.inputs import require_obs_column
-from sc_fm.tokenize import CellTokenizer
-from sc_fm.vocab import GeneVocab
-
-
-class Checkpoint(Protocol):
-    """What an explanation needs of a ``sc_fm.pretrained.Pretrained`` (which delegates here, so
-    this module names the interface rather than importing the class)."""
-
-    model: MaskedGeneTransformer
-    tokenizer: CellTokenizer
-
-    @property
-    def vocab(self) -> GeneVocab: ...
-
-    def gene_mapping(self, adata, min_gene_overlap: float, where: str) -> GeneMapping: ...
-
-    def input_cells(self, adata, batch_key: str | None, mapping: GeneMapping | None,
-                    block_cells: int = 1024, where: str = "input") -> InputCells: ...
 
 
 @dataclass
@@ -78,26 +57,26 @@ def sample_cells(codes: np.ndarray, per_group: int | None, seed: int) -> np.ndar
     return np.sort(np.concatenate(chosen))
 
 
-def explain(pretrained: Checkpoint, adata, groupby: str, config: ExplainConfig | None = None,
+def explain(pretrained: Pretrained, adata, groupby: str, config: ExplainConfig | None = None,
             progress: bool = True, where: str = "input") -> Explanation:
     """Attributions toward each cell's ``groupby`` group, their comparison with DE markers, and
     the perturbation of ``config.perturb`` (or each group's ``perturb_top`` genes); see the
     module docs of ``sc_fm.explain``."""
     config = config or ExplainConfig()
     codes, names = group_codes(adata, groupby, where)
-    mapping = pretrained.gene_mapping(adata, config.min_gene_overlap, where)
     vocab, model, tokenizer = pretrained.vocab, pretrained.model, pretrained.tokenizer
     symbols = list(vocab.symbols)
     perturbed = resolve_genes(config.perturb, vocab, symbols, "explain.perturb (--perturb)")
-    cells = pretrained.input_cells(adata, config.batch_key, mapping, where=where)
+    cells = pretrained.input_cells(adata, config.input, where)
+    mapping, batch_cells = cells.mapping, config.input.batch_cells
     chosen = sample_cells(codes, config.max_cells_per_group, config.seed)
     codes = codes[chosen]
     tokens = cells.tokenize().take(chosen)
     counts = sp.vstack([rows for _, rows in cells.blocks()]).tocsr()[chosen]
-    embeddings = embed_tokens(model, tokenizer, tokens, config.batch_cells)
+    embeddings = embed_tokens(model, tokenizer, tokens, batch_cells)
     directions = group_directions(embeddings, codes, len(names))
     attributions = attribute_cells(model, tokenizer, tokens, directions[codes], config.steps,
-                                   config.batch_cells, config.baseline, progress)
+                                   batch_cells, config.baseline, progress)
     genes = gene_table(attributions, codes, names, vocab.gene_ids, symbols, config.top_k)
     de = de_scores(counts, codes, names, vocab.gene_ids, config.de_method)
     markers = compare_with_markers(genes, de, config.marker_ks, config.random_draws, config.seed)
@@ -106,7 +85,7 @@ def explain(pretrained: Checkpoint, adata, groupby: str, config: ExplainConfig |
         perturbed = [int(i) for i in vocab.lookup(list(dict.fromkeys(top)))]
     expressed = np.asarray((counts > 0).sum(axis=0)).ravel() > 0
     perturbation = perturbation_table(model, tokenizer, tokens, embeddings, codes, names, perturbed,
-                                      expressed, symbols, config.batch_cells, progress)
+                                      expressed, symbols, batch_cells, progress)
     settings = {"groupby": groupby, "cells": int(len(chosen)), "cells_in_input": int(adata.n_obs),
                 "genes_mapped": f"{mapping.n_mapped}/{mapping.n_input}", "scheme": tokenizer.config.scheme,
                 "max_len": tokenizer.config.max_len,

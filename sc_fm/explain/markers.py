@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from sc_fm.config import CP10K
+
 MARKER_COLUMNS = ["group", "k", "overlap", "random_overlap", "random_sd", "spearman", "n_genes"]
 
 
@@ -22,7 +24,7 @@ def de_scores(counts: sp.csr_matrix, codes: np.ndarray, group_names: list[str], 
     obs = pd.DataFrame({"group": pd.Categorical([group_names[c] for c in codes], categories=group_names)})
     adata = anndata.AnnData(sp.csr_matrix(counts[:, expressed], dtype=np.float32), obs=obs,
                             var=pd.DataFrame(index=[gene_ids[i] for i in expressed]))
-    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.normalize_total(adata, target_sum=CP10K)
     sc.pp.log1p(adata)
     sizes = np.bincount(codes, minlength=len(group_names))
     testable = [name for name, size in zip(group_names, sizes) if size >= 2]  # a test needs 2 cells

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from sc_fm.errors import InputDataError
 from sc_fm.model import MaskedGeneTransformer
+from sc_fm.pretrained import embed_tokens
 from sc_fm.tokenize import CellTokenizer, TokenizedCells
 from sc_fm.vocab import N_SPECIAL, GeneVocab
 
@@ -37,23 +37,6 @@ def resolve_genes(names: list[str], vocab: GeneVocab, symbols: list[str], where:
                              "name genes by Ensembl ID or by a symbol of the vocabulary "
                              "(its tokenizer/vocab.tsv)")
     return [int(i) for i in index]
-
-
-def embed_tokens(model: MaskedGeneTransformer, tokenizer: CellTokenizer, tokens: TokenizedCells,
-                 batch_cells: int) -> np.ndarray:
-    """``[n_cells, embedding_dim]`` embeddings of already tokenised cells, in eval mode."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    parts = []
-    with torch.inference_mode():
-        for lo in range(0, len(tokens), batch_cells):
-            hi = min(lo + batch_cells, len(tokens))
-            batch = tokenizer.mask_and_pack(tokens[lo:hi], None, np.arange(lo, hi))
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            parts.append(model.embed(batch).float().cpu().numpy())
-    model.train(was_training)
-    return np.concatenate(parts) if parts else np.zeros((0, model.embedding_dim), np.float32)
 
 
 def edited(tokens: TokenizedCells, token_id: int, mode: str, tokenizer: CellTokenizer) -> TokenizedCells:

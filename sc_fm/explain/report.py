@@ -10,6 +10,7 @@ import pandas as pd
 
 from sc_fm.evaluate.report import markdown_table
 from sc_fm.explain.explanation import Explanation
+from sc_fm.tracking import metric_name
 
 GENES_CSV, MARKERS_CSV, PERTURBATION_CSV = "genes.csv", "markers.csv", "perturbation.csv"
 DOTPLOT_PNG, REPORT_MD = "dotplot.png", "report.md"
@@ -117,3 +118,18 @@ def write_report(explanation: Explanation, out_dir: str | Path, checkpoint: str,
     path = out / REPORT_MD
     path.write_text(_text(explanation, checkpoint, n_top))
     return path
+
+
+def explain_metrics(markers: pd.DataFrame) -> dict[str, float]:
+    """``explain/<group>/overlap_at_<k>`` (and ``random_at_<k>``, ``spearman``), plus group means:
+    what ``scfm explain`` logs to MLflow."""
+    metrics = {}
+    for row in markers.itertuples():
+        metrics[metric_name("explain", row.group, f"overlap_at_{row.k}")] = row.overlap
+        metrics[metric_name("explain", row.group, f"random_at_{row.k}")] = row.random_overlap
+        if pd.notna(row.spearman):
+            metrics[metric_name("explain", row.group, "spearman")] = row.spearman
+    for k, part in markers.groupby("k"):
+        metrics[f"explain/mean/overlap_at_{k}"] = float(part["overlap"].mean())
+        metrics[f"explain/mean/random_at_{k}"] = float(part["random_overlap"].mean())
+    return metrics

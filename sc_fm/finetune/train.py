@@ -9,6 +9,7 @@ saved as a pretrained directory (so ``scfm embed``/``benchmark`` accept it) plus
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -20,11 +21,13 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
-from sc_fm.config import FinetuneConfig
+from sc_fm.config import FinetuneConfig, TrackingConfig
 from sc_fm.errors import InputDataError
 from sc_fm.finetune.heads import CellClassifier
 from sc_fm.finetune.splits import group_split
-from sc_fm.pretrained import Pretrained
+from sc_fm.batch import to_device
+from sc_fm.pretrained import Pretrained, unmasked_batches
+from sc_fm.pretrained.batches import evaluating
 from sc_fm.pretrained.inputs import require_obs_column
 from sc_fm.tokenize import CellTokenizer, TokenizedCells
 
@@ -42,20 +45,26 @@ class FinetuneResult:
     history: list[dict]
 
 
-def _batch(tokenizer: CellTokenizer, cells: TokenizedCells, rows: np.ndarray) -> dict:
-    return tokenizer.mask_and_pack(TokenizedCells.concat([cells[int(i)] for i in rows]), None, rows)
+def _batch(tokenizer: CellTokenizer, cells: TokenizedCells, rows: np.ndarray, device: torch.device) -> dict:
+    """The cells ``rows`` (any order) as one unmasked batch on ``device``, for training steps."""
+    return to_device(tokenizer.mask_and_pack(TokenizedCells.concat([cells[int(i)] for i in rows]), None, rows),
+                     device)
 
 
-@torch.inference_mode()
 def predict(classifier: CellClassifier, tokenizer: CellTokenizer, cells: TokenizedCells,
             batch_cells: int) -> np.ndarray:
     """Class probabilities ``[n, n_classes]`` for every cell."""
-    classifier.eval()
-    out = []
-    for lo in range(0, len(cells), batch_cells):
-        rows = np.arange(lo, min(lo + batch_cells, len(cells)))
-        out.append(torch.softmax(classifier(_batch(tokenizer, cells, rows))["logits"], dim=-1).numpy())
+    with evaluating(classifier) as device:
+        out = [torch.softmax(classifier(batch)["logits"], dim=-1).float().cpu().numpy()
+               for _, _, batch in unmasked_batches(tokenizer, cells, batch_cells, device)]
     return np.concatenate(out)
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as given, else the GPU when there is one, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _optimizer(classifier: CellClassifier, config: FinetuneConfig) -> torch.optim.Optimizer:
@@ -71,7 +80,7 @@ def _optimizer(classifier: CellClassifier, config: FinetuneConfig) -> torch.opti
 def _check(adata, config: FinetuneConfig, where: str) -> None:
     require_obs_column(adata, config.label_key, "--label-key", where)
     require_obs_column(adata, config.split_key, "--split-key", where)
-    require_obs_column(adata, config.batch_key, "--batch-key", where)
+    require_obs_column(adata, config.input.batch_key, "--batch-key", where)
     require_obs_column(adata, config.adversary_key, "--adversary-key", where)
     if config.adversarial_weight > 0 and config.adversary_key is None:
         raise InputDataError("the batch-adversarial objective needs batch labels", "--adversarial-weight",
@@ -83,28 +92,31 @@ def _check(adata, config: FinetuneConfig, where: str) -> None:
 
 
 def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: FinetuneConfig,
-             progress: bool = True, where: str = "input") -> FinetuneResult:
-    """Train, evaluate on held-out groups, write predictions into ``adata.obs`` and save to ``out_dir``."""
+             progress: bool = True, where: str = "input", device: str | torch.device | None = None) -> FinetuneResult:
+    """Train a copy of ``pretrained``'s encoder (the caller's model stays as it was) with a head on
+    ``device`` (default: the GPU when there is one), evaluate on held-out groups, write
+    predictions into ``adata.obs`` and save to ``out_dir``."""
     from sklearn.metrics import accuracy_score, f1_score
 
     _check(adata, config, where)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    mapping = pretrained.gene_mapping(adata, config.min_gene_overlap, where)
-    inputs = pretrained.input_cells(adata, config.batch_key, mapping, where=where)
+    device = pick_device(device)
+    inputs = pretrained.input_cells(adata, config.input, where)
     tokenizer, cells = inputs.tokenizer, inputs.tokenize()
     labels = adata.obs[config.label_key].astype(str).to_numpy()
     classes = sorted(set(labels))
-    y = torch.as_tensor(np.searchsorted(classes, labels))
+    y = torch.as_tensor(np.searchsorted(classes, labels)).to(device)
     batches = sorted(set(adata.obs[config.adversary_key].astype(str))) if config.adversarial_weight > 0 else []
-    b = (torch.as_tensor(np.searchsorted(batches, adata.obs[config.adversary_key].astype(str)))
+    b = (torch.as_tensor(np.searchsorted(batches, adata.obs[config.adversary_key].astype(str))).to(device)
          if batches else None)
     val = group_split(adata.obs, config.split_key, config.label_key, config.val_fraction, config.seed)
     train_rows = np.flatnonzero(~val)
-    classifier = CellClassifier(pretrained.model, len(classes), len(batches))
+    encoder = copy.deepcopy(pretrained.model).to(device)
+    classifier = CellClassifier(encoder, len(classes), len(batches)).to(device)
     with torch.no_grad():
         blocks = np.array_split(train_rows, max(len(train_rows) // 64, 1))
-        classifier.standardize.fit(torch.cat([pretrained.model.pool(_batch(tokenizer, cells, rows))
+        classifier.standardize.fit(torch.cat([encoder.pool(_batch(tokenizer, cells, rows, device))
                                               for rows in blocks]))
     optimizer = _optimizer(classifier, config)
     history = []
@@ -114,7 +126,7 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
         total = 0.0
         for lo in range(0, len(order), config.batch_cells):
             rows = np.sort(order[lo:lo + config.batch_cells])
-            out = classifier(_batch(tokenizer, cells, rows))
+            out = classifier(_batch(tokenizer, cells, rows, device))
             loss = nn.functional.cross_entropy(out["logits"], y[rows])
             if b is not None:
                 adversary_loss = nn.functional.cross_entropy(out["batch_logits"], b[rows])
@@ -124,12 +136,12 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
             optimizer.step()
             total += float(loss.detach()) * len(rows)
         history.append({"epoch": epoch + 1, "train_loss": total / max(len(order), 1)})
-    predicted = np.asarray(classes)[predict(classifier, tokenizer, cells, config.batch_cells).argmax(axis=1)]
+    predicted = np.asarray(classes)[predict(classifier, tokenizer, cells, config.input.batch_cells).argmax(axis=1)]
     adata.obs[PREDICTION_KEY] = predicted
     adata.obs[SPLIT_KEY] = np.where(val, "validation", "train")
     accuracy = float(accuracy_score(labels[val], predicted[val]))
     macro_f1 = float(f1_score(labels[val], predicted[val], average="macro"))
-    directory = save_finetuned(classifier, pretrained, out_dir, config, classes, batches)
+    directory = save_finetuned(classifier.cpu(), pretrained, out_dir, config, classes, batches)
     return FinetuneResult(directory, accuracy, macro_f1, len(train_rows), int(val.sum()), history)
 
 
@@ -139,20 +151,16 @@ def _heads(classifier: CellClassifier) -> nn.ModuleDict:
     return nn.ModuleDict({"standardize": classifier.standardize, "head": classifier.head, **adversary})
 
 
-def track_finetune(result: "FinetuneResult", config: FinetuneConfig) -> dict[str, str]:
-    """A new MLflow run (experiment ``sc_fm-finetune``) with the settings, losses and held-out scores."""
-    from sc_fm.config import TrackingConfig
-    from sc_fm.tracking import RunTracker, flatten
+def track_finetune(result: "FinetuneResult", config: FinetuneConfig,
+                   tracking: TrackingConfig) -> dict[str, str] | None:
+    """A new MLflow run (experiment ``<tracking.experiment>-finetune``) with the settings, the
+    per-epoch losses and the held-out scores; None when ``tracking.enabled`` is off."""
+    from sc_fm.tracking import flatten, log_report
 
-    tracker = RunTracker.start(TrackingConfig(experiment="sc_fm-finetune", run_name=result.directory.name),
-                               result.directory, params=flatten(dataclasses.asdict(config)),
-                               tags={"sc_fm.kind": "finetune"}, resume=False)
-    for record in result.history:
-        tracker.log_metrics({"train_loss": record["train_loss"]}, record["epoch"])
-    tracker.log_metrics({"val_accuracy": result.accuracy, "val_macro_f1": result.macro_f1},
-                        len(result.history))
-    tracker.finish("FINISHED")
-    return tracker.info
+    return log_report(tracking, "finetune", result.directory,
+                      {"val_accuracy": result.accuracy, "val_macro_f1": result.macro_f1},
+                      params=flatten(dataclasses.asdict(config)),
+                      history=[(r["epoch"], {"train_loss": r["train_loss"]}) for r in result.history])
 
 
 def save_finetuned(classifier: CellClassifier, pretrained: Pretrained, out_dir: str | Path,

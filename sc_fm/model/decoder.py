@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CP10K = 1e4
+from sc_fm.config import CP10K
 
 
 class ExpressionDecoder(nn.Module):

@@ -22,7 +22,7 @@ FORMAT = "sc_fm.model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 START_FILE = "start.safetensors"  # the untrained weights the first optimiser step was applied to
-CONFIG_FILE = "model_config.json"
+MODEL_CONFIG_FILE = "model_config.json"
 INIT_ARGS = ("n_tokens", "value_encoding", "n_bins", "condition_sizes")
 # What a directory saved before the cell-level objective (and its adversary) means by the keys it lacks.
 LEGACY_MODEL_KEYS = {"pooling": "cls", "encoder_conditions": True, "cell_objective": "none",
@@ -53,12 +53,12 @@ def write_model(model: nn.Module, directory: str | Path, vocab_hash: str | None 
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
             "config": dataclasses.asdict(model.config), **model.init_args,
             **({"vocab_hash": vocab_hash} if vocab_hash else {})}
-    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (directory / MODEL_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def read_model_config(directory: str | Path) -> tuple[ModelConfig, dict]:
     """The ``ModelConfig`` and constructor arguments stored in ``directory``."""
-    path = required_file(Path(directory), CONFIG_FILE)
+    path = required_file(Path(directory), MODEL_CONFIG_FILE)
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -140,7 +140,7 @@ def check_memory(n_parameters: int, where: str, bytes_per_parameter: int = 8, ex
 
 def recorded_vocab_hash(directory: str | Path) -> str | None:
     """The vocabulary hash saved with the model (None: saved before it was recorded)."""
-    meta = json.loads(required_file(Path(directory), CONFIG_FILE).read_text())
+    meta = json.loads(required_file(Path(directory), MODEL_CONFIG_FILE).read_text())
     return meta.get("vocab_hash") if isinstance(meta, dict) else None
 
 
@@ -150,7 +150,7 @@ def load_weights(model: nn.Module, directory: str | Path, name: str = WEIGHTS_FI
     try:
         load_model(model, str(path), strict=True, device="cpu")
     except (RuntimeError, OSError, SafetensorError) as err:
-        raise InputDataError(f"weights do not fit the model in {CONFIG_FILE} or the file is damaged "
+        raise InputDataError(f"weights do not fit the model in {MODEL_CONFIG_FILE} or the file is damaged "
                              f"({err})", str(path),
                              "save weights and config together with save_pretrained") from err
     damaged = [name for name, tensor in model.state_dict().items()

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sc_fm.batch import (ADVERSARY_LOSS, EXPRESSION_COUNTS, EXPRESSION_GENES, EXPRESSION_KEYS, EXPRESSION_LOSS, EXPRESSION_OFFSETS,
-                         GENE_LOSS, INPUT_KEYS, LOSS, TARGET_KEYS, VALUE_LOSS)
+from sc_fm.batch import (ADVERSARY_LOSS, CONDITION_IDS, CU_SEQLENS, EXPRESSION_COUNTS, EXPRESSION_GENES, EXPRESSION_KEYS,
+                         EXPRESSION_LOSS, EXPRESSION_OFFSETS, GENE_IDS, GENE_LOSS, INPUT_KEYS, LABELS, LOSS, MAX_SEQLEN,
+                         TARGET_KEYS, TARGET_VALUES, VALUE_LOSS, VALUES)
 from sc_fm.config import ModelConfig, resolve_model
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.model.adversary import ConditionAdversary
@@ -89,15 +90,15 @@ class MaskedGeneTransformer(nn.Module):
     def _encode(self, batch: dict) -> tuple[torch.Tensor, PackedCells]:
         """Final hidden states of the batch's own tokens ``[T, d]`` and their layout."""
         _require(batch, INPUT_KEYS)
-        n_condition_columns = batch["condition_ids"].shape[1]
+        n_condition_columns = batch[CONDITION_IDS].shape[1]
         if n_condition_columns != self.n_condition_keys:
             raise InputDataError(f"the batch has {n_condition_columns} condition columns, the model "
                                  f"{self.n_condition_keys}", "model input",
                                  "tokenize with the tokenizer saved beside the model")
-        cells = PackedCells(batch["cu_seqlens"], int(batch["max_seqlen"]))
-        x = self.embedding(batch["gene_ids"], batch["values"], cells.position_in_cell)
+        cells = PackedCells(batch[CU_SEQLENS], int(batch[MAX_SEQLEN]))
+        x = self.embedding(batch[GENE_IDS], batch[VALUES], cells.position_in_cell)
         if self.conditions.n_keys:
-            pack = prepend_conditions(x, self.conditions(batch["condition_ids"]), cells)
+            pack = prepend_conditions(x, self.conditions(batch[CONDITION_IDS]), cells)
         else:
             pack = ConditionedPack(x, cells, torch.arange(len(x), device=x.device))
         h = pack.x
@@ -110,7 +111,7 @@ class MaskedGeneTransformer(nn.Module):
         return self.norm(h[pack.token_rows]), cells
 
     def hidden_states(self, batch: dict) -> torch.Tensor:
-        """Per-token output ``[T, d]`` aligned with ``batch["gene_ids"]`` (condition tokens removed)."""
+        """Per-token output ``[T, d]`` aligned with ``batch[GENE_IDS]`` (condition tokens removed)."""
         return self._encode(batch)[0]
 
     @property
@@ -144,8 +145,8 @@ class MaskedGeneTransformer(nn.Module):
         embeddings."""
         _require(batch, TARGET_KEYS)
         hidden, cells = self._encode(batch)
-        gene_loss = self.gene_head.loss(hidden, batch["labels"])
-        value_loss = self.value_head.loss(hidden, batch["target_values"])
+        gene_loss = self.gene_head.loss(hidden, batch[LABELS])
+        value_loss = self.value_head.loss(hidden, batch[TARGET_VALUES])
         pooled = pool_cells(hidden, cells.cu_seqlens, cells.cell_of_token, self.config.pooling)
         loss = self.config.token_loss_weight * (gene_loss + value_loss)
         expression_loss = adversary_loss = gene_loss.new_zeros(())
@@ -154,10 +155,10 @@ class MaskedGeneTransformer(nn.Module):
             _require(batch, EXPRESSION_KEYS)
             counts = dense_counts(batch[EXPRESSION_OFFSETS], batch[EXPRESSION_GENES], batch[EXPRESSION_COUNTS],
                                   self.init_args["n_tokens"])
-            expression_loss = self.decoder.loss(pooled, batch["condition_ids"], counts, self.config.cell_kl_weight)
+            expression_loss = self.decoder.loss(pooled, batch[CONDITION_IDS], counts, self.config.cell_kl_weight)
             loss = loss + self.config.cell_loss_weight * expression_loss
         if self.adversary is not None:
-            adversary_loss = self.adversary.loss(embedding, batch["condition_ids"])
+            adversary_loss = self.adversary.loss(embedding, batch[CONDITION_IDS])
             loss = loss + self.config.cell_adversary_weight * adversary_loss
         return {LOSS: loss, GENE_LOSS: gene_loss, VALUE_LOSS: value_loss, EXPRESSION_LOSS: expression_loss,
                 ADVERSARY_LOSS: adversary_loss, "cell_embedding": embedding}

@@ -2,7 +2,8 @@
 
 The user-facing object, as scvi-tools puts its model class over its module: saved once and
 loaded once, and the one way every command (``embed``, ``benchmark``, ``finetune``, ``explain``)
-reaches a checkpoint; ``explain`` delegates to ``sc_fm.explain``. ``embed`` follows scanpy's
+reaches a checkpoint, with one input contract (``InputSettings``); the verbs (``adapt``,
+``explain``, ``finetune``) are free functions that take it. ``embed`` follows scanpy's
 habit: the result goes into ``adata.obsm`` in place and is also returned. The directory holds
 the model's own files (``model.safetensors``, ``model_config.json``) and ``tokenizer/``
 (config, normalisers, ``vocab.tsv``).
@@ -15,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from sc_fm.config import MIN_GENE_OVERLAP, ExplainConfig
+from sc_fm.config import InputSettings
 from sc_fm.errors import InputDataError
 from sc_fm.model import MaskedGeneTransformer
 from sc_fm.model.io import START_FILE, load_weights, recorded_vocab_hash, required_file, write_weights
+from sc_fm.pretrained.batches import embed_cells
 from sc_fm.pretrained.cells import InputCells
 from sc_fm.pretrained.genes import GeneMapping, map_genes
 from sc_fm.pretrained.inputs import require_obs_column
@@ -114,57 +115,27 @@ class Pretrained:
         self.tokenizer.save(Path(directory) / TOKENIZER_DIR)
 
     # ---- AnnData in ----------------------------------------------------------------------
-    def gene_mapping(self, adata, min_gene_overlap: float = MIN_GENE_OVERLAP, where: str = "input") -> GeneMapping:
-        """How ``adata.var_names`` map onto the vocabulary (refused below ``min_gene_overlap``)."""
-        return map_genes(adata.var_names, self.vocab, min_gene_overlap, where)
+    def gene_mapping(self, adata, inputs: InputSettings | None = None, where: str = "input") -> GeneMapping:
+        """How ``adata.var_names`` map onto the vocabulary; refused below ``inputs``' floors
+        (``min_gene_overlap``, ``min_genes_mapped``)."""
+        inputs = inputs or InputSettings()
+        return map_genes(adata.var_names, self.vocab, inputs.min_gene_overlap, inputs.min_genes_mapped, where)
 
-    def input_cells(self, adata, batch_key: str | None = None, mapping: GeneMapping | None = None,
-                    block_cells: int = 1024, where: str = "input") -> InputCells:
-        """``adata``'s cells as this checkpoint tokenises them; ``batch_key`` names the column whose
-        batches get their own gene normalisers when the tokenizer normalises per group."""
-        require_obs_column(adata, batch_key, "batch_key", where)
-        mapping = mapping or self.gene_mapping(adata, where=where)
-        return InputCells.build(adata, mapping, self.tokenizer, batch_key, block_cells, where)
+    def input_cells(self, adata, inputs: InputSettings | None = None, where: str = "input") -> InputCells:
+        """``adata``'s cells as this checkpoint tokenises them under ``inputs`` (its batch column,
+        fixed conditions, gene floors and block size), every setting checked before any work."""
+        inputs = inputs or InputSettings()
+        require_obs_column(adata, inputs.batch_key, "batch_key", where)
+        return InputCells.build(adata, self.gene_mapping(adata, inputs, where), self.tokenizer, inputs, where)
 
-    def embed(self, adata, batch_key: str | None = None, conditions: dict[str, str] | None = None,
-              key_added: str | None = EMBEDDING_KEY, mapping: GeneMapping | None = None,
-              batch_cells: int = 64, block_cells: int = 1024, progress: bool = True,
-              where: str = "input") -> np.ndarray:
+    def embed(self, adata, inputs: InputSettings | str | None = None, key_added: str | None = EMBEDDING_KEY,
+              progress: bool = True, where: str = "input") -> np.ndarray:
         """``[n_obs, d]`` float32 cell embeddings, rows in order, deterministic; written to
-        ``adata.obsm[key_added]`` unless ``key_added`` is None. ``conditions`` fixes condition
-        tokens for every cell (``{"assay": "10x"}``); keys left out are dropped."""
-        cells = self.input_cells(adata, batch_key, mapping, block_cells, where)
-        embedding = embed_cells(self.model, cells, conditions, batch_cells, progress)
+        ``adata.obsm[key_added]`` unless ``key_added`` is None. ``inputs``: the ``InputSettings``
+        (a string is the batch column alone); its ``conditions`` fix condition tokens for every
+        cell (``{"assay": "10x"}``), keys left out are dropped."""
+        inputs = InputSettings(batch_key=inputs) if isinstance(inputs, str) else inputs or InputSettings()
+        embedding = embed_cells(self.model, self.input_cells(adata, inputs, where), inputs.batch_cells, progress)
         if key_added is not None:
             adata.obsm[key_added] = embedding
         return embedding
-
-    def explain(self, adata, groupby: str, config: ExplainConfig | None = None, progress: bool = True,
-                where: str = "input"):
-        """Gene attributions toward each cell's ``groupby`` group, their overlap with scanpy's
-        DE markers, and in-silico perturbation: an ``sc_fm.explain.Explanation`` whose ``genes``,
-        ``markers`` and ``perturbation`` are DataFrames (``config``: an ``ExplainConfig``)."""
-        from sc_fm.explain.explanation import explain
-
-        return explain(self, adata, groupby, config, progress, where)
-
-
-def embed_cells(model: MaskedGeneTransformer, cells: InputCells, conditions: dict[str, str] | None,
-                batch_cells: int = 64, progress: bool = True) -> np.ndarray:
-    """The model's pooled embedding of every cell of ``cells``, in batches, in eval mode."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    parts = []
-    bar = tqdm(total=cells.n_cells, unit="cells", desc="embedding", disable=not progress)
-    with torch.inference_mode():
-        for start, tokens in cells.tokenized_blocks(conditions):
-            for lo in range(0, len(tokens), batch_cells):
-                hi = min(lo + batch_cells, len(tokens))
-                batch = cells.tokenizer.mask_and_pack(tokens[lo:hi], None, np.arange(start + lo, start + hi))
-                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                parts.append(model.embed(batch).float().cpu().numpy())
-                bar.update(hi - lo)
-    bar.close()
-    model.train(was_training)
-    return np.concatenate(parts) if parts else np.zeros((0, model.embedding_dim), np.float32)

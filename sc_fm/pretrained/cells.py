@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from sc_fm.config import InputSettings
 from sc_fm.errors import InputDataError
 from sc_fm.pretrained.genes import GeneMapping
 from sc_fm.pretrained.inputs import counts_matrix, require_counts
@@ -45,16 +46,21 @@ class InputCells:
     mapping: GeneMapping
     tokenizer: CellTokenizer
     groups: np.ndarray | None
+    conditions: dict[str, str]
     block_cells: int
     where: str
     _mapped: sp.csr_matrix | None = None
     _counts: object = None  # X, or layers["counts"] of a file without X
 
     @classmethod
-    def build(cls, adata, mapping: GeneMapping, tokenizer: CellTokenizer, batch_key: str | None,
-              block_cells: int = 1024, where: str = "input") -> "InputCells":
-        cells = cls(adata, mapping, tokenizer, None, block_cells, where)
+    def build(cls, adata, mapping: GeneMapping, tokenizer: CellTokenizer, inputs: InputSettings,
+              where: str = "input") -> "InputCells":
+        """``inputs``: the batch column (the input's own normaliser groups), the fixed conditions
+        and the block size."""
+        cells = cls(adata, mapping, tokenizer, None, fixed_conditions(tokenizer, inputs.conditions),
+                    inputs.block_cells, where)
         cells._counts = counts_matrix(adata, where)
+        batch_key = inputs.batch_key
         if not getattr(adata, "isbacked", False):
             cells._mapped = mapping.to_vocab(cells._counts)
             require_counts(cells._mapped.data, where)
@@ -79,16 +85,15 @@ class InputCells:
             require_counts(rows.data, self.where)
             yield start, rows
 
-    def tokenized_blocks(self, conditions: dict[str, str] | None = None
-                         ) -> Iterator[tuple[int, TokenizedCells]]:
-        """``(start, tokens)`` per block; ``conditions`` fixes condition tokens, others are dropped."""
-        conditions = fixed_conditions(self.tokenizer, conditions)
+    def tokenized_blocks(self) -> Iterator[tuple[int, TokenizedCells]]:
+        """``(start, tokens)`` per block; the fixed ``conditions`` set condition tokens, others are dropped."""
+        conditions = self.conditions
         for start, rows in self.blocks():
             n = rows.shape[0]
             yield start, self.tokenizer.encode_rows(
                 rows.indptr, rows.indices, rows.data, {k: [v] * n for k, v in conditions.items()},
                 None if self.groups is None else self.groups[start:start + n])
 
-    def tokenize(self, conditions: dict[str, str] | None = None) -> TokenizedCells:
+    def tokenize(self) -> TokenizedCells:
         """Every cell's tokens at once (for loops that revisit cells, such as fine-tuning)."""
-        return TokenizedCells.concat([cells for _, cells in self.tokenized_blocks(conditions)])
+        return TokenizedCells.concat([cells for _, cells in self.tokenized_blocks()])

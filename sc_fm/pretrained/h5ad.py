@@ -15,6 +15,7 @@ import numpy as np
 from sc_fm.config import EmbedConfig
 from sc_fm.errors import InputDataError
 from sc_fm.outputs import atomic_file
+from sc_fm.pretrained.batches import embed_cells
 from sc_fm.pretrained.bundle import EMBEDDING_KEY, Pretrained
 from sc_fm.pretrained.genes import GeneMapping
 from sc_fm.pretrained.inputs import counts_matrix
@@ -88,14 +89,12 @@ def embed_h5ad(checkpoint: str | Path | Pretrained, input_path: str | Path, outp
     where = str(input_path)
     adata = open_backed(input_path)
     try:
-        mapping = pretrained.gene_mapping(adata, config.min_gene_overlap, where)
-        embedding = pretrained.embed(adata, config.batch_key, config.conditions, key_added=None, mapping=mapping,
-                                     batch_cells=config.batch_cells, block_cells=config.block_cells,
-                                     progress=progress, where=where)
+        cells = pretrained.input_cells(adata, config.input, where)
+        embedding = embed_cells(pretrained.model, cells, config.input.batch_cells, progress)
     finally:
         adata.file.close()
     check_embedding(embedding, pretrained, where)
     with atomic_file(output_path) as tmp:
         shutil.copyfile(input_path, tmp)
         write_obsm(tmp, EMBEDDING_KEY, embedding)
-    return EmbedSummary(output_path, embedding.shape[0], embedding.shape[1], mapping)
+    return EmbedSummary(output_path, embedding.shape[0], embedding.shape[1], cells.mapping)

@@ -5,7 +5,7 @@ read; see ``codec_for`` and ``direct.py``)::
 
     STORE/zarr.json           root attrs: format, format_version (1 or 2), vocab hash/name, n_cells,
                               n_genes, shards [{name, n_cells, nnz, source}], categories,
-                              stats_version, complete
+                              stats_version, stats_target_sum (the statistics' counts per cell), complete
     STORE/vocab.tsv           the gene vocabulary (``GeneVocab.save``)
     STORE/manifest-vN.json    every source: path, checksum, cells read/kept, drops by reason
     STORE/shards/NAME/        indptr int64 [n+1], indices int32 [nnz] (sorted per row, vocabulary
@@ -24,10 +24,13 @@ and a failed append leaves the store as it was.
 One job per module:
 
     layout.py   names and constants of the format, codecs, checks on names read from a store
+    location.py where a store lives: a local folder or an fsspec URL (``s3://``, ``gs://``, ...)
     shards.py   writing one shard (or a source's sequence of shards) block by block
     direct.py   the direct blosc chunk decoder behind every row read (``SliceReader``)
+    cache.py    the size-bounded local cache of remote chunks (``SCFM_CHUNK_CACHE``)
     reader.py   ``CorpusStore``: read access to a complete store
     writer.py   ``StoreWriter``: create or append to a store, visible only on commit
+    publish.py  writing a store on object storage, visible only when complete (no rename there)
     lock.py     ``StoreLock``: the writer lock beside the store (``STORE.lock``), one writer at a time
     verify.py   ``verify_store`` / ``repair_store``: check a whole store, remove orphans (``scfm verify``)
 """

@@ -11,6 +11,9 @@ FORMAT = "sc_fm.corpus"
 FORMAT_VERSION = 2  # what new stores are written as
 READ_VERSIONS = (1, 2)  # 1: no chunk checksums; 2: a crc32c at the end of every chunk
 GLOBAL_GROUP = "global"
+# The counts per cell the gene statistics are scaled to is recorded as ``stats_target_sum``;
+# a store written before that was recorded holds statistics at this scale.
+STATS_SCALE_BEFORE_RECORDED = 1e4
 STATS_FIELDS = ("n_expr", "sum_counts", "sum_norm", "sumsq_norm", "nonzero_median", "hist")
 
 # a shard (or statistics group) name is one path component: no separator, no "..", nothing hidden

@@ -13,6 +13,7 @@ from sc_fm.errors import InputDataError
 from sc_fm.stats import GeneStats
 from sc_fm.store.direct import SliceReader
 from sc_fm.store.layout import (FORMAT, FORMAT_VERSION, GLOBAL_GROUP, READ_VERSIONS, STATS_FIELDS,
+                                STATS_SCALE_BEFORE_RECORDED,
                                 ShardInfo, plain_name)
 from sc_fm.store.location import filesystem, is_object, is_url, join, remote_call
 from sc_fm.vocab import GeneVocab
@@ -56,6 +57,8 @@ class CorpusStore:
         self.attrs = attrs
         self.shards = _shard_infos(attrs.get("shards"), self._where("zarr.json"))
         self.stats_version = _stats_version(attrs.get("stats_version"), self._where("zarr.json"))
+        # the counts per cell of the statistics' depth normalisation (the medians' scale)
+        self.stats_target_sum = float(attrs.get("stats_target_sum", STATS_SCALE_BEFORE_RECORDED))
         listed = sum(s.n_cells for s in self.shards)
         if attrs.get("n_cells") != listed:
             raise InputDataError(f"n_cells is {attrs.get('n_cells')!r} but the listed shards hold {listed} "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import zarr
 
+from sc_fm.config import CP10K
 from sc_fm.errors import InputDataError
 from sc_fm.stats import GeneStatsAccumulator
 from sc_fm.store.lock import StoreLock
@@ -168,7 +169,7 @@ class StoreWriter:
             "vocab_hash": self.vocab.hash, "vocab_name": self.vocab.name,
             "n_cells": int(sum(s["n_cells"] for s in shards)), "n_genes": self.vocab.n_genes,
             "shards": shards, "categories": categories,
-            "stats_version": version, "stats_groups": groups_index, "complete": True,
+            "stats_version": version, "stats_groups": groups_index, "stats_target_sum": CP10K, "complete": True,
         })
         if self.old:
             self.committed = True

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sc_fm.config import TokenizerConfig, section_from_dict, to_dict
+from sc_fm.config import CP10K, TokenizerConfig, section_from_dict, to_dict
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.store import GLOBAL_GROUP, CorpusStore
 from sc_fm.tokenize.cells import Ragged, TokenizedCells
@@ -45,6 +45,15 @@ from sc_fm.vocab import CLS_ID, N_SPECIAL, GeneVocab
 TOKENIZER_FORMAT = "sc_fm.tokenizer"
 TOKENIZER_VERSION = 1
 ROWS_PER_PASS = 256
+
+
+def check_median_scale(config: TokenizerConfig, scale: float, where: str) -> None:
+    """Gene medians at ``scale`` counts per cell divide values depth-normalised to
+    ``tokenizer.target_sum``: the two must be one scale, else every value is silently rescaled."""
+    if config.target_sum != scale:
+        raise ConfigError(f"tokenizer.target_sum={config.target_sum:g} but the gene medians are at {scale:g} "
+                          f"counts per cell", where,
+                          f"set tokenizer.target_sum={scale:g} (the scale the statistics were computed at)")
 
 
 def _codes(values: Sequence[str | None], categories: pd.Index) -> np.ndarray:
@@ -106,6 +115,7 @@ class CellTokenizer:
         vocab = stores[0].vocab
         for store in stores:
             check_vocabulary(store, vocab)
+            check_median_scale(config, store.stats_target_sum, str(store.path))
         if kept is None:
             normalisers = build_normalisers(stores, config.stats_group, config.min_group_cells)
         else:
@@ -183,6 +193,7 @@ class CellTokenizer:
         assay's capture bias is removed as it was for the training datasets); ``blocks`` yields
         (count rows in vocabulary space, each row's group value). Genes a group saw too rarely
         keep the global median, by the same rule as at pretraining."""
+        check_median_scale(self.config, CP10K, "the input's own normalisers")
         fallback = self.normalisers[GLOBAL_GROUP][GLOBAL_VALUE]
         by_value = medians_by_group(blocks, self.vocab.n_genes, fallback, self.config.min_group_cells)
         normalisers = {GLOBAL_GROUP: self.normalisers[GLOBAL_GROUP], self.config.stats_group: by_value}

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import yaml
 
+from sc_fm.config import move_keys, resumable_keys
 from sc_fm.data.plan import ORDER_BEFORE_BLOCK_ORDERS
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.outputs import fsync_path, is_write_failure, write_failed
+from sc_fm.rundir import CHECKPOINTS_DIR, RUN_CONFIG_FILE, TRAINER_STATE_FILE
 from sc_fm.train.distributed import DistEnv, barrier
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -35,7 +37,7 @@ class CheckpointManager:
     """Writes ``RUN_DIR/checkpoints/step_N/`` and keeps the newest ``keep_last`` of them."""
 
     def __init__(self, run_dir: str | Path, keep_last: int, env: DistEnv):
-        self.root = Path(run_dir) / "checkpoints"
+        self.root = Path(run_dir) / CHECKPOINTS_DIR
         self.keep_last = keep_last
         self.env = env
 
@@ -99,12 +101,8 @@ class CheckpointManager:
             shutil.rmtree(self.path(step), ignore_errors=True)
 
 
-CONFIG_FILE = "config.yaml"
-TRAINER_STATE_FILE = "trainer_state.json"
 # Settings that may change when a run is resumed; every other setting must match the checkpoint.
-RESUMABLE_CHANGES = {"train.max_steps", "train.checkpoint_every", "train.keep_last", "train.log_every",
-                     "train.eval_every", "tracking", "eval", "prepare", "data.num_workers", "embed", "adapt",
-                     "benchmark", "finetune", "train.allow_data_change"}
+RESUMABLE_CHANGES = resumable_keys()
 
 # The behaviour of a run saved before a setting existed (its config.yaml lacks the key).
 SETTINGS_BEFORE_THEY_EXISTED = {"data.block_order": ORDER_BEFORE_BLOCK_ORDERS}
@@ -170,7 +168,7 @@ def checkpoint_problem(checkpoint: Path, world_size: int) -> str | None:
 
     try:
         state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
-        yaml.safe_load((checkpoint / CONFIG_FILE).read_text())
+        yaml.safe_load((checkpoint / RUN_CONFIG_FILE).read_text())
         with safe_open(str(checkpoint / WEIGHTS_FILE), "pt") as weights:
             weights.keys()
         if not ((checkpoint / ENGINE_STATE_FILE).is_file() or (checkpoint / DEEPSPEED_TAG).is_dir()):
@@ -254,7 +252,7 @@ def check_resumable(checkpoint: Path, config: dict, world_size: int) -> None:
                           f"has {world_size}", "--resume",
                           f"resume with {state['world_size']} processes (each rank resumes its own share of "
                           f"the data), or start a new run directory")
-    saved = yaml.safe_load((checkpoint / CONFIG_FILE).read_text())
+    saved = move_keys(yaml.safe_load((checkpoint / RUN_CONFIG_FILE).read_text()))  # older key names
     for dotted, value in SETTINGS_BEFORE_THEY_EXISTED.items():  # what a run saved before the key existed did
         section, key = dotted.split(".")
         if isinstance(saved.get(section), dict):

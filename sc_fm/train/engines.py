@@ -18,7 +18,7 @@ from typing import Protocol
 
 import torch
 
-from sc_fm.batch import LOSS_NAMES
+from sc_fm.batch import LOSS, LOSS_NAMES
 from sc_fm.config import TrainConfig
 from sc_fm.errors import InputDataError
 from sc_fm.train.deepspeed_config import uses_cpu_offload
@@ -95,7 +95,7 @@ class PlainEngine:
         for batch in micro_batches:
             with autocast(self.device, self.precision):
                 out = self.model(batch)
-            self.scaler.scale(out["loss"] / self.accumulation).backward()
+            self.scaler.scale(out[LOSS] / self.accumulation).backward()
             losses += _losses(out)
         self.scaler.unscale_(self.optimizer)
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
@@ -155,7 +155,7 @@ class DeepSpeedEngine:
         for batch in micro_batches:
             with autocast(self.device, self.precision):
                 out = self.engine(batch)
-            self.engine.backward(out["loss"])  # DeepSpeed divides by the accumulation steps
+            self.engine.backward(out[LOSS])  # DeepSpeed divides by the accumulation steps
             self.engine.step()  # updates only at the accumulation boundary
             losses += _losses(out)
         values = (losses / len(micro_batches)).tolist()

@@ -21,21 +21,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from sc_fm.batch import LOSS_NAMES
+from sc_fm.batch import LOSS_NAMES, to_device
 from sc_fm.config import RunConfig, save_config, to_dict
-from sc_fm.data import kept_cells
-from sc_fm.data.coexpression import coexpression_loadings, kept_normalised_rows
 from sc_fm.errors import ConfigError
 from sc_fm.model.io import START_FILE, load_weights
 from sc_fm.outputs import check_run_dir
 from sc_fm.pretrained import Pretrained
-from sc_fm.store import CorpusStore
+from sc_fm.rundir import FINAL_DIR, METRICS_FILE, RUN_CONFIG_FILE
 from sc_fm.threads import cpu_threads, ranks_sharing_cores, setup_blas_threads
-from sc_fm.tokenize import CellTokenizer
-from sc_fm.tokenize.normalisers import is_group_normalised
 from sc_fm.tracking import RunTracker, flatten, system_info
 from sc_fm.train.callbacks import EvaluatorFactory
-from sc_fm.train.checkpoint import (CONFIG_FILE, CheckpointManager, check_resumable, check_same_data, data_identity,
+from sc_fm.train.checkpoint import (CheckpointManager, check_resumable, check_same_data, data_identity,
                                     read_rank_state, write_rank_state, write_trainer_state)
 from sc_fm.train.distributed import DistEnv, all_reduce_sum, barrier, init_process_group
 from sc_fm.train.engines import DeepSpeedEngine, PlainEngine, TrainEngine
@@ -44,10 +40,6 @@ from sc_fm.train.plan import TrainPlan, make_plan
 from sc_fm.train.flops import StepFlops, peak_flops, raised_cpu_peak
 from sc_fm.train.progress import ProgressBar, Throughput
 from sc_fm.train.rng import capture_rng, restore_rng, seed_everything
-from sc_fm.vocab import N_SPECIAL
-
-METRICS_FILE = "metrics.jsonl"
-FINAL_DIR = "final"
 
 
 def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
@@ -89,18 +81,14 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
             dist.destroy_process_group()
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
-
-
 class Trainer:
     """One run's state: built in ``__init__``, advanced by ``run``."""
 
     def __init__(self, cfg: RunConfig, plan: TrainPlan, run_dir: Path, checkpoints: CheckpointManager,
                  latest: Path | None, resume: bool, evaluator: EvaluatorFactory | None = None,
                  initial: Pretrained | None = None):
-        from sc_fm.data import build_train_loader, open_stores
+        from sc_fm.data import open_stores
+        from sc_fm.train.builder import coexpression_start, run_loader, run_tokenizer
         from sc_fm.model import MaskedGeneTransformer, count_parameters
 
         self.cfg, self.plan, self.env = cfg, plan, plan.env
@@ -111,13 +99,10 @@ class Trainer:
             check_same_data(latest, stores)
         if self.env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / CONFIG_FILE)
-        if latest is not None:
-            self.tokenizer = CellTokenizer.load(latest / "tokenizer")
-        else:
-            self.tokenizer = initial.tokenizer if initial is not None else self._new_tokenizer(stores)
-        self.loader = build_train_loader(cfg, self.tokenizer, self.env.rank, self.env.world_size,
-                                         idle_workers=plan.device.type == "cpu")
+            save_config(cfg, run_dir / RUN_CONFIG_FILE)
+        self.tokenizer = run_tokenizer(cfg, stores, latest, initial)
+        self.loader = run_loader(cfg, self.tokenizer, stores, self.env.rank, self.env.world_size,
+                                 idle_workers=plan.device.type == "cpu")
         if latest is None:  # a resume repositions the loader first
             self.loader.start()  # its workers fork before the set-up thread below exists
         # DeepSpeed's import (~7 s of Python on 2 cores) and opening the MLflow run (~3 s on a new
@@ -139,7 +124,7 @@ class Trainer:
                 self.model.start_from(initial.model)
             elif latest is None and cfg.model.gene_init == "coexpression":
                 with setup_blas_threads(beside_setup_thread=engine_import is not None or tracking is not None):
-                    self._coexpression_start(stores)
+                    coexpression_start(self.model, cfg, self.tokenizer, stores)
             self.start = self._untrained_start(initial, latest)
             seed_everything(cfg.train.seed + 1 + self.env.rank)  # per-rank dropout draws
             if engine_import is not None:
@@ -180,24 +165,6 @@ class Trainer:
             return copy.deepcopy(self.model).eval()
         return start.eval()
 
-    def _new_tokenizer(self, stores: list[CorpusStore]) -> CellTokenizer:
-        """Normalisers and condition categories of the cells that train: held-out cells
-        (``data.exclude``/``include``) reach neither."""
-        t = self.cfg.tokenizer
-        group = t.stats_group if is_group_normalised(t.stats_group) else None
-        kept = kept_cells(stores, self.cfg.data, group, t.condition_keys)
-        return CellTokenizer.from_stores(t, stores, kept)
-
-    def _coexpression_start(self, stores: list[CorpusStore]) -> None:
-        """Gene embeddings from the training cells' principal axes (``sc_fm/data/coexpression.py``);
-        every rank computes the same table from the same sample."""
-        m, t = self.cfg.model, self.tokenizer
-        group = t.config.stats_group if t.normalises_by_group else None
-        rows = kept_normalised_rows(stores, self.cfg.data, t.normalised_values, group, m.gene_init_cells,
-                                    self.cfg.train.seed)
-        loadings = coexpression_loadings(rows, m.d_model, m.init_std, self.cfg.train.seed)
-        self.model.embedding.set_gene_rows(N_SPECIAL, torch.from_numpy(loadings))
-
     # ----------------------------------------------------------------------------------- run
     def run(self) -> Path:
         """Train to ``train.max_steps``, checkpointing on the way; returns the final directory."""
@@ -225,7 +192,8 @@ class Trainer:
         throughput = Throughput()
         while self.step < t.max_steps:
             lr = self.engine.lr
-            micro = [_to_device(next(batches), self.plan.device) for _ in range(self.plan.accumulation)]
+            micro = [to_device(next(batches), self.plan.device, non_blocking=True)
+                     for _ in range(self.plan.accumulation)]
             with out_of_memory_advice(t.micro_batch_cells, self.cfg.tokenizer.max_len):
                 local = self.engine.train_step(micro)
             metrics = self._reduce(local, micro, throughput, lr)
@@ -302,7 +270,7 @@ class Trainer:
                          {"step": self.step, "rng": capture_rng(), "loader": self.loader.state_dict()})
         self._write_pretrained(directory)
         if self.env.is_main:
-            save_config(self.cfg, directory / CONFIG_FILE)
+            save_config(self.cfg, directory / RUN_CONFIG_FILE)
             write_trainer_state(directory, {
                 "step": self.step, "world_size": self.env.world_size, "engine": self.cfg.train.engine,
                 "accumulation": self.plan.accumulation, "precision": self.plan.precision,
@@ -339,7 +307,7 @@ class Trainer:
         barrier()
         self._write_pretrained(tmp)
         if self.env.is_main:
-            save_config(self.cfg, tmp / CONFIG_FILE)
+            save_config(self.cfg, tmp / RUN_CONFIG_FILE)
             if self.tracker is not None:
                 self.tracker.write_info(tmp)
             shutil.rmtree(final, ignore_errors=True)
