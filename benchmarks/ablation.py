@@ -1,6 +1,6 @@
 """Zero-shot ablation: which pretraining settings make the checkpoint beat its own untrained start.
 
-Builds the demo corpus once (``sc_fm.demo``), then for each ``--variant NAME=KEY=VALUE,...`` and
+Builds the demo corpus once (``sc_fm.demo``), then for each ``--variant NAME=KEY=VALUE;...`` and
 each pretraining seed runs the demo's pretraining with those overrides and scores, on each
 evaluation set (the PBMC cross-chemistry cells and the cell-line singlets, both held out of the
 corpus): the zero-shot embedding, the checkpoint's same start (untrained), and the zero-shot
@@ -32,15 +32,15 @@ def evaluation_sets() -> dict[str, tuple]:
 def parse_variant(text: str) -> tuple[str, list[str]]:
     name, _, overrides = text.partition("=")
     if not name:
-        raise SystemExit(f"--variant {text!r}: write NAME=KEY=VALUE,KEY=VALUE (or NAME= for the defaults)")
-    return name, [o for o in overrides.split(",") if o]
+        raise SystemExit(f"--variant {text!r}: write NAME=KEY=VALUE;KEY=VALUE (or NAME= for the defaults)")
+    return name, [o for o in overrides.split(";") if o]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--seeds", type=int, default=2, help="pretraining seeds per variant (train.seed)")
-    parser.add_argument("--variant", action="append", default=[], help="NAME=KEY=VALUE,... (repeatable)")
+    parser.add_argument("--variant", action="append", default=[], help="NAME=KEY=VALUE;... (repeatable)")
     parser.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the demo's)")
     args = parser.parse_args()
 

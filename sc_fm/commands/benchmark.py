@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import add_config_arguments, add_input_arguments, command_config, input_flags, read_input
+from sc_fm.commands.options import (add_config_arguments, add_input_arguments, add_overwrite_argument, command_config,
+                                    input_flags)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "applicable")
     parser.add_argument("--label-key", required=True, help="obs column of cell types")
     parser.add_argument("-o", "--output", required=True, help="report directory")
+    add_overwrite_argument(parser)
     parser.add_argument("--scvi-epochs", type=int, default=None,
                         help="scVI epochs (default: eval.scvi_epochs)")
     parser.add_argument("--seed", type=int, default=None, help="first seed of every seeded method (eval.seed)")
@@ -40,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from sc_fm.candidates import seeded_rows
     from sc_fm.evaluate.benchmark import run_benchmark
     from sc_fm.evaluate.scoring import check_evaluation_set
+    from sc_fm.outputs import check_output
+    from sc_fm.pretrained.h5ad import read_h5ad
 
     flags = {**input_flags(args), "seeds": args.seeds}
     overrides = [f"eval.label_key={args.label_key}"]
@@ -53,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if args.adapt_steps is not None or args.adapt:
         steps = args.adapt_steps if args.adapt_steps is not None else cfg.adapt.steps
         config = dataclasses.replace(config, adapt_steps=steps)  # checked like the YAML key
-    adata = read_input(args.input)
+    check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[*args.checkpoint, args.input])
+    adata = read_h5ad(args.input)
     batch_key = config.input.batch_key
     check_evaluation_set(adata, batch_key, args.label_key, args.input)
     rows = seeded_rows(args.checkpoint, adata, config, Path(args.output), where=args.input)

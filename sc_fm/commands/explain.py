@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_input_arguments, command_config,
-                                    input_flags, read_input)
+from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_input_arguments,
+                                    add_overwrite_argument, command_config, input_flags)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True,
                         help="report directory: genes.csv, markers.csv, perturbation.csv, dotplot.png, "
                              "report.md")
+    add_overwrite_argument(parser)
     add_input_arguments(parser, "explain")
     parser.add_argument("--perturb", default=None, metavar="GENE[,GENE...]",
                         help="genes (Ensembl IDs or symbols) to delete / raise in silico; "
@@ -30,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sc_fm.explain import explain
-    from sc_fm.explain.report import explain_metrics, write_report
+    from sc_fm.explain.report import REPORT_MD, explain_metrics, write_report
+    from sc_fm.outputs import atomic_dir, check_output
     from sc_fm.pretrained import Pretrained
+    from sc_fm.pretrained.h5ad import read_h5ad
     from sc_fm.tracking import log_report
 
     perturb = [g.strip() for g in args.perturb.split(",") if g.strip()] if args.perturb else None
@@ -39,10 +42,13 @@ def run(args: argparse.Namespace) -> int:
         **input_flags(args), "perturb": perturb, "top_k": args.top_k, "steps": args.steps,
         "max_cells_per_group": args.max_cells_per_group})
     config = cfg.explain
-    adata = read_input(args.input)
+    output = check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[args.checkpoint, args.input])
+    adata = read_h5ad(args.input)
     model = Pretrained.load(args.checkpoint)
     result = explain(model, adata, args.groupby, config, progress=not args.no_progress, where=args.input)
-    report = write_report(result, args.output, str(args.checkpoint))
+    with atomic_dir(output) as work:
+        write_report(result, work, str(args.checkpoint))
+    report = output / REPORT_MD
     for k, part in result.markers.groupby("k"):
         print(f"top {k} attributed genes vs DE markers: overlap {part['overlap'].mean():.2f} "
               f"(random genes {part['random_overlap'].mean():.2f}), mean over {len(part)} groups")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_input_arguments, command_config,
-                                    input_flags, read_input)
+from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_input_arguments,
+                                    add_overwrite_argument, command_config, input_flags)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True,
                         help="fine-tuned directory (a pretrained directory plus the head); the input with "
                              "predictions is written there as predictions.h5ad")
+    add_overwrite_argument(parser)
     parser.add_argument("--split-key", default=None,
                         help="obs column (donor, batch) whose groups are held out for validation; "
                              "default: a random split")
@@ -35,10 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import dataclasses
 
     from sc_fm.finetune import finetune, track_finetune
+    from sc_fm.outputs import atomic_dir, check_output
     from sc_fm.pretrained import Pretrained
+    from sc_fm.pretrained.h5ad import read_h5ad
     from sc_fm.threads import cpu_threads
 
     flags = {key: getattr(args, key) for key in (
@@ -47,12 +50,14 @@ def run(args: argparse.Namespace) -> int:
     flags.update(input_flags(args))
     cfg = command_config(args, "finetune", flags)
     config = cfg.finetune
+    output = check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[args.checkpoint, args.input])
     pretrained = Pretrained.load(args.checkpoint)
-    adata = read_input(args.input)
-    with cpu_threads():
-        result = finetune(pretrained, adata, args.output, config, where=args.input)
-    predictions = Path(args.output) / "predictions.h5ad"
-    adata.write_h5ad(predictions)
+    adata = read_h5ad(args.input)
+    with atomic_dir(output) as work, cpu_threads():
+        result = finetune(pretrained, adata, work, config, where=args.input)
+        adata.write_h5ad(work / "predictions.h5ad")
+    result = dataclasses.replace(result, directory=output)
+    predictions = output / "predictions.h5ad"
     print(f"held-out cells: {result.n_val}; accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f}")
     print(f"fine-tuned checkpoint: {result.directory}; "
           f"predictions in .obs['scfm_prediction'] of {predictions}")

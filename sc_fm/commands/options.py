@@ -13,6 +13,12 @@ def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="pretrained directory (RUN_DIR/final or checkpoints/step_N)")
 
 
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: the only way a command replaces an existing output (``sc_fm.outputs``)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output (built beside it, then swapped in)")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, section: str, tracked: bool = False) -> None:
     """``--config`` and the ``KEY=VALUE`` overrides; ``tracked``: the command logs a report to MLflow
     (under the ``tracking`` section), and ``--no-tracking`` sets ``tracking.enabled=false``."""
@@ -22,17 +28,6 @@ def add_config_arguments(parser: argparse.ArgumentParser, section: str, tracked:
         parser.add_argument("--no-tracking", action="store_true",
                             help="do not log to MLflow (tracking.enabled=false; tracking.uri: where to log)")
     parser.set_defaults(overrides=[], no_tracking=False)  # KEY=VALUE given after the options land here
-
-
-def read_input(path: str):
-    """The user's h5ad in memory; a missing or damaged file is the one-paragraph error of
-    ``open_backed`` rather than h5py's traceback."""
-    import anndata
-
-    from sc_fm.pretrained.h5ad import open_backed
-
-    open_backed(path).file.close()
-    return anndata.read_h5ad(path)
 
 
 def add_input_arguments(parser: argparse.ArgumentParser, section: str, batch_help: str | None = None) -> None:

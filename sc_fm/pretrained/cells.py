@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from sc_fm.config import InputSettings
 from sc_fm.errors import InputDataError
 from sc_fm.pretrained.genes import GeneMapping
-from sc_fm.pretrained.inputs import require_counts
+from sc_fm.pretrained.inputs import counts_matrix, require_counts
 from sc_fm.tokenize import CellTokenizer, TokenizedCells
 
 
@@ -50,6 +50,7 @@ class InputCells:
     block_cells: int
     where: str
     _mapped: sp.csr_matrix | None = None
+    _counts: object = None  # X, or layers["counts"] of a file without X
 
     @classmethod
     def build(cls, adata, mapping: GeneMapping, tokenizer: CellTokenizer, inputs: InputSettings,
@@ -58,9 +59,10 @@ class InputCells:
         and the block size."""
         cells = cls(adata, mapping, tokenizer, None, fixed_conditions(tokenizer, inputs.conditions),
                     inputs.block_cells, where)
+        cells._counts = counts_matrix(adata, where)
         batch_key = inputs.batch_key
         if not getattr(adata, "isbacked", False):
-            cells._mapped = mapping.to_vocab(adata.X)
+            cells._mapped = mapping.to_vocab(cells._counts)
             require_counts(cells._mapped.data, where)
         if batch_key is not None and tokenizer.normalises_by_group:
             cells.groups = adata.obs[batch_key].astype(str).to_numpy()
@@ -79,7 +81,7 @@ class InputCells:
             if self._mapped is not None:
                 yield start, self._mapped[start:stop]
                 continue
-            rows = self.mapping.to_vocab(self.adata.X[start:stop])
+            rows = self.mapping.to_vocab(self._counts[start:stop])
             require_counts(rows.data, self.where)
             yield start, rows
 

@@ -25,6 +25,7 @@ from sc_fm.batch import LOSS_NAMES, to_device
 from sc_fm.config import RunConfig, save_config, to_dict
 from sc_fm.errors import ConfigError
 from sc_fm.model.io import START_FILE, load_weights
+from sc_fm.outputs import check_run_dir
 from sc_fm.pretrained import Pretrained
 from sc_fm.rundir import FINAL_DIR, METRICS_FILE, RUN_CONFIG_FILE
 from sc_fm.threads import cpu_threads, ranks_sharing_cores, setup_blas_threads
@@ -59,10 +60,9 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
     plan = make_plan(cfg, env)
     run_dir = Path(run_dir)
     checkpoints = CheckpointManager(run_dir, cfg.train.keep_last, env)
+    if env.is_main:  # one rank checks, before any writes: ranks may share the directory
+        check_run_dir(run_dir, resume)
     latest = checkpoints.latest_usable(env.world_size) if resume else None
-    if not resume and checkpoints.steps():
-        raise ConfigError(f"{run_dir} already holds checkpoints", str(run_dir),
-                          "pass --resume to continue that run, or choose a new -o RUN_DIR")
     if latest is not None:
         check_resumable(latest, to_dict(cfg), env.world_size)
     created = cfg.train.engine == "deepspeed" and init_process_group(env, plan.device)
