@@ -31,6 +31,7 @@ from typing import Literal
 
 from sc_fm.errors import OutputError
 from sc_fm.model.io import MODEL_CONFIG_FILE, WEIGHTS_FILE
+from sc_fm.rundir import CHECKPOINTS_DIR, FINAL_DIR, RUN_CONFIG_FILE
 from sc_fm.store.layout import FORMAT as STORE_FORMAT
 
 CHECKPOINT_MARKERS = (MODEL_CONFIG_FILE, WEIGHTS_FILE)  # files that make a directory a checkpoint
@@ -135,7 +136,7 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> Path:
     ``config.yaml`` or ``checkpoints/``) is continued only with ``--resume``. It is written
     in place (checkpoints and ``final/`` are each published atomically), never replaced."""
     run = check_output(run_dir, kind="dir", overwrite=True)
-    held = [name for name in ("final", "config.yaml", "checkpoints") if (run / name).exists()]
+    held = [name for name in (FINAL_DIR, RUN_CONFIG_FILE, CHECKPOINTS_DIR) if (run / name).exists()]
     if not resume and held:
         raise OutputError(f"{run} already holds a run ({', '.join(held)})", str(run),
                           "pass --resume to continue that run, or choose a new -o RUN_DIR")
