@@ -27,9 +27,8 @@ CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 CP10K = 1e4
 # Fraction of an input's genes that must map to the vocabulary (ingestion, embedding, ...).
 MIN_GENE_OVERLAP = 0.1
-# Genes of a user's AnnData that must map to the vocabulary (or all of a smaller vocabulary),
-# whatever the fraction: a panel of 30 genes all in the vocabulary, or a one-gene input (1 of 1),
-# passes the fraction but leaves a cell almost nothing to say.
+# Genes of a user's AnnData that must map to the vocabulary, whatever the fraction (or all of a
+# smaller vocabulary): a fraction alone passes a one-gene input (1 of 1), whose cells all embed alike.
 MIN_GENES_MAPPED = 100
 # Named transformer shapes: (n_layers, d_model, n_heads, d_ff).
 MODEL_SIZES = {

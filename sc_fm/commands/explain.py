@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     for row in skipped.itertuples():
         print(f"perturbation of {row.symbol} ({row.gene_id}) {row.status}")
     print(f"report: {report}")
-    info = log_report(cfg.tracking, "explain", output, explain_metrics(result.markers), files=output,
+    info = log_report(cfg.tracking, "explain", args.output, explain_metrics(result.markers), files=args.output,
                       checkpoints=[args.checkpoint])
     if info is not None:
         print(f"MLflow: {info['tracking_uri']} (run {info['run_id']})")

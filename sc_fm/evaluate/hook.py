@@ -44,7 +44,8 @@ class PretrainEvaluator:
         self.adata = adata if adata is not None else load_evaluation_set(eval_config)
         where = eval_config.h5ad or "eval set"
         check_evaluation_set(self.adata, eval_config.batch_key, eval_config.label_key, where)
-        inputs = InputSettings(batch_key=eval_config.batch_key, batch_cells=eval_config.embed_batch_cells)
+        # the evaluation set meets the model through the same input contract as a user's cells
+        inputs = InputSettings(batch_key=eval_config.batch_key)
         mapping = map_genes(self.adata.var_names, tokenizer.vocab, inputs.min_gene_overlap, inputs.min_genes_mapped,
                             where)
         self.cells = InputCells.build(self.adata, mapping, tokenizer, inputs, where=where)

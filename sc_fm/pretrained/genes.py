@@ -41,7 +41,7 @@ class GeneMapping:
 
 def map_genes(var_names, vocab: GeneVocab, min_overlap: float, min_mapped: int, where: str) -> GeneMapping:
     """Look genes up by Ensembl ID (version stripped) or symbol; refuse overlaps below the fraction
-    ``min_overlap`` or fewer than ``min_mapped`` genes (all of a smaller vocabulary; ``InputSettings``)."""
+    ``min_overlap`` or fewer than ``min_mapped`` genes, or all of a smaller vocabulary (``InputSettings``)."""
     names = [str(n) for n in var_names]
     index = vocab.lookup(names)
     found = np.flatnonzero(index >= 0)
@@ -60,8 +60,8 @@ def map_genes(var_names, vocab: GeneVocab, min_overlap: float, min_mapped: int, 
     if mapping.n_mapped < needed:
         raise InputDataError(
             f"only {mapping.n_mapped} of the input's genes are in the checkpoint's vocabulary ({vocab.name}, "
-            f"{vocab.n_genes} genes); at least {needed} are needed for a cell to be described", where,
-            f"pass the full gene panel of the cells with var_names holding Ensembl IDs or symbols of the "
+            f"{vocab.n_genes} genes); at least {needed} must be, or every cell looks alike to the model", where,
+            f"pass an input measuring more genes, with var_names holding Ensembl IDs or symbols of the "
             f"vocabulary (got e.g. {', '.join(names[:3])}), or lower input.min_genes_mapped "
-            "(e.g. embed.input.min_genes_mapped=50) if the panel is small by design")
+            f"(e.g. embed.input.min_genes_mapped=50) if the panel is small by design")
     return mapping
