@@ -7,7 +7,7 @@ import json
 import pytest
 
 from sc_fm.config import RunConfig, resumable_keys, save_config, to_dict
-from sc_fm.errors import ConfigError
+from sc_fm.errors import ConfigError, OutputError
 from sc_fm.rundir import RUN_CONFIG_FILE, TRAINER_STATE_FILE
 from sc_fm.train import CheckpointManager, DistEnv
 from sc_fm.train.checkpoint import check_resumable
@@ -38,7 +38,7 @@ def test_failed_write_leaves_previous_checkpoint_and_no_visible_partial(tmp_path
         (directory / "half").write_text("x")
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="disk full.*previous checkpoints are intact"):
         manager.save(10, crash)
     assert manager.steps() == [5] and manager.latest().name == "step_5"
     manager.save(10, _write(10))  # the stale partial directory is cleared and replaced
