@@ -40,6 +40,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--seeds", type=int, default=2, help="pretraining seeds per variant (train.seed)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first of the seeds (to add seeds to a run)")
     parser.add_argument("--variant", action="append", default=[], help="NAME=KEY=VALUE;... (repeatable)")
     parser.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the demo's)")
     args = parser.parse_args()
@@ -62,7 +63,7 @@ def main() -> int:
            for name, (a, b, _) in sets.items()}
     out = work / "ablation.csv"
     for name, overrides in variants:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             began = time.perf_counter()
             size = demo.FULL if args.steps is None else demo.DemoSize(**{**demo.FULL.__dict__, "max_steps": args.steps})
             checkpoint = demo.pretrain(work / name / f"seed{seed}", store, size, [f"train.seed={seed}", *overrides])
