@@ -89,14 +89,15 @@ def test_report_files_verdict_and_mlflow_run(strong_batch_benchmark, tracked_che
     from mlflow import MlflowClient
 
     result, out, _ = strong_batch_benchmark
-    expected_rows = ["sc_fm-tiny", "Oracle latent", "Batch signal", "sc_fm-seeded", PCA, SCVI, HARMONY,
-                     RANDOM]
+    expected_rows = ["sc_fm-tiny", "sc_fm-tiny (untrained, same start)", "Oracle latent", "Batch signal",
+                     "sc_fm-seeded", PCA, SCVI, HARMONY, RANDOM]
     csv = pd.read_csv(out / "results.csv", index_col=0)
     assert list(csv.index) == expected_rows
     assert {BIO, BATCH, TOTAL, "KBET", "iLISI", "cLISI", KNN_ACCURACY} <= set(csv.columns)
     np.testing.assert_allclose(csv[TOTAL], 0.6 * csv[BIO] + 0.4 * csv[BATCH], atol=1e-9)
     report = (out / "report.md").read_text()
-    assert result.verdict[0].startswith("sc_fm-tiny vs scVI: total ") and result.verdict[0] in report
+    assert result.verdict[0].startswith("sc_fm-tiny: its untrained start scores total ")
+    assert result.verdict[2].startswith("sc_fm-tiny vs scVI: total ") and result.verdict[2] in report
     assert "scib_metrics: 0.5.10" in report and "![UMAP" in report
     assert "- sc_fm-tiny: mean pooling into the 128-d pooled state (cell objective nb)" in report
     assert (out / "umap.png").stat().st_size > 10_000 and (out / "results.md").is_file()
@@ -133,11 +134,13 @@ def test_harmony_row_is_finite_and_verdicts_cover_scvi_harmony_and_the_control(s
     harmony = result.table.loc[HARMONY]
     assert np.isfinite(harmony[[BIO, BATCH, TOTAL]].to_numpy(float)).all()
     assert harmony[BATCH] > result.table.loc[PCA, BATCH]  # it integrates
-    candidates = ["sc_fm-tiny", "Oracle latent", "Batch signal", "sc_fm-seeded"]
-    assert [line.split(":")[0] for line in result.verdict] == [f"{c} vs {r}" for c in candidates
-                                                               for r in (SCVI, HARMONY, RANDOM)]
-    assert all(line.split("; ")[1].split(" ")[0] in {"beats", "matches", "trails"} for line in result.verdict)
-    assert "Oracle latent vs Random control: " in result.verdict[5] and "; beats (" in result.verdict[5]
+    start = "sc_fm-tiny (untrained, same start)"
+    candidates = ["sc_fm-tiny", start, "Oracle latent", "Batch signal", "sc_fm-seeded"]
+    # the checkpoint's own untrained start first: its scores, then the trained model against it
+    assert [line.split(":")[0] for line in result.verdict] == ["sc_fm-tiny", f"sc_fm-tiny vs {start}"] + [
+        f"{c} vs {r}" for c in candidates for r in (SCVI, HARMONY, RANDOM)]
+    assert all(line.split("; ")[1].split(" ")[0] in {"beats", "matches", "trails"} for line in result.verdict[1:])
+    assert "Oracle latent vs Random control: " in result.verdict[10] and "; beats (" in result.verdict[10]
 
 
 def test_without_batch_column_batch_metrics_are_not_applicable(strong_batch_atlas):
