@@ -1,13 +1,15 @@
-"""The end-to-end demo (``make demo``): corpus -> DeepSpeed pretraining -> embedding -> scVI comparison.
+"""The end-to-end demo (``make demo``): corpus -> DeepSpeed pretraining -> embedding -> scVI comparison on two tissues.
 
-1. Builds the embedded default corpus: a simulated multi-study atlas whose genes are the
-   most-counted genes of the real sc_mixology mixture profiles (they form the vocabulary),
-   plus those real mixture profiles. The real single cells of the evaluation set are not in
-   it: neither their counts, nor their genes, nor their statistics reach the checkpoint.
+1. Builds the embedded default corpus: a simulated multi-study atlas, the real sc_mixology
+   mixture profiles and the real PBMC pretraining sets (``configs/data/pbmc.yaml``). The
+   vocabulary is each real tissue's most-detected and most variable genes (``demo_vocabulary``),
+   also the simulated atlas's genes. The real cells of the evaluation sets are not in it:
+   neither their counts, nor their genes, nor their statistics reach the checkpoint.
 2. Pretrains the ``tiny`` model under DeepSpeed on the CPU.
-3. Embeds the held-out real singlets (``scfm embed``) and benchmarks the checkpoint against
-   PCA, scVI, Harmony and a random control on them (``scfm benchmark``), logging under the
-   run's MLflow run.
+3. Embeds held-out real cells (``scfm embed``): the cell-line singlets, and pbmc4k as shipped,
+   named by gene symbols. Benchmarks the checkpoint on both held-out tissues (``scfm
+   benchmark``): the singlets and the PBMC cross-chemistry set, against its own untrained
+   start, PCA, scVI, Harmony and a random control, logging each report to MLflow.
 
 Usage: ``python -m sc_fm.demo --out demo_out [--quick]``.
 """
@@ -26,11 +28,12 @@ import numpy as np
 
 from sc_fm.config import CONFIGS_DIR, PrepareConfig, load_config
 from sc_fm.simulate import AtlasSpec, write_atlas_h5ad
-from sc_fm.vocab import GeneVocab
+from sc_fm.vocab import GeneVocab, default_vocab
 
 SIMULATED_OBS = {"dataset": "dataset", "assay": "assay", "donor": "donor", "cell_type": "cell_type"}
 RUN_CONFIG = CONFIGS_DIR / "runs" / "demo.yaml"
 MIXTURE_SOURCES = CONFIGS_DIR / "data" / "sc_mixology_mixtures.yaml"
+PBMC_SOURCES = CONFIGS_DIR / "data" / "pbmc.yaml"
 
 
 @dataclass
@@ -38,48 +41,61 @@ class DemoSize:
     """How big the demo is: the full one, or ``--quick`` for a smoke run."""
 
     sim_cells: int
-    sim_genes: int
+    vocab_detected: int  # per tissue: its most-detected genes ...
+    vocab_variable: int  # ... and its most variable ones (seurat_v3)
     max_steps: int
     scvi_epochs: int
     adapt_steps: int
 
 
-FULL = DemoSize(sim_cells=6000, sim_genes=4000, max_steps=150, scvi_epochs=150, adapt_steps=300)
-QUICK = DemoSize(sim_cells=1500, sim_genes=4000, max_steps=20, scvi_epochs=30, adapt_steps=10)
+FULL = DemoSize(sim_cells=6000, vocab_detected=2500, vocab_variable=1000, max_steps=150, scvi_epochs=150, adapt_steps=300)
+QUICK = DemoSize(sim_cells=1500, vocab_detected=2500, vocab_variable=1000, max_steps=20, scvi_epochs=30, adapt_steps=10)
 
 
-def mixture_gene_universe(n_genes: int) -> list[str]:
-    """The ``n_genes`` most-counted genes (Ensembl IDs) of the pretraining mixture profiles."""
-    from sc_fm.datasets import load_sc_mixology_mixtures
+def demo_vocabulary(size: DemoSize) -> tuple[GeneVocab, "pd.DataFrame"]:  # noqa: F821
+    """The demo's vocabulary, chosen from its real pretraining sources only (never the evaluation
+    cells): per tissue, the most-detected and the most variable genes (``data_pipelines.selection``),
+    with GENCODE v44 symbols; and what each tissue contributed."""
+    from data_pipelines.selection import select_vocabulary
+    from sc_fm.datasets import load_pbmc_pretraining, load_sc_mixology_mixtures
 
-    adata = load_sc_mixology_mixtures()
-    totals = np.asarray(adata.X.sum(axis=0)).ravel()
-    return [str(g) for g in adata.var_names[np.argsort(-totals, kind="stable")[:n_genes]]]
+    reference = default_vocab()
+    mixtures = load_sc_mixology_mixtures()
+    mixtures = mixtures[:, reference.lookup(list(mixtures.var_names)) >= 0]
+    groups = {"sc_mixology mixtures": mixtures, "PBMC (donor A, sorted 3,426)": load_pbmc_pretraining()}
+    return select_vocabulary(groups, reference, size.vocab_detected, size.vocab_variable, batch_key="batch",
+                             name="demo")
 
 
 def build_corpus(out: Path, size: DemoSize, progress: bool = True) -> Path:
-    """Simulated atlas + real mixture profiles -> ``out/corpus.zarr`` (vocabulary: the simulated genes)."""
+    """Simulated atlas + real mixture profiles + real PBMC -> ``out/corpus.zarr``; the vocabulary
+    (``demo_vocabulary``) is also the simulated atlas's genes. Prints each source's gene mapping."""
     from data_pipelines import SourceSpec, prepare
 
     sources = out / "sources"
     sources.mkdir(parents=True, exist_ok=True)
-    spec = AtlasSpec(n_cells=size.sim_cells, n_genes=size.sim_genes, n_studies=4, n_cell_types=6, seed=0,
-                     gene_ids=mixture_gene_universe(size.sim_genes),
-                     study_names=[f"simulated_study_{i}" for i in range(4)])
+    vocab, contributed = demo_vocabulary(size)
+    vocab_file = sources / "vocab.tsv"
+    vocab.save(vocab_file)
+    spec = AtlasSpec(n_cells=size.sim_cells, n_genes=vocab.n_genes, n_studies=4, n_cell_types=6, seed=0,
+                     gene_ids=list(vocab.gene_ids), study_names=[f"simulated_study_{i}" for i in range(4)])
     atlas = write_atlas_h5ad(sources / "simulated_atlas.h5ad", spec)
-    vocab = sources / "vocab.tsv"  # the simulated genes: a small vocabulary keeps the demo fast
-    GeneVocab(list(spec.gene_ids), name="demo").save(vocab)
     store = out / "corpus.zarr"
-    prepare([SourceSpec(path=atlas, dataset="simulated_atlas", obs_columns=SIMULATED_OBS), MIXTURE_SOURCES],
-            store, PrepareConfig(vocab=str(vocab), min_gene_overlap=0.01), progress=progress)
+    summary = prepare([SourceSpec(path=atlas, dataset="simulated_atlas", obs_columns=SIMULATED_OBS), MIXTURE_SOURCES,
+                       PBMC_SOURCES], store, PrepareConfig(vocab=str(vocab_file), min_gene_overlap=0.01),
+                      progress=progress)
+    if progress:
+        print(f"vocabulary: {vocab.n_genes} genes\n{contributed.to_string(index=False)}")
+        print(summary.table())
     return store
 
 
-def pretrain(out: Path, store: Path, size: DemoSize) -> Path:
-    """``python -m sc_fm pretrain`` (DeepSpeed, CPU); returns ``final/``."""
+def pretrain(out: Path, store: Path, size: DemoSize, overrides: list[str] = ()) -> Path:
+    """``python -m sc_fm pretrain`` (DeepSpeed, CPU) with the demo's settings and ``overrides``;
+    returns ``final/``."""
     run_dir = out / "run"
     command = [sys.executable, "-m", "sc_fm", "pretrain", "--config", str(RUN_CONFIG), "-o", str(run_dir),
-               f"data.stores=[{store}]", f"train.max_steps={size.max_steps}"]
+               f"data.stores=[{store}]", f"train.max_steps={size.max_steps}", *overrides]
     subprocess.run(command, check=True)
     return run_dir / "final"
 
@@ -101,26 +117,39 @@ def pretraining_time(run_dir: Path, stage_s: float) -> str:
             "the co-expression start, MLflow) and the final save")
 
 
-def evaluate(out: Path, checkpoint: Path, size: DemoSize):
-    """Embed the held-out real cells into an h5ad, then benchmark the checkpoint on them: zero-shot,
-    adapted to them (``scfm adapt``), against its untrained and from-scratch controls, scVI,
-    Harmony, PCA and a random control (``scfm benchmark --adapt-steps N``, one seed)."""
+def evaluate(out: Path, checkpoint: Path, size: DemoSize) -> dict[str, "BenchmarkResult"]:  # noqa: F821
+    """Embed held-out real cells into h5ad files (the singlets, and pbmc4k as shipped: named by
+    gene symbols), then benchmark the checkpoint on both held-out tissues (one seed each) against
+    its same start, a random-initialised control, scVI, Harmony, PCA and a random control:
+    - the cell-line singlets (batch = protocol), also adapted to them (``scfm adapt``) beside
+      the same adaptation from scratch;
+    - the PBMC cross-chemistry set (batch = 10x chemistry), zero-shot only: its adaptation rows
+      would add about 5 minutes on 2 cores, past the demo's budget (``benchmarks/quality.py
+      --dataset pbmc`` runs them)."""
     from sc_fm.candidates import seeded_rows
-    from sc_fm.datasets import load_sc_mixology
+    from sc_fm.datasets import (PBMC_BATCH, PBMC_LABEL, load_pbmc_cross_chemistry, load_sc_mixology,
+                                resource_path)
     from sc_fm.evaluate import run_benchmark
     from sc_fm.pretrained import embed_h5ad
 
-    run = load_config(RUN_CONFIG, [f"eval.scvi_epochs={size.scvi_epochs}", "embed.batch_key=batch",
-                                   f"benchmark.adapt_steps={size.adapt_steps}", "benchmark.scratch_multipliers=[1]"])
-    config = run.eval
-    adata = load_sc_mixology()
+    run = load_config(RUN_CONFIG, [f"eval.scvi_epochs={size.scvi_epochs}", "benchmark.scratch_multipliers=[1]"])
     singlets = out / "sc_mixology_singlets.h5ad"
-    adata.write_h5ad(singlets)
-    embedded = embed_h5ad(checkpoint, singlets, out / "sc_mixology_embedded.h5ad", run.embed)
-    print(embedded.mapping.summary())
-    rows = seeded_rows([checkpoint], adata, config.batch_key, run.benchmark, out / "report", config.embed_batch_cells)
-    return run_benchmark(adata, config.batch_key, config.label_key, out / "report", [checkpoint], config,
-                         seeded_candidates=rows)
+    load_sc_mixology().write_h5ad(singlets)
+    run.embed.batch_key = "batch"
+    print(embed_h5ad(checkpoint, singlets, out / "sc_mixology_embedded.h5ad", run.embed).mapping.summary())
+    run.embed.batch_key = "chemistry"
+    print("pbmc4k (gene symbols): " + embed_h5ad(checkpoint, resource_path("pbmc", "pbmc4k_10x_v2.h5ad"),
+                                                 out / "pbmc4k_embedded.h5ad", run.embed).mapping.summary())
+    results = {}
+    for name, adata, batch_key, label_key, adapt_steps in (
+            ("sc_mixology singlets", load_sc_mixology(), "batch", "cell_type", size.adapt_steps),
+            ("PBMC across 10x chemistries", load_pbmc_cross_chemistry(), PBMC_BATCH, PBMC_LABEL, 0)):
+        run.benchmark.adapt_steps = adapt_steps
+        report = out / ("report" if not results else "report_pbmc")
+        rows = seeded_rows([checkpoint], adata, batch_key, run.benchmark, report, run.eval.embed_batch_cells)
+        results[name] = run_benchmark(adata, batch_key, label_key, report, [checkpoint], run.eval,
+                                      seeded_candidates=rows)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,17 +166,20 @@ def main(argv: list[str] | None = None) -> int:
     timings["corpus"], stage = time.perf_counter() - stage, time.perf_counter()
     checkpoint = pretrain(out, store, size)
     timings["pretrain"], stage = time.perf_counter() - stage, time.perf_counter()
-    result = evaluate(out, checkpoint, size)
-    timings["embed + benchmark"] = time.perf_counter() - stage
-    print()
-    print("\n".join(result.verdict))
+    results = evaluate(out, checkpoint, size)
+    timings["embed + benchmarks"] = time.perf_counter() - stage
+    for name, result in results.items():
+        print(f"\n{name}:")
+        print("\n".join(result.verdict))
     print("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
           + f"; total {time.perf_counter() - began:.0f} s")
     print(pretraining_time(checkpoint.parent, timings["pretrain"]))
-    print(f"report: {result.report}")
-    print(f"embedded cells: {out / 'sc_mixology_embedded.h5ad'} (obsm['X_scfm'])")
-    print(f"MLflow database: {result.tracking['tracking_uri']} (run {result.tracking['run_id']}); "
-          f"browse with: mlflow ui --backend-store-uri {result.tracking['tracking_uri']}")
+    print("reports: " + ", ".join(str(result.report) for result in results.values()))
+    print(f"embedded cells: {out / 'sc_mixology_embedded.h5ad'}, {out / 'pbmc4k_embedded.h5ad'} (obsm['X_scfm'])")
+    tracking = next(iter(results.values())).tracking
+    print(f"MLflow database: {tracking['tracking_uri']} (runs "
+          + ", ".join(result.tracking['run_id'] for result in results.values())
+          + f"); browse with: mlflow ui --backend-store-uri {tracking['tracking_uri']}")
     return 0
 
 

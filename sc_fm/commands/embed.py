@@ -54,13 +54,15 @@ def run(args: argparse.Namespace) -> int:
 
     from sc_fm.outputs import check_output
     from sc_fm.pretrained import embed_h5ad
+    from sc_fm.threads import cpu_threads
 
     check_output(args.output, kind="file", overwrite=args.overwrite, inputs=[args.checkpoint, args.input],
                  replaceable_input=args.input, needed_bytes=_input_size(args.input))
     config = command_config(args, "embed", {
         "batch_key": args.batch_key, "conditions": parse_conditions(args.condition),
         "min_gene_overlap": args.min_gene_overlap, "batch_cells": args.batch_cells}).embed
-    summary = embed_h5ad(args.checkpoint, args.input, args.output, config, progress=not args.no_progress)
+    with cpu_threads():
+        summary = embed_h5ad(args.checkpoint, args.input, args.output, config, progress=not args.no_progress)
     print(summary.mapping.summary())
     if summary.mapping.missing:
         missing_file = Path(f"{summary.output}.missing_genes.txt")

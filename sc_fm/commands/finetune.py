@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from sc_fm.outputs import atomic_dir, check_output
     from sc_fm.pretrained import Pretrained
     from sc_fm.pretrained.h5ad import read_h5ad
+    from sc_fm.threads import cpu_threads
 
     flags = {key: getattr(args, key) for key in (
         "label_key", "split_key", "batch_key", "adversary_key", "mode", "epochs", "lr", "head_lr", "batch_cells",
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     output = check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[args.checkpoint, args.input])
     pretrained = Pretrained.load(args.checkpoint)
     adata = read_h5ad(args.input)
-    with atomic_dir(output) as work:
+    with atomic_dir(output) as work, cpu_threads():
         result = finetune(pretrained, adata, work, config, where=args.input)
         adata.write_h5ad(work / "predictions.h5ad")
     result = dataclasses.replace(result, directory=output)

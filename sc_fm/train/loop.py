@@ -8,12 +8,14 @@ same sequence of batches and random draws as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
 import shutil
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -24,9 +26,11 @@ from sc_fm.config import RunConfig, save_config, to_dict
 from sc_fm.data import kept_cells
 from sc_fm.data.coexpression import coexpression_loadings, kept_normalised_rows
 from sc_fm.errors import ConfigError
+from sc_fm.model.io import START_FILE, load_weights
 from sc_fm.outputs import check_run_dir
 from sc_fm.pretrained import Pretrained
 from sc_fm.store import CorpusStore
+from sc_fm.threads import cpu_threads, ranks_sharing_cores, setup_blas_threads
 from sc_fm.tokenize import CellTokenizer
 from sc_fm.tokenize.normalisers import is_group_normalised
 from sc_fm.tracking import RunTracker, flatten, system_info
@@ -40,7 +44,6 @@ from sc_fm.train.plan import TrainPlan, make_plan
 from sc_fm.train.flops import StepFlops, peak_flops, raised_cpu_peak
 from sc_fm.train.progress import ProgressBar, Throughput
 from sc_fm.train.rng import capture_rng, restore_rng, seed_everything
-from sc_fm.train.threads import available_cores, budget_cpu_threads, local_processes, setup_blas_threads
 from sc_fm.vocab import N_SPECIAL
 
 METRICS_FILE = "metrics.jsonl"
@@ -71,13 +74,16 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
     if latest is not None:
         check_resumable(latest, to_dict(cfg), env.world_size)
     created = cfg.train.engine == "deepspeed" and init_process_group(env, plan.device)
-    threads = torch.get_num_threads()
-    if plan.device.type == "cpu":
-        budget_cpu_threads()
     try:
-        return Trainer(cfg, plan, run_dir, checkpoints, latest, resume, evaluator, initial).run()
+        # ranks_sharing_cores is collective: every rank calls it
+        budget = cpu_threads(ranks_sharing_cores()) if plan.device.type == "cpu" else nullcontext()
+        with budget as threads:
+            if threads is not None and env.is_main:
+                workers = cfg.data.num_workers
+                print(f"scfm pretrain: {threads.describe()}"
+                      + (f"; {workers} loader worker(s) at idle priority" if workers else ""), file=sys.stderr)
+            return Trainer(cfg, plan, run_dir, checkpoints, latest, resume, evaluator, initial).run()
     finally:
-        torch.set_num_threads(threads)
         # A lone process keeps its group: DeepSpeed caches it for later runs in the same process.
         if created and env.world_size > 1:
             dist.destroy_process_group()
@@ -134,6 +140,7 @@ class Trainer:
             elif latest is None and cfg.model.gene_init == "coexpression":
                 with setup_blas_threads(beside_setup_thread=engine_import is not None or tracking is not None):
                     self._coexpression_start(stores)
+            self.start = self._untrained_start(initial, latest)
             seed_everything(cfg.train.seed + 1 + self.env.rank)  # per-rank dropout draws
             if engine_import is not None:
                 engine_import.result()
@@ -154,6 +161,24 @@ class Trainer:
             setup.shutdown(wait=False)
         self.step_flops = StepFlops.of(self.model)
         self.peak_flops = peak_flops(plan.device)
+
+    def _untrained_start(self, initial: Pretrained | None, latest: Path | None) -> MaskedGeneTransformer:
+        """What every checkpoint of this run saves as its start (``Pretrained.start_model``): a
+        resumed run's saved start, an adaptation's base's own start, else the weights as they are
+        now, before the first optimiser step. Built outside the training RNG streams."""
+        from sc_fm.model import MaskedGeneTransformer
+
+        if latest is None and (initial is None or not initial.has_start):
+            return copy.deepcopy(self.model).eval()
+        with torch.random.fork_rng(devices=[]):
+            start = MaskedGeneTransformer(self.cfg.model, **self.tokenizer.model_inputs)
+        if latest is not None and (latest / START_FILE).is_file():
+            load_weights(start, latest, START_FILE)
+        elif latest is None:
+            start.start_from(initial.start_model())
+        else:  # a checkpoint written before starts were saved: its run's start is unknown
+            return copy.deepcopy(self.model).eval()
+        return start.eval()
 
     def _new_tokenizer(self, stores: list[CorpusStore]) -> CellTokenizer:
         """Normalisers and condition categories of the cells that train: held-out cells
@@ -269,7 +294,7 @@ class Trainer:
         """Model and tokenizer as a ``Pretrained.load`` directory (rank 0 writes)."""
         with self.engine.full_weights():
             if self.env.is_main:
-                Pretrained(self.model, self.tokenizer).save(directory)
+                Pretrained(self.model, self.tokenizer, start=self.start).save(directory)
 
     def _write_checkpoint(self, directory: Path) -> None:
         self.engine.save_state(directory)
@@ -342,12 +367,5 @@ class Trainer:
               f"{self.plan.device.type}, {self.plan.precision}, {self.n_parameters:,} parameters, "
               f"{self.cfg.train.global_batch_cells} cells/step = {self.cfg.train.micro_batch_cells} x "
               f"{self.plan.accumulation} accumulation x {self.env.world_size}; {where}", file=sys.stderr)
-        if self.plan.device.type == "cpu":
-            workers = self.cfg.data.num_workers
-            why = ("OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else
-                   f"{available_cores()} core(s) shared by {local_processes()} local process(es)"
-                   + (f"; {workers} loader worker(s) at idle priority" if workers else ""))
-            print(f"scfm pretrain: {torch.get_num_threads()} CPU thread(s) per process: {why}",
-                  file=sys.stderr)
         if self.tracker is not None:
             print(f"scfm pretrain: MLflow run {self.tracker.run_id} at {self.tracker.uri}", file=sys.stderr)
