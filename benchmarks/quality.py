@@ -31,7 +31,9 @@ HARMONY_EARLIER = 0.894  # measured before on the same cells with the same scib 
 
 
 DATASETS = ("mixology", "pbmc")
-COEXPRESSION_START = ("coexpression", 20000)  # model.gene_init, model.gene_init_cells of the reference start
+# the reference start: the co-expression gene table from 20,000 cells of the whole corpus, untrained
+REFERENCE_START = ("model.gene_init=coexpression", "model.gene_init_cells=20000", "data.include={}",
+                   "data.exclude={}")
 
 
 def evaluation_set(args) -> tuple:
@@ -47,11 +49,21 @@ def evaluation_set(args) -> tuple:
     return load_sc_mixology(), "batch", "cell_type"
 
 
+def reference_start(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` started from the reference start (its same start is then that row)."""
+    from sc_fm.config import load_config
+    from sc_fm.rundir import RUN_CONFIG_FILE
+
+    cfg = load_config(checkpoint / RUN_CONFIG_FILE)
+    return (cfg.model.gene_init, cfg.model.gene_init_cells, cfg.data.include, cfg.data.exclude) == (
+        "coexpression", 20000, {}, {})
+
+
 def pretrained_rows(checkpoints: dict[int, Path], adata, batch_key: str | None, config, work: Path,
                     store: Path | None, size) -> dict:
     """Seeded sc_fm rows over one pretraining per seed: ``{name: f(seed) -> embedding}``: the
-    zero-shot checkpoint of that seed, its same start, the co-expression start of the same corpus
-    where the checkpoint started otherwise, then ``sc_fm.candidates.seeded_rows`` of that seed's
+    zero-shot checkpoint of that seed, its same start, the reference co-expression start of the
+    same corpus (``REFERENCE_START``) where the checkpoint started otherwise, then ``sc_fm.candidates.seeded_rows`` of that seed's
     checkpoint (random-initialised control, adapted, from scratch)."""
     from sc_fm import demo
     from sc_fm.candidates import seeded_rows
@@ -65,13 +77,10 @@ def pretrained_rows(checkpoints: dict[int, Path], adata, batch_key: str | None, 
 
     rows = {name: lambda seed: embed(models[seed]),
             f"{name} (untrained, same start)": lambda seed: embed(models[seed].same_start())}
-    first = next(iter(models.values())).model.config
-    if (first.gene_init, first.gene_init_cells) != COEXPRESSION_START and store is not None:
+    if store is not None and not reference_start(next(iter(checkpoints.values()))):
         def coexpression(seed: int) -> "np.ndarray":  # noqa: F821
-            init, cells = COEXPRESSION_START
             path = demo.pretrain(work / f"coexpression_start_seed{seed}", store, size,
-                                 [f"train.seed={seed}", "train.max_steps=0", f"model.gene_init={init}",
-                                  f"model.gene_init_cells={cells}"])
+                                 [f"train.seed={seed}", "train.max_steps=0", *REFERENCE_START])
             return embed(Pretrained.load(path))
 
         rows["co-expression start (untrained)"] = coexpression

@@ -94,6 +94,54 @@ def test_a_disk_that_fills_during_embed_leaves_every_file_whole(tiny_checkpoint,
     assert {p: digest(p) for p in before} == before and hidden_siblings(out) == []
 
 
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 4 MiB tmpfs, where this machine lets the test mount one."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({(done.stderr or 'not permitted').strip()[:100]})")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_real_full_disk_leaves_the_input_whole(tiny_checkpoint, cells, small_tmpfs):
+    """On a filesystem that fills while the embedding is written: exit 2 naming the path, the
+    input (in place too) byte for byte intact, no partial file; with less free space than the
+    input's copy needs, the command refuses before computing."""
+    import os
+    import subprocess
+    import sys
+
+    source = small_tmpfs / "in.h5ad"
+    shutil.copyfile(cells, source)
+    before = digest(source)
+    stat = os.statvfs(small_tmpfs)
+    spare = stat.f_bavail * stat.f_frsize - source.stat().st_size - 16384  # room for the copy, not its embedding
+    (small_tmpfs / "filler").write_bytes(b"\0" * spare)
+
+    def scfm_embed(*args):
+        return subprocess.run([sys.executable, "-m", "sc_fm", "embed", str(tiny_checkpoint), str(source),
+                               "--no-progress", *args], capture_output=True, text=True, timeout=300)
+
+    for out, more in ((small_tmpfs / "out.h5ad", []), (source, ["--overwrite"])):
+        done = scfm_embed("-o", str(out), *more)
+        assert done.returncode == 2, done.stderr
+        assert "disk is full" in done.stderr and "Traceback" not in done.stderr
+        assert digest(source) == before and hidden_siblings(out) == []
+        assert not (small_tmpfs / "out.h5ad").exists()
+    (small_tmpfs / "filler").unlink()
+    stat = os.statvfs(small_tmpfs)
+    free = stat.f_bavail * stat.f_frsize
+    (small_tmpfs / "filler").write_bytes(b"\0" * (free - source.stat().st_size // 2))  # half a copy's room
+    done = scfm_embed("-o", str(small_tmpfs / "out.h5ad"))
+    assert done.returncode == 2 and "MiB free" in done.stderr, done.stderr
+
+
 def test_finetune_never_writes_into_its_input_checkpoint(crafted, cells, capsys):
     weights = digest(crafted / "model.safetensors")
     assert main(["finetune", str(crafted), str(cells), "--label-key", "cell_type", "-o", str(crafted),

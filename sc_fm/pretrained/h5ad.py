@@ -6,6 +6,8 @@ part of the AnnData (X, layers, obs, uns, ...) is untouched and nothing is loade
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,15 +57,40 @@ def read_h5ad(path: str | Path):
 
 
 def write_obsm(path: Path, key: str, values: np.ndarray) -> None:
-    """Write (or replace) ``obsm[key]`` inside an existing h5ad file."""
+    """Write (or replace) ``obsm[key]`` inside an existing h5ad file.
+
+    The write runs in a forked child: HDF5 on a disk that fills can crash the process while
+    it frees its file handles (after the error), so only the child's exit status comes back:
+    an ``OSError`` (ENOSPC when the disk was full) the caller reports like any failed write."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("fork").Process(target=_write_obsm_and_exit, args=(path, key, values))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        code = child.exitcode if child.exitcode in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
+        raise OSError(code, os.strerror(code), str(path))
+
+
+def _write_obsm_and_exit(path: Path, key: str, values: np.ndarray) -> None:
+    """In the child: write, then leave at once (``os._exit``) without HDF5's clean-up."""
     import h5py
     from anndata.io import write_elem
 
-    with h5py.File(path, "a") as f:
-        obsm = f.require_group("obsm")
-        if key in obsm:
-            del obsm[key]
-        write_elem(obsm, key, values)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # HDF5's own messages about the failure: the parent reports it once
+    code = 0
+    try:
+        with h5py.File(path, "a") as f:
+            obsm = f.require_group("obsm")
+            if key in obsm:
+                del obsm[key]
+            write_elem(obsm, key, values)
+    except BaseException as err:  # HDF5 reports a full disk as OSError or RuntimeError, errno in the text
+        full = getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err)
+        code = errno.ENOSPC if full else 1
+    finally:
+        os._exit(code)
 
 
 def check_embedding(embedding: np.ndarray, pretrained: Pretrained, where: str) -> None:
