@@ -1,15 +1,28 @@
 """``scfm benchmark INPUT.h5ad --checkpoint CKPT --batch-key B --label-key L -o REPORT_DIR
-[--adapt | --adapt-steps N] [--seeds K]``."""
+[--adapt | --adapt-steps N] [--seeds K]``; with ``--task annotation --reference V[,V...]
+[--finetune-steps N]``: label the other batches from the reference's labels."""
 
 from __future__ import annotations
 
 import argparse
 
 from sc_fm.commands.options import add_config_arguments, command_config
+from sc_fm.errors import ConfigError
+
+
+TASKS = ("integration", "annotation")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="AnnData .h5ad with raw counts in X and batch/label columns in obs")
+    parser.add_argument("--task", default="integration", metavar="|".join(TASKS),
+                        help="integration: scIB metrics of embeddings (default); annotation: label the query "
+                             "batches from the --reference batches' labels")
+    parser.add_argument("--reference", default=None, metavar="V[,V...]",
+                        help="annotation: the --batch-key values whose cells (with labels) are the reference; "
+                             "every other cell is the query, its labels used only for scoring")
+    parser.add_argument("--finetune-steps", type=int, default=None, metavar="N",
+                        help="annotation: optimiser steps of each fine-tuning (default: finetune.epochs epochs)")
     parser.add_argument("--checkpoint", action="append", default=[],
                         help="pretrained directory to compare (repeatable); none: baselines only")
     parser.add_argument("--batch-key", default=None,
@@ -35,6 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task not in TASKS:
+        raise ConfigError(f"--task {args.task!r} is not a benchmark task", "scfm benchmark",
+                          f"pass --task {' or --task '.join(TASKS)}")
+    if args.task == "annotation":
+        return run_annotation(args)
+    if args.reference is not None or args.finetune_steps is not None:
+        raise ConfigError("--reference and --finetune-steps belong to the annotation task", "scfm benchmark",
+                          "add --task annotation, or leave them out")
     import dataclasses
     from pathlib import Path
 
@@ -68,6 +89,46 @@ def run(args: argparse.Namespace) -> int:
     result = run_benchmark(adata, args.batch_key, args.label_key, args.output, args.checkpoint, cfg.eval,
                            min_gene_overlap=config.min_gene_overlap, track=config.tracking, where=args.input,
                            n_seeds=config.seeds, seeded_candidates=rows)
+    for line in result.verdict:
+        print(line)
+    print(f"report: {result.report}")
+    if result.tracking:
+        print(f"MLflow: {result.tracking['tracking_uri']} (run {result.tracking['run_id']})")
+    return 0
+
+
+def run_annotation(args: argparse.Namespace) -> int:
+    """``--task annotation``: every method labels the query from the reference; report and MLflow."""
+    import anndata
+
+    from sc_fm.evaluate.annotation import run_annotation as annotate
+    from sc_fm.evaluate.annotation_split import split_reference
+    from sc_fm.pretrained.h5ad import open_backed
+
+    if args.adapt or args.adapt_steps is not None:
+        raise ConfigError("--adapt belongs to the integration task", "scfm benchmark",
+                          "leave --adapt out with --task annotation")
+    if args.reference is None:
+        raise ConfigError("--task annotation needs the reference batches", "scfm benchmark",
+                          "pass --reference VALUE[,VALUE...] with values of --batch-key")
+    overrides = [f"eval.label_key={args.label_key}"]
+    if args.seed is not None:
+        overrides.append(f"eval.seed={args.seed}")
+    if args.scvi_epochs is not None:
+        overrides.append(f"eval.scvi_epochs={args.scvi_epochs}")
+    if args.finetune_steps is not None:
+        overrides.append(f"finetune.max_steps={args.finetune_steps}")
+    args.overrides = [*args.overrides, *overrides, f"finetune.label_key={args.label_key}"]
+    flags = {"min_gene_overlap": args.min_gene_overlap, "seeds": args.seeds,
+             "tracking": False if args.no_tracking else None}
+    cfg = command_config(args, "benchmark", flags)
+    open_backed(args.input).file.close()
+    adata = anndata.read_h5ad(args.input)
+    split = split_reference(adata, args.batch_key, args.label_key, args.reference.split(","), args.input)
+    track = cfg.benchmark.tracking and cfg.tracking.enabled
+    result = annotate(split, args.checkpoint, args.output, cfg.eval, cfg.finetune, n_seeds=cfg.benchmark.seeds,
+                      min_gene_overlap=cfg.benchmark.min_gene_overlap, tracking=cfg.tracking if track else None,
+                      where=args.input)
     for line in result.verdict:
         print(line)
     print(f"report: {result.report}")

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     import anndata
 
+    from sc_fm.classify import ACCURACY, MACRO_F1
     from sc_fm.finetune import finetune, track_finetune
     from sc_fm.pretrained import Pretrained
     from sc_fm.pretrained.h5ad import open_backed
@@ -57,9 +58,23 @@ def run(args: argparse.Namespace) -> int:
     predictions = Path(args.output) / "predictions.h5ad"
     adata.write_h5ad(predictions)
     print(f"held-out cells: {result.n_val}; accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f}")
+    baseline = validation_baseline(adata, config.label_key)
+    print(f"LogReg (HVG) on the same split: accuracy {baseline[ACCURACY]:.3f}, macro-F1 {baseline[MACRO_F1]:.3f}")
     print(f"fine-tuned checkpoint: {result.directory}; "
           f"predictions in .obs['scfm_prediction'] of {predictions}")
     if config.tracking:
         info = track_finetune(result, config)
         print(f"MLflow: {info['tracking_uri']} (run {info['run_id']})")
     return 0
+
+
+def validation_baseline(adata, label_key: str) -> dict[str, float]:
+    """``LogReg (HVG)`` trained on the fine-tuning's training cells and scored, as fine-tuning is, on
+    its validation cells: whether fine-tuning was worth it, at a glance."""
+    from sc_fm.classify import annotation_scores, logreg_hvg
+    from sc_fm.finetune import SPLIT_KEY
+
+    validation = (adata.obs[SPLIT_KEY] == "validation").to_numpy()
+    labels = adata.obs[label_key].astype(str).to_numpy()
+    predicted = logreg_hvg(adata.X, labels, ~validation)
+    return annotation_scores(labels[validation], predicted[validation])

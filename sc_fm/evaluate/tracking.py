@@ -11,16 +11,18 @@ from sc_fm.config import TrackingConfig
 from sc_fm.tracking import RunTracker, recorded_run, resolve_tracking_uri
 
 
-def _metric_name(method: str, column: str) -> str:
+def metric_name(method: str, column: str) -> str:
     """MLflow metric names allow letters, digits and ``_-./ :``."""
     return re.sub(r"[^\w\-./ ]", "_", f"benchmark/{method}/{column}")
 
 
 def log_benchmark(table: pd.DataFrame, report_dir: str | Path, checkpoints: list[str | Path],
-                  step: int = 0) -> dict[str, str]:
-    """Log every score and the report directory; returns the run's ``tracking.json``-style info."""
+                  step: int = 0, tracking: TrackingConfig | None = None) -> dict[str, str]:
+    """Log every score and the report directory; returns the run's ``tracking.json``-style info.
+    ``tracking.uri`` (when given) says where, as for pretraining."""
     report_dir = Path(report_dir)
-    config = TrackingConfig(experiment="sc_fm-benchmark", run_name=report_dir.name)
+    config = TrackingConfig(uri=tracking.uri if tracking else None, experiment="sc_fm-benchmark",
+                            run_name=report_dir.name)
     destination = resolve_tracking_uri(config, report_dir)
     info = next((found for c in checkpoints if (found := recorded_run(c, destination)) is not None), None)
     if info is not None:
@@ -29,7 +31,7 @@ def log_benchmark(table: pd.DataFrame, report_dir: str | Path, checkpoints: list
         tracker = RunTracker.start(config,
                                    report_dir, params={"report_dir": str(report_dir)},
                                    tags={"sc_fm.kind": "benchmark"}, resume=False)
-    metrics = {_metric_name(method, column): float(value)
+    metrics = {metric_name(method, column): float(value)
                for method, row in table.iterrows() for column, value in row.items() if pd.notna(value)}
     tracker.log_metrics(metrics, step)
     tracker.flush()

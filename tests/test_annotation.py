@@ -1,0 +1,114 @@
+"""``scfm benchmark --task annotation``: the query's labels never reach a method, the split is
+exact, the metrics are scikit-learn's, the report and MLflow hold every row, bad input is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from sc_fm.classify import ACCURACY, MACRO_F1, annotation_scores, hvg_features, per_class_f1
+from sc_fm.cli import main
+from sc_fm.config import FinetuneConfig
+from sc_fm.errors import InputDataError
+from sc_fm.evaluate.annotation_split import require_scorable, split_reference
+
+
+
+@pytest.fixture(scope="module")
+def cells(tiny_atlas):
+    """100 cells of study_0 (the reference) and 100 of study_1 (the query) of the tiny atlas."""
+    rows = [np.flatnonzero((tiny_atlas.obs["dataset"] == study).to_numpy())[:100] for study in ("study_0", "study_1")]
+    return tiny_atlas[np.concatenate(rows)].copy()
+
+
+def test_the_split_is_exact_and_the_query_labels_are_gone(cells):
+    split = split_reference(cells, "dataset", "cell_type", ["study_0"], "cells")
+    expected = (cells.obs["dataset"] == "study_0").to_numpy()
+    np.testing.assert_array_equal(split.reference, expected)
+    np.testing.assert_array_equal(split.reference_labels, cells.obs["cell_type"].astype(str)[expected])
+    np.testing.assert_array_equal(split.truth.astype(str), cells.obs["cell_type"].astype(str)[~expected])
+    assert "cell_type" not in split.cells.obs and "cell_type" in cells.obs
+    assert list(split.labels()[~expected]) == [None] * int((~expected).sum())
+    assert (split.cells.X != cells.X).nnz == 0
+    assert split.shared == split.classes == ["type_0", "type_1", "type_2", "type_3"] and split.unseen == []
+
+
+def test_metrics_equal_scikit_learn_on_a_hand_made_case():
+    truth = np.array(["A", "A", "B", "B", "C"])  # C: a query class the reference lacks
+    predicted = np.array(["A", "B", "B", "B", "A"])
+    scores = annotation_scores(truth, predicted, ["A", "B"])
+    # A: tp 1, fp 1 (the C cell), fn 1 -> F1 0.5; B: tp 2, fp 1 -> F1 0.8
+    assert scores[MACRO_F1] == pytest.approx(0.65)
+    assert scores[MACRO_F1] == pytest.approx(f1_score(truth, predicted, labels=["A", "B"], average="macro"))
+    assert scores[ACCURACY] == pytest.approx(0.75) == accuracy_score(truth[:4], predicted[:4])
+    assert per_class_f1(truth, predicted, ["B", "A"]).to_dict() == pytest.approx({"A": 0.5, "B": 0.8})
+    assert annotation_scores(truth, predicted)[MACRO_F1] == pytest.approx(
+        f1_score(truth, predicted, average="macro", zero_division=0))
+
+
+def test_hvg_features_are_scaled_on_the_training_cells_only(cells):
+    train = (cells.obs["dataset"] == "study_0").to_numpy()
+    features = hvg_features(cells.X, train, n_hvg=50)
+    assert features.shape == (cells.n_obs, 50)
+    np.testing.assert_allclose(features[train].mean(axis=0), 0, atol=1e-4)
+    assert not np.allclose(features[~train].mean(axis=0), 0, atol=1e-2)
+
+
+def _refused(argv: list[str], capsys, out) -> str:
+    assert main(argv) == 2
+    assert not out.exists()
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, flags, expected", [
+    (None, ["--reference", "study_9"], "study_9 is not a value"),
+    (None, ["--reference", "study_0,study_1"], "holds every cell"),
+    ("rare", ["--reference", "study_0"], "fewer than 2 cells: 'rare' (1)"),
+    ("nan", ["--reference", "study_0"], "missing values among the reference cells"),
+    ("unseen", ["--reference", "study_0"], "no query class"),
+    (None, ["--reference", "study_0", "--task", "annotate"], "'annotate' is not a benchmark task"),
+])
+def test_bad_annotation_input_is_refused_before_anything_is_written(cells, tmp_path, capsys, change, flags,
+                                                                     expected):
+    adata = cells.copy()
+    labels = adata.obs["cell_type"].astype(str).to_numpy().astype(object)
+    reference = (adata.obs["dataset"] == "study_0").to_numpy()
+    if change == "rare":
+        labels[np.flatnonzero(reference)[0]] = "rare"
+    elif change == "nan":
+        labels[np.flatnonzero(reference)[0]] = np.nan
+    elif change == "unseen":
+        labels[~reference] = "never in the reference"
+    adata.obs["cell_type"] = labels
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    out = tmp_path / "report"
+    argv = ["benchmark", str(path), "--label-key", "cell_type", "--batch-key", "dataset", "-o", str(out),
+            "--no-tracking", *flags]
+    if "--task" not in flags:
+        argv += ["--task", "annotation"]
+    err = _refused(argv, capsys, out)
+    assert expected in err and "Fix:" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_all_unseen_query_is_refused_by_the_library_too(cells):
+    adata = cells.copy()
+    query = (adata.obs["dataset"] != "study_0").to_numpy()
+    labels = adata.obs["cell_type"].astype(str).to_numpy().astype(object)
+    labels[query] = "new"
+    adata.obs["cell_type"] = labels
+    split = split_reference(adata, "dataset", "cell_type", ["study_0"], "cells")
+    with pytest.raises(InputDataError, match="no query class"):
+        require_scorable(split, "cells")
+
+
+def test_finetune_steps_bound_the_optimiser_steps(tiny_checkpoint, cells, tmp_path):
+    from sc_fm.finetune import finetune
+    from sc_fm.pretrained import Pretrained
+
+    adata = cells[:160].copy()
+    # 128 training cells, 16 a step: 8 steps an epoch; 10 steps -> two epochs, the second of 2 steps
+    result = finetune(Pretrained.load(tiny_checkpoint), adata, tmp_path / "ft",
+                      FinetuneConfig(label_key="cell_type", max_steps=10, tracking=False), progress=False)
+    assert len(result.history) == 2
