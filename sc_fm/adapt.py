@@ -111,8 +111,12 @@ def adapt(pretrained: Pretrained, adata, out_dir: str | Path, config: AdaptConfi
         tokenizer = pretrained.tokenizer.adapted_to([CorpusStore(store)])
         model = copy.deepcopy(pretrained.model)  # the caller's model stays as it was
         model.grow_conditions(tokenizer.model_inputs["condition_sizes"])
+        start = None  # the base's untrained start travels on, so that the control stays the same
+        if pretrained.has_start:
+            start = copy.deepcopy(pretrained.start_model())
+            start.grow_conditions(tokenizer.model_inputs["condition_sizes"])
         cfg = run_config(pretrained, config, [str(store)], settings, overrides)
-        final = pretrain(cfg, work / "run", initial=Pretrained(model, tokenizer))
+        final = pretrain(cfg, work / "run", initial=Pretrained(model, tokenizer, start=start))
         (final / ADAPT_FILE).write_text(json.dumps({
             "base_checkpoint": str(pretrained.path) if pretrained.path else None, "n_cells": int(adata.n_obs),
             "settings": str(settings) if settings else None, "config": to_dict(config)}, indent=2) + "\n")

@@ -26,11 +26,12 @@ import numpy as np
 
 from sc_fm.config import CONFIGS_DIR, PrepareConfig, load_config
 from sc_fm.simulate import AtlasSpec, write_atlas_h5ad
-from sc_fm.vocab import GeneVocab
+from sc_fm.vocab import GeneVocab, default_vocab
 
 SIMULATED_OBS = {"dataset": "dataset", "assay": "assay", "donor": "donor", "cell_type": "cell_type"}
 RUN_CONFIG = CONFIGS_DIR / "runs" / "demo.yaml"
 MIXTURE_SOURCES = CONFIGS_DIR / "data" / "sc_mixology_mixtures.yaml"
+PBMC_SOURCES = CONFIGS_DIR / "data" / "pbmc.yaml"
 
 
 @dataclass
@@ -38,40 +39,52 @@ class DemoSize:
     """How big the demo is: the full one, or ``--quick`` for a smoke run."""
 
     sim_cells: int
-    sim_genes: int
+    vocab_detected: int  # per tissue: its most-detected genes ...
+    vocab_variable: int  # ... and its most variable ones (seurat_v3)
     max_steps: int
     scvi_epochs: int
     adapt_steps: int
 
 
-FULL = DemoSize(sim_cells=6000, sim_genes=4000, max_steps=150, scvi_epochs=150, adapt_steps=300)
-QUICK = DemoSize(sim_cells=1500, sim_genes=4000, max_steps=20, scvi_epochs=30, adapt_steps=10)
+FULL = DemoSize(sim_cells=6000, vocab_detected=2500, vocab_variable=1000, max_steps=150, scvi_epochs=150, adapt_steps=300)
+QUICK = DemoSize(sim_cells=1500, vocab_detected=2500, vocab_variable=1000, max_steps=20, scvi_epochs=30, adapt_steps=10)
 
 
-def mixture_gene_universe(n_genes: int) -> list[str]:
-    """The ``n_genes`` most-counted genes (Ensembl IDs) of the pretraining mixture profiles."""
-    from sc_fm.datasets import load_sc_mixology_mixtures
+def demo_vocabulary(size: DemoSize) -> tuple[GeneVocab, "pd.DataFrame"]:  # noqa: F821
+    """The demo's vocabulary, chosen from its real pretraining sources only (never the evaluation
+    cells): per tissue, the most-detected and the most variable genes (``data_pipelines.selection``),
+    with GENCODE v44 symbols; and what each tissue contributed."""
+    from data_pipelines.selection import select_vocabulary
+    from sc_fm.datasets import load_pbmc_pretraining, load_sc_mixology_mixtures
 
-    adata = load_sc_mixology_mixtures()
-    totals = np.asarray(adata.X.sum(axis=0)).ravel()
-    return [str(g) for g in adata.var_names[np.argsort(-totals, kind="stable")[:n_genes]]]
+    reference = default_vocab()
+    mixtures = load_sc_mixology_mixtures()
+    mixtures = mixtures[:, reference.lookup(list(mixtures.var_names)) >= 0]
+    groups = {"sc_mixology mixtures": mixtures, "PBMC (donor A, sorted 3,426)": load_pbmc_pretraining()}
+    return select_vocabulary(groups, reference, size.vocab_detected, size.vocab_variable, batch_key="batch",
+                             name="demo")
 
 
 def build_corpus(out: Path, size: DemoSize, progress: bool = True) -> Path:
-    """Simulated atlas + real mixture profiles -> ``out/corpus.zarr`` (vocabulary: the simulated genes)."""
+    """Simulated atlas + real mixture profiles + real PBMC -> ``out/corpus.zarr``; the vocabulary
+    (``demo_vocabulary``) is also the simulated atlas's genes. Prints each source's gene mapping."""
     from data_pipelines import SourceSpec, prepare
 
     sources = out / "sources"
     sources.mkdir(parents=True, exist_ok=True)
-    spec = AtlasSpec(n_cells=size.sim_cells, n_genes=size.sim_genes, n_studies=4, n_cell_types=6, seed=0,
-                     gene_ids=mixture_gene_universe(size.sim_genes),
-                     study_names=[f"simulated_study_{i}" for i in range(4)])
+    vocab, contributed = demo_vocabulary(size)
+    vocab_file = sources / "vocab.tsv"
+    vocab.save(vocab_file)
+    spec = AtlasSpec(n_cells=size.sim_cells, n_genes=vocab.n_genes, n_studies=4, n_cell_types=6, seed=0,
+                     gene_ids=list(vocab.gene_ids), study_names=[f"simulated_study_{i}" for i in range(4)])
     atlas = write_atlas_h5ad(sources / "simulated_atlas.h5ad", spec)
-    vocab = sources / "vocab.tsv"  # the simulated genes: a small vocabulary keeps the demo fast
-    GeneVocab(list(spec.gene_ids), name="demo").save(vocab)
     store = out / "corpus.zarr"
-    prepare([SourceSpec(path=atlas, dataset="simulated_atlas", obs_columns=SIMULATED_OBS), MIXTURE_SOURCES],
-            store, PrepareConfig(vocab=str(vocab), min_gene_overlap=0.01), progress=progress)
+    summary = prepare([SourceSpec(path=atlas, dataset="simulated_atlas", obs_columns=SIMULATED_OBS), MIXTURE_SOURCES,
+                       PBMC_SOURCES], store, PrepareConfig(vocab=str(vocab_file), min_gene_overlap=0.01),
+                      progress=progress)
+    if progress:
+        print(f"vocabulary: {vocab.n_genes} genes\n{contributed.to_string(index=False)}")
+        print(summary.table())
     return store
 
 

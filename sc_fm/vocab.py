@@ -47,8 +47,11 @@ class GeneVocab:
     name: str = "custom"
 
     def __post_init__(self) -> None:
-        if not self.symbols:
-            self.symbols = list(self.gene_ids)
+        if not self.symbols or self.symbols == self.gene_ids:
+            # IDs only (a corpus vocabulary, or one saved before symbols were kept): the shipped
+            # table's symbols, so that symbol-named inputs map to it and reports name genes
+            known = shipped_symbols()
+            self.symbols = [known.get(g, g) for g in self.gene_ids]
         if len(self.symbols) != len(self.gene_ids):
             raise InputDataError("vocabulary symbols and gene IDs differ in length")
         self._index = {g: i for i, g in enumerate(self.gene_ids)}
@@ -134,6 +137,17 @@ class GeneVocab:
             raise InputDataError("vocabulary file lists no genes", str(path),
                                  "write one gene per line: gene_id<TAB>symbol")
         return cls(ids, syms, name=name)
+
+
+@lru_cache(maxsize=1)
+def shipped_symbols() -> dict[str, str]:
+    """Ensembl ID -> symbol of the shipped GENCODE v44 table (IDs without a name left out)."""
+    known = {}
+    for line in gzip.decompress(DEFAULT_VOCAB_FILE.read_bytes()).decode().splitlines():
+        gene_id, _, symbol = line.partition("\t")
+        if symbol and symbol != gene_id and is_ensembl_id(gene_id):
+            known[gene_id] = symbol
+    return known
 
 
 @lru_cache(maxsize=1)

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from sc_fm.config import ExplainConfig, to_dict
 from sc_fm.errors import InputDataError
 from sc_fm.explain.attributions import attribute_cells, group_directions
-from sc_fm.explain.genes import display_symbols, gene_table
+from sc_fm.explain.genes import gene_table
 from sc_fm.explain.markers import compare_with_markers, de_scores
 from sc_fm.explain.perturbation import embed_tokens, perturbation_table, resolve_genes
 from sc_fm.model import MaskedGeneTransformer
@@ -87,7 +87,7 @@ def explain(pretrained: Checkpoint, adata, groupby: str, config: ExplainConfig |
     codes, names = group_codes(adata, groupby, where)
     mapping = pretrained.gene_mapping(adata, config.min_gene_overlap, where)
     vocab, model, tokenizer = pretrained.vocab, pretrained.model, pretrained.tokenizer
-    symbols = display_symbols(vocab)
+    symbols = list(vocab.symbols)
     perturbed = resolve_genes(config.perturb, vocab, symbols, "explain.perturb (--perturb)")
     cells = pretrained.input_cells(adata, config.batch_key, mapping, where=where)
     chosen = sample_cells(codes, config.max_cells_per_group, config.seed)

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sc_fm.vocab import GeneVocab, default_vocab
 
 GENE_COLUMNS = ["group", "gene_id", "symbol", "mean_attribution", "top_k_fraction", "cells_with_gene"]
 
@@ -18,16 +17,6 @@ def top_k_mask(attributions: sp.csr_matrix, k: int) -> np.ndarray:
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order)) - attributions.indptr[rows[order]]
     return rank < k
-
-
-def display_symbols(vocab: GeneVocab) -> list[str]:
-    """The vocabulary's symbols; where it has only IDs (a corpus vocabulary), the shipped human
-    vocabulary's symbol for that ID, so that reports name genes as biologists do."""
-    if any(s != g for s, g in zip(vocab.symbols, vocab.gene_ids)):
-        return list(vocab.symbols)
-    human = default_vocab()
-    found = human.lookup(vocab.gene_ids)
-    return [human.symbols[i] if i >= 0 else g for g, i in zip(vocab.gene_ids, found)]
 
 
 def gene_table(attributions: sp.csr_matrix, codes: np.ndarray, group_names: list[str], gene_ids: list[str],

@@ -26,7 +26,7 @@ PERTURB_COLUMNS = ["gene_id", "symbol", "mode", "group", "n_cells", "cosine_shif
 
 def resolve_genes(names: list[str], vocab: GeneVocab, symbols: list[str], where: str) -> list[int]:
     """Vocabulary indices of ``names``: Ensembl IDs or symbols, the vocabulary's own or the display
-    ``symbols`` of a vocabulary of IDs only (``display_symbols``); unknown names are refused."""
+    ``symbols`` (the shipped table's for a vocabulary of IDs only); unknown names are refused."""
     by_symbol = pd.Series(range(len(symbols)), index=[s.upper() for s in symbols])
     by_symbol = by_symbol[~by_symbol.index.duplicated(keep=False)]
     index = [i if i >= 0 else int(by_symbol.get(n.upper(), -1)) for n, i in zip(names, vocab.lookup(names))]

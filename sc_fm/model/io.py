@@ -21,6 +21,7 @@ from sc_fm.errors import InputDataError
 FORMAT = "sc_fm.model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
+START_FILE = "start.safetensors"  # the untrained weights the first optimiser step was applied to
 CONFIG_FILE = "model_config.json"
 INIT_ARGS = ("n_tokens", "value_encoding", "n_bins", "condition_sizes")
 # What a directory saved before the cell-level objective (and its adversary) means by the keys it lacks.
@@ -38,11 +39,16 @@ def required_file(directory: Path, name: str) -> Path:
     return path
 
 
+def write_weights(model: nn.Module, path: str | Path) -> None:
+    """``model``'s weights alone (tied weights once) into a safetensors file."""
+    save_model(model, str(path))
+
+
 def write_model(model: nn.Module, directory: str | Path) -> None:
     """Save ``model`` (which has ``config`` and ``init_args``) into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(directory / WEIGHTS_FILE))
+    write_weights(model, directory / WEIGHTS_FILE)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
             "config": dataclasses.asdict(model.config), **model.init_args}
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -68,9 +74,9 @@ def read_model_config(directory: str | Path) -> tuple[ModelConfig, dict]:
     return config, {key: meta[key] for key in INIT_ARGS}
 
 
-def load_weights(model: nn.Module, directory: str | Path) -> None:
-    """Fill ``model`` from ``directory/model.safetensors``; every tensor must match."""
-    path = required_file(Path(directory), WEIGHTS_FILE)
+def load_weights(model: nn.Module, directory: str | Path, name: str = WEIGHTS_FILE) -> None:
+    """Fill ``model`` from ``directory/name`` (the trained weights by default); every tensor must match."""
+    path = required_file(Path(directory), name)
     try:
         load_model(model, str(path), strict=True, device="cpu")
     except (RuntimeError, OSError, SafetensorError) as err:

@@ -10,6 +10,7 @@ the model's own files (``model.safetensors``, ``model_config.json``) and ``token
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from sc_fm.config import MIN_GENE_OVERLAP, ExplainConfig
 from sc_fm.errors import InputDataError
 from sc_fm.model import MaskedGeneTransformer
-from sc_fm.model.io import required_file
+from sc_fm.model.io import START_FILE, load_weights, required_file, write_weights
 from sc_fm.pretrained.cells import InputCells
 from sc_fm.pretrained.genes import GeneMapping, map_genes
 from sc_fm.pretrained.inputs import require_obs_column
@@ -31,9 +32,11 @@ TOKENIZER_DIR = "tokenizer"
 
 
 class Pretrained:
-    """``model`` (a ``MaskedGeneTransformer``) + ``tokenizer``; ``path`` where it was loaded from."""
+    """``model`` (a ``MaskedGeneTransformer``) + ``tokenizer``; ``path`` where it was loaded from;
+    ``start``: the untrained model its training began from (read from ``path`` when not given)."""
 
-    def __init__(self, model: MaskedGeneTransformer, tokenizer: CellTokenizer, path: Path | None = None):
+    def __init__(self, model: MaskedGeneTransformer, tokenizer: CellTokenizer, path: Path | None = None,
+                 start: MaskedGeneTransformer | None = None):
         n_tokens = model.init_args["n_tokens"]
         if tokenizer.vocab.n_tokens != n_tokens or tokenizer.model_inputs != model.init_args:
             raise InputDataError(f"the tokenizer ({tokenizer.vocab.n_tokens} tokens, {tokenizer.model_inputs}) "
@@ -42,6 +45,7 @@ class Pretrained:
         self.model = model
         self.tokenizer = tokenizer
         self.path = path
+        self._start = start
 
     @property
     def vocab(self) -> GeneVocab:
@@ -52,9 +56,33 @@ class Pretrained:
         """Display name in reports: ``sc_fm-<size>``."""
         return f"sc_fm-{self.model.config.size}"
 
+    @property
+    def has_start(self) -> bool:
+        return self._start is not None or (self.path is not None and (self.path / START_FILE).is_file())
+
+    def start_model(self) -> MaskedGeneTransformer:
+        """The exact weights the first optimiser step of this model's pretraining was applied to
+        (its gene start included, before any training), saved by the trainer in every checkpoint
+        directory; an adapted checkpoint carries its base's. Eval mode, CPU."""
+        if self._start is None:
+            if not self.has_start:
+                raise InputDataError(f"no saved start ({START_FILE})", str(self.path or "Pretrained"),
+                                     "pretrain again with this version of sc_fm, which saves the start "
+                                     "beside the weights of every checkpoint")
+            start = MaskedGeneTransformer(self.model.config, **self.model.init_args)
+            load_weights(start, self.path, START_FILE)
+            self._start = start.eval()
+        return self._start
+
+    def same_start(self) -> "Pretrained":
+        """This checkpoint before pretraining (``start_model``) with the same tokenizer: the honest
+        control, which shows what pretraining added to its start."""
+        start = copy.deepcopy(self.start_model()).eval()
+        return Pretrained(start, self.tokenizer, start=self.start_model())
+
     def untrained(self, seed: int) -> "Pretrained":
-        """The same architecture and tokenizer at random initialisation (seeded): the floor
-        pretraining must clear, and the start of a from-scratch control."""
+        """The same architecture and tokenizer at random initialisation (seeded): a random gene
+        table instead of the checkpoint's own start, and the start of a from-scratch control."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = MaskedGeneTransformer(self.model.config, **self.model.init_args).eval()
@@ -73,8 +101,11 @@ class Pretrained:
         return cls(model, tokenizer, directory)
 
     def save(self, directory: str | Path) -> None:
-        """Weights, model config and tokenizer (with its vocabulary) into ``directory``."""
+        """Weights, model config, the start where known, and the tokenizer (with its vocabulary)
+        into ``directory``."""
         self.model.save_pretrained(directory)
+        if self.has_start:
+            write_weights(self.start_model(), Path(directory) / START_FILE)
         self.tokenizer.save(Path(directory) / TOKENIZER_DIR)
 
     # ---- AnnData in ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ same sequence of batches and random draws as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -24,6 +25,7 @@ from sc_fm.config import RunConfig, save_config, to_dict
 from sc_fm.data import kept_cells
 from sc_fm.data.coexpression import coexpression_loadings, kept_normalised_rows
 from sc_fm.errors import ConfigError
+from sc_fm.model.io import START_FILE, load_weights
 from sc_fm.pretrained import Pretrained
 from sc_fm.store import CorpusStore
 from sc_fm.tokenize import CellTokenizer
@@ -134,6 +136,7 @@ class Trainer:
             elif latest is None and cfg.model.gene_init == "coexpression":
                 with setup_blas_threads(beside_setup_thread=engine_import is not None or tracking is not None):
                     self._coexpression_start(stores)
+            self.start = self._untrained_start(initial, latest)
             seed_everything(cfg.train.seed + 1 + self.env.rank)  # per-rank dropout draws
             if engine_import is not None:
                 engine_import.result()
@@ -154,6 +157,24 @@ class Trainer:
             setup.shutdown(wait=False)
         self.step_flops = StepFlops.of(self.model)
         self.peak_flops = peak_flops(plan.device)
+
+    def _untrained_start(self, initial: Pretrained | None, latest: Path | None) -> MaskedGeneTransformer:
+        """What every checkpoint of this run saves as its start (``Pretrained.start_model``): a
+        resumed run's saved start, an adaptation's base's own start, else the weights as they are
+        now, before the first optimiser step. Built outside the training RNG streams."""
+        from sc_fm.model import MaskedGeneTransformer
+
+        if latest is None and (initial is None or not initial.has_start):
+            return copy.deepcopy(self.model).eval()
+        with torch.random.fork_rng(devices=[]):
+            start = MaskedGeneTransformer(self.cfg.model, **self.tokenizer.model_inputs)
+        if latest is not None and (latest / START_FILE).is_file():
+            load_weights(start, latest, START_FILE)
+        elif latest is None:
+            start.start_from(initial.start_model())
+        else:  # a checkpoint written before starts were saved: its run's start is unknown
+            return copy.deepcopy(self.model).eval()
+        return start.eval()
 
     def _new_tokenizer(self, stores: list[CorpusStore]) -> CellTokenizer:
         """Normalisers and condition categories of the cells that train: held-out cells
@@ -269,7 +290,7 @@ class Trainer:
         """Model and tokenizer as a ``Pretrained.load`` directory (rank 0 writes)."""
         with self.engine.full_weights():
             if self.env.is_main:
-                Pretrained(self.model, self.tokenizer).save(directory)
+                Pretrained(self.model, self.tokenizer, start=self.start).save(directory)
 
     def _write_checkpoint(self, directory: Path) -> None:
         self.engine.save_state(directory)

@@ -47,7 +47,7 @@ def resolve_precision(requested: str, device: torch.device, engine: str) -> str:
 def check_train_config(cfg: RunConfig) -> None:
     t = cfg.train
     rules = [
-        (t.max_steps >= 1, "train.max_steps must be at least 1"),
+        (t.max_steps >= 0, "train.max_steps must be >= 0 (0 saves the untrained start as final/)"),
         (t.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
         (t.lr > 0, "train.lr must be positive"),
         (0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio must be in [0, 1]"),
