@@ -50,10 +50,7 @@ def main() -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="scfm_quality_"))
     size = demo.QUICK if args.quick else demo.FULL
     began = time.perf_counter()
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        checkpoint = demo.pretrain(work, demo.build_corpus(work, size, progress=False), size)
-    pretrain_s = time.perf_counter() - began
+    checkpoint, pretrain_s = demo.checkpoint_or_pretrain(args.checkpoint, work, size)
     seeds = args.seeds or (1 if args.quick else 5)
     if args.input:
         import anndata

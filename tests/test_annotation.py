@@ -4,15 +4,21 @@ exact, the metrics are scikit-learn's, the report and MLflow hold every row, bad
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from sc_fm.classify import ACCURACY, MACRO_F1, annotation_scores, hvg_features, per_class_f1
 from sc_fm.cli import main
-from sc_fm.config import FinetuneConfig
+from sc_fm.config import EvalConfig, FinetuneConfig
 from sc_fm.errors import InputDataError
+from sc_fm.evaluate.annotation import annotation_methods, predict_all
 from sc_fm.evaluate.annotation_split import require_scorable, split_reference
 
+FAST_EVAL = EvalConfig(scvi_epochs=2, scvi_kl_warmup_epochs=1, n_pcs=10)
+FAST_FINETUNE = FinetuneConfig(label_key="cell_type", max_steps=2)
+ROWS = ["LogReg (HVG)", "kNN (PCA)", "kNN (scVI)", "scANVI", "sc_fm-tiny (kNN zero-shot)",
+        "sc_fm-tiny (linear probe)", "sc_fm-tiny (fine-tuned)", "sc_fm-tiny (untrained, same start, fine-tuned)"]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +59,89 @@ def test_hvg_features_are_scaled_on_the_training_cells_only(cells):
     assert features.shape == (cells.n_obs, 50)
     np.testing.assert_allclose(features[train].mean(axis=0), 0, atol=1e-4)
     assert not np.allclose(features[~train].mean(axis=0), 0, atol=1e-2)
+
+
+@pytest.fixture(scope="module")
+def started_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint with a saved start of other weights, as every pretraining writes one."""
+    from sc_fm.pretrained import Pretrained
+
+    loaded = Pretrained.load(tiny_checkpoint)
+    path = tmp_path_factory.mktemp("started") / "final"
+    Pretrained(loaded.model, loaded.tokenizer, start=loaded.untrained(1).model).save(path)
+    return path
+
+
+def _predictions(cells, checkpoint, query_labels) -> dict[str, list[np.ndarray]]:
+    adata = cells.copy()
+    query = (adata.obs["dataset"] != "study_0").to_numpy()
+    labels = adata.obs["cell_type"].astype(str).to_numpy().astype(object)
+    labels[query] = query_labels
+    adata.obs["cell_type"] = labels
+    split = split_reference(adata, "dataset", "cell_type", ["study_0"], "cells")
+    methods = annotation_methods(split, [checkpoint], FAST_EVAL, FAST_FINETUNE, progress=False)
+    assert [m.name for m in methods] == ROWS
+    return predict_all(methods, [0])
+
+
+@pytest.mark.slow
+def test_query_labels_never_reach_a_method(cells, started_checkpoint):
+    original = _predictions(cells, started_checkpoint, cells.obs["cell_type"].astype(str)[
+        (cells.obs["dataset"] != "study_0").to_numpy()].to_numpy())
+    for replacement in ("type_0", "a label no reference cell has"):
+        replaced = _predictions(cells, started_checkpoint, replacement)
+        for name in ROWS:
+            np.testing.assert_array_equal(replaced[name][0], original[name][0], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def annotation_cli(cells, started_checkpoint, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("annotation")
+    path = tmp / "cells.h5ad"
+    adata = cells.copy()
+    labels = adata.obs["cell_type"].astype(str).to_numpy().astype(object)
+    labels[np.flatnonzero((adata.obs["dataset"] == "study_1").to_numpy())[:5]] = "only in the query"
+    adata.obs["cell_type"] = labels
+    adata.write_h5ad(path)
+    out = tmp / "report"
+    uri = f"sqlite:///{tmp / 'elsewhere.db'}"
+    code = main(["benchmark", str(path), "--task", "annotation", "--checkpoint", str(started_checkpoint),
+                 "--label-key", "cell_type", "--batch-key", "dataset", "--reference", "study_0", "-o", str(out),
+                 "--seeds", "2", "--finetune-steps", "2", "--scvi-epochs", "2", f"tracking.uri={uri}"])
+    return code, out, uri
+
+
+@pytest.mark.slow
+def test_report_and_mlflow_hold_every_row(annotation_cli):
+    import mlflow
+
+    from sc_fm.evaluate.tracking import metric_name
+
+    code, out, uri = annotation_cli
+    assert code == 0
+    table = pd.read_csv(out / "results.csv")
+    assert list(table.columns) == ["method", "Accuracy", "Accuracy sd", "Macro F1", "Macro F1 sd", "Seeds"]
+    assert list(table["method"]) == ROWS
+    seeds = dict(zip(table["method"], table["Seeds"]))
+    assert seeds["LogReg (HVG)"] == 1 and seeds["scANVI"] == 2 and seeds["sc_fm-tiny (fine-tuned)"] == 2
+    per_seed = pd.read_csv(out / "results_per_seed.csv")
+    assert len(per_seed) == sum(seeds.values()) and set(per_seed["method"]) == set(ROWS)
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert set(per_class["method"]) == set(ROWS)
+    unseen = per_class[per_class["class"] == "only in the query"]
+    assert len(unseen) == len(ROWS) and unseen["F1"].isna().all() and (unseen["query cells"] == 5).all()
+    report = (out / "report.md").read_text()
+    for name in ROWS:
+        assert f"| {name} |" in report
+    for reference in ("LogReg (HVG)", "scANVI"):
+        assert f"sc_fm-tiny (fine-tuned) vs {reference}: macro F1" in report
+    assert "Unseen query classes" in report and "only in the query (unseen)" not in report
+    assert len(list((out / "confusion").glob("*.png"))) == len(ROWS)
+    client = mlflow.tracking.MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    metrics = runs[0].data.metrics
+    for name in ROWS:
+        assert {metric_name(name, MACRO_F1), metric_name(name, ACCURACY)} <= set(metrics)
 
 
 def _refused(argv: list[str], capsys, out) -> str:
@@ -112,3 +201,13 @@ def test_finetune_steps_bound_the_optimiser_steps(tiny_checkpoint, cells, tmp_pa
     result = finetune(Pretrained.load(tiny_checkpoint), adata, tmp_path / "ft",
                       FinetuneConfig(label_key="cell_type", max_steps=10, tracking=False), progress=False)
     assert len(result.history) == 2
+
+
+def test_a_checkpoint_without_its_saved_start_is_refused(cells, tiny_checkpoint, tmp_path, capsys):
+    path = tmp_path / "cells.h5ad"
+    cells.write_h5ad(path)
+    out = tmp_path / "report"
+    err = _refused(["benchmark", str(path), "--task", "annotation", "--checkpoint", str(tiny_checkpoint),
+                    "--label-key", "cell_type", "--batch-key", "dataset", "--reference", "study_0", "-o", str(out),
+                    "--no-tracking"], capsys, out)
+    assert "no saved start" in err

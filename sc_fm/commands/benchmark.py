@@ -89,12 +89,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_benchmark(adata, args.batch_key, args.label_key, args.output, args.checkpoint, cfg.eval,
                            min_gene_overlap=config.min_gene_overlap, track=config.tracking, where=args.input,
                            n_seeds=config.seeds, seeded_candidates=rows)
-    for line in result.verdict:
-        print(line)
-    print(f"report: {result.report}")
-    if result.tracking:
-        print(f"MLflow: {result.tracking['tracking_uri']} (run {result.tracking['run_id']})")
-    return 0
+    return print_result(result)
 
 
 def run_annotation(args: argparse.Namespace) -> int:
@@ -129,6 +124,11 @@ def run_annotation(args: argparse.Namespace) -> int:
     result = annotate(split, args.checkpoint, args.output, cfg.eval, cfg.finetune, n_seeds=cfg.benchmark.seeds,
                       min_gene_overlap=cfg.benchmark.min_gene_overlap, tracking=cfg.tracking if track else None,
                       where=args.input)
+    return print_result(result)
+
+
+def print_result(result) -> int:
+    """The verdict lines, where the report is and the MLflow run (either task's result)."""
     for line in result.verdict:
         print(line)
     print(f"report: {result.report}")

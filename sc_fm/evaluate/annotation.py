@@ -96,6 +96,7 @@ class CheckpointMethods:
         self.path, self.split, self.config = Path(path), split, config
         self.progress, self.where = progress, where
         pretrained = Pretrained.load(path)
+        pretrained.start_model()  # refuse a checkpoint without its saved start before any training
         self.name = pretrained.name
         mapping = pretrained.gene_mapping(split.cells, min_gene_overlap, where)
         self.embedding = pretrained.embed(split.cells, split.batch_key, key_added=None, mapping=mapping,
