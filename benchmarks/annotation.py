@@ -52,8 +52,10 @@ def balanced(adata, batch_key: str, label_key: str, reference: str, seed: int = 
     return adata[keep].copy()
 
 
-def ablation(adata, checkpoint: Path, reference: str, finetune_config, steps: int, embed_batch_cells: int) -> None:
-    """Fine-tuning variants (one seed, reference ``reference``): macro-F1 and accuracy on the query."""
+def ablation(adata, checkpoint: Path, reference: str, finetune_config, steps: int, embed_batch_cells: int,
+             only: list[str]) -> None:
+    """Fine-tuning variants (one seed, reference ``reference``): macro-F1 and accuracy on the query;
+    ``only``: the variants whose names hold one of these words (empty: all)."""
     import dataclasses
 
     from sc_fm.classify import ACCURACY, MACRO_F1, annotation_scores
@@ -68,6 +70,8 @@ def ablation(adata, checkpoint: Path, reference: str, finetune_config, steps: in
     runs = {name: (adata, dataclasses.replace(base, **change)) for name, change in variants.items()}
     runs["class-balanced reference"] = (balanced(adata, PBMC_BATCH, PBMC_LABEL, reference), base)
     for name, (cells, config) in runs.items():
+        if only and not any(word in name for word in only):
+            continue
         split = split_reference(cells, PBMC_BATCH, PBMC_LABEL, [reference], "PBMC")
         rows = CheckpointMethods(checkpoint, split, config, embed_batch_cells, 0.1, False, "PBMC")
         scores = annotation_scores(split.truth, rows.finetuned(config.seed, same_start=False), split.shared)
@@ -85,9 +89,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per seeded method (default 3; --quick 1)")
     parser.add_argument("--finetune-steps", type=int, default=None,
                         help="optimiser steps per fine-tuning (default: scfm finetune's epochs)")
-    parser.add_argument("--ablation", action="store_true",
+    parser.add_argument("--ablation", nargs="*", default=None, metavar="WORD",
                         help="instead: fine-tuning variants (linear head, learning rate, steps, class balance), "
-                             "the first chemistry the reference, one seed")
+                             "the first chemistry the reference, one seed; WORDs pick variants by name")
     args = parser.parse_args()
 
     from sc_fm import demo
@@ -110,9 +114,9 @@ def main() -> int:
     if args.quick:
         adata = sample(adata, PBMC_BATCH, QUICK_CELLS_PER_CHEMISTRY)
     seeds = args.seeds or (1 if args.quick else 3)
-    if args.ablation:
+    if args.ablation is not None:
         ablation(adata, checkpoint, adata.obs[PBMC_BATCH].cat.categories[0], finetune_config,
-                 steps or QUICK_FINETUNE_STEPS, eval_config.embed_batch_cells)
+                 steps or QUICK_FINETUNE_STEPS, eval_config.embed_batch_cells, args.ablation)
         return 0
     name = Pretrained.load(checkpoint).name
     ratios: dict[str, list[float]] = {"finetuned_vs_logreg": [], "finetuned_vs_scanvi": [],
