@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(BENCH_STAMP)
-	for b in ingest loader model train quality; do $(PY) benchmarks/$$b.py --quick || exit 1; done
+	for b in ingest loader model train contention quality; do $(PY) benchmarks/$$b.py --quick || exit 1; done
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -1,15 +1,20 @@
-"""Embedding quality: a pretrained sc_fm checkpoint vs scVI and PCA on held-out real cells.
+"""Embedding quality: a pretrained sc_fm checkpoint vs its own untrained start, scVI and PCA on held-out real cells.
 
-The evaluation set is ``--input`` or the shipped sc_mixology singlets (real counts; batch =
-protocol, label = cell line). Every method (sc_fm, PCA, scVI, Harmony, the random control) is
-scored in this one process on the same cells with the same pinned scib-metrics 0.5.10 settings
-(total = 0.6 bio + 0.4 batch) and held-out kNN label transfer; ``--seeds K`` repeats every
-seeded method K times (mean and sd in the table, verdicts against the larger sd).
-The checkpoint is ``--checkpoint DIR`` or, by default, one pretrained here on the demo
-corpus, which never holds the evaluation cells (``sc_fm.demo``; ``--quick``: the demo's smoke
-size). Beside it: its untrained control, the checkpoint adapted to the evaluation cells
-(``--adapt-steps``), and the same adaptation from scratch at 1x and 4x the steps.
-The harness is first checked against the published anchor (PCA ~0.670, scVI ~0.868).
+The evaluation set is ``--dataset``: ``mixology`` (the shipped sc_mixology singlets: batch =
+protocol, label = cell line) or ``pbmc`` (real PBMC across two 10x chemistries: pbmc4k, 10x v2,
+with the FACS-sorted 2,140, 10x v1; batch = ``chemistry``, label = ``cell_type``), or
+``--input``. Neither is in the pretraining corpus. Every method (sc_fm, PCA, scVI, Harmony, the
+random control) is scored in this one process on the same cells with the same pinned
+scib-metrics 0.5.10 settings (total = 0.6 bio + 0.4 batch); ``--seeds K`` repeats every seeded
+method K times (mean and sd in the table, verdicts against the larger sd).
+The checkpoint is ``--checkpoint DIR`` or, by default, one demo-sized pretraining here per seed
+(``train.seed`` = the seed) on the demo corpus (``sc_fm.demo``; ``--quick``: its smoke size), so
+the zero-shot row and its controls have a spread too. Beside it: its same start (the exact
+untrained weights its pretraining began from), a random-initialised control, the co-expression
+start built from the same corpus when the checkpoint started otherwise, the checkpoint adapted
+to the evaluation cells (``--adapt-steps``), and the same adaptation from scratch at 1x and 4x
+the steps. On the singlets the harness is first checked against the published anchor (PCA
+~0.670, scVI ~0.868).
 
 Ends with ``result: NAME ratio=X target=Y`` lines (ratio > 1: sc_fm is better).
 """
@@ -25,46 +30,104 @@ ANCHORS = {"PCA (unintegrated)": 0.670, "scVI": 0.868}
 HARMONY_EARLIER = 0.894  # measured before on the same cells with the same scib settings (issue 11)
 
 
+DATASETS = ("mixology", "pbmc")
+COEXPRESSION_START = ("coexpression", 20000)  # model.gene_init, model.gene_init_cells of the reference start
+
+
+def evaluation_set(args) -> tuple:
+    """``(adata, batch_key, label_key)`` of ``--input`` or ``--dataset``."""
+    from sc_fm.datasets import PBMC_BATCH, PBMC_LABEL, load_pbmc_cross_chemistry, load_sc_mixology
+
+    if args.input:
+        import anndata
+
+        return anndata.read_h5ad(args.input), args.batch_key or None, args.label_key
+    if args.dataset == "pbmc":
+        return load_pbmc_cross_chemistry(), PBMC_BATCH, PBMC_LABEL
+    return load_sc_mixology(), "batch", "cell_type"
+
+
+def pretrained_rows(checkpoints: dict[int, Path], adata, batch_key: str | None, config, work: Path,
+                    store: Path | None, size) -> dict:
+    """Seeded sc_fm rows over one pretraining per seed: ``{name: f(seed) -> embedding}``: the
+    zero-shot checkpoint of that seed, its same start, the co-expression start of the same corpus
+    where the checkpoint started otherwise, then ``sc_fm.candidates.seeded_rows`` of that seed's
+    checkpoint (random-initialised control, adapted, from scratch)."""
+    from sc_fm import demo
+    from sc_fm.candidates import seeded_rows
+    from sc_fm.pretrained import Pretrained
+
+    models = {seed: Pretrained.load(path) for seed, path in checkpoints.items()}
+    name = next(iter(models.values())).name
+
+    def embed(model) -> "np.ndarray":  # noqa: F821
+        return model.embed(adata, batch_key, key_added=None, progress=False)
+
+    rows = {name: lambda seed: embed(models[seed]),
+            f"{name} (untrained, same start)": lambda seed: embed(models[seed].same_start())}
+    first = next(iter(models.values())).model.config
+    if (first.gene_init, first.gene_init_cells) != COEXPRESSION_START and store is not None:
+        def coexpression(seed: int) -> "np.ndarray":  # noqa: F821
+            init, cells = COEXPRESSION_START
+            path = demo.pretrain(work / f"coexpression_start_seed{seed}", store, size,
+                                 [f"train.seed={seed}", "train.max_steps=0", f"model.gene_init={init}",
+                                  f"model.gene_init_cells={cells}"])
+            return embed(Pretrained.load(path))
+
+        rows["co-expression start (untrained)"] = coexpression
+    per_seed = {seed: seeded_rows([path], adata, batch_key, config, work / "report") for seed, path in checkpoints.items()}
+    for row in next(iter(per_seed.values())):
+        rows[row] = lambda seed, row=row: per_seed[seed][row](seed)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke-size pretraining (20 steps)")
+    parser.add_argument("--dataset", choices=DATASETS, default="mixology",
+                        help="the held-out evaluation set (default: mixology)")
     parser.add_argument("--checkpoint", default=None, help="pretrained directory to evaluate instead")
     parser.add_argument("--workdir", default=None, help="where to build the corpus and run (default: temp)")
     parser.add_argument("--input", default=None,
-                        help="evaluation .h5ad (raw counts; default: the shipped singlets)")
+                        help="evaluation .h5ad (raw counts) instead of --dataset, with --batch-key and --label-key")
     parser.add_argument("--batch-key", default="batch")
     parser.add_argument("--label-key", default="cell_type")
     parser.add_argument("--seeds", type=int, default=None,
-                        help="seeds per seeded method (default 5; --quick 1)")
+                        help="seeds: pretrainings and repeats of every seeded method (default 5; --quick 1)")
     parser.add_argument("--adapt-steps", type=int, default=None,
                         help="adaptation steps (default: the demo's; --quick: its smoke size)")
     args = parser.parse_args()
 
     from sc_fm import demo
-    from sc_fm.candidates import seeded_rows
     from sc_fm.config import BenchmarkConfig, EvalConfig
-    from sc_fm.datasets import load_sc_mixology
     from sc_fm.evaluate import run_benchmark
     from sc_fm.evaluate.metrics import BATCH, BIO, KNN_ACCURACY, TOTAL
+    from sc_fm.evaluate.seeds import seed_list
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="scfm_quality_"))
     size = demo.QUICK if args.quick else demo.FULL
+    seeds = seed_list(EvalConfig().seed, args.seeds or (1 if args.quick else 5), "--seeds")
+    adata, batch_key, label_key = evaluation_set(args)
+    adapt_steps = args.adapt_steps if args.adapt_steps is not None else size.adapt_steps
+    config = BenchmarkConfig(adapt_steps=adapt_steps)
     began = time.perf_counter()
-    checkpoint, pretrain_s = demo.checkpoint_or_pretrain(args.checkpoint, work, size)
-    seeds = args.seeds or (1 if args.quick else 5)
-    if args.input:
-        import anndata
-
-        adata = anndata.read_h5ad(args.input)
+    if args.checkpoint is None:
+        store = work / "corpus.zarr"
+        if not store.exists():
+            demo.build_corpus(work, size, progress=False)
+        checkpoints = {seed: demo.pretrain(work / f"pretrain_seed{seed}", store, size, [f"train.seed={seed}"])
+                       for seed in seeds}
     else:
-        adata = load_sc_mixology()
-    adapt_steps = args.adapt_steps or size.adapt_steps
-    rows = seeded_rows([checkpoint], adata, args.batch_key, BenchmarkConfig(adapt_steps=adapt_steps), work / "report")
-    result = run_benchmark(adata, args.batch_key, args.label_key, work / "report", [checkpoint],
-                           EvalConfig(), track=False, progress=False, n_seeds=seeds, seeded_candidates=rows)
+        store, checkpoints = None, {seed: Path(args.checkpoint) for seed in seeds}
+    pretrain_s = time.perf_counter() - began
+    rows = pretrained_rows(checkpoints, adata, batch_key, config, work, store, size)
+    result = run_benchmark(adata, batch_key, label_key, work / "report", [], EvalConfig(), track=False,
+                           progress=False, n_seeds=len(seeds), seeded_candidates=rows)
     table = result.table
     print(table[[BIO, BATCH, TOTAL, TOTAL + " sd", KNN_ACCURACY, "Seeds"]].round(3).to_string())
-    if not args.input:
+    print("every seed:")
+    print(result.per_seed.pivot(index="method", columns="seed", values=TOTAL).round(3).to_string())
+    if args.dataset == "mixology" and not args.input:
         for method, anchor in ANCHORS.items():
             if method in table.index:
                 print(f"anchor {method}: total {table.loc[method, TOTAL]:.3f} (published {anchor:.3f})")
@@ -74,36 +137,45 @@ def main() -> int:
     print("\n".join(result.verdict))
     print(f"pretraining {pretrain_s:.0f} s, benchmark {time.perf_counter() - began - pretrain_s:.0f} s; "
           f"report {result.report}")
-    print(f"seeds {result.seeds}, adaptation {adapt_steps} steps")
+    print(f"dataset {args.input or args.dataset}, seeds {result.seeds}, adaptation {adapt_steps} steps")
     model = table.index[0]
-    rows = {"zero-shot": model, "untrained": f"{model} (untrained)", "adapted": f"{model} (adapted)",
-            "scratch": f"{model} (scratch, adapted)", "scratch x4": f"{model} (scratch, adapted x4)"}
+    rows = {"zero-shot": model, "start": f"{model} (untrained, same start)",
+            "random": f"{model} (untrained, random)", "adapted": f"{model} (adapted)",
+            "scratch": f"{model} (scratch, adapted)", "scratch x4": f"{model} (scratch, adapted x4)",
+            "coexpression": "co-expression start (untrained)" if "co-expression start (untrained)" in table.index
+            else f"{model} (untrained, same start)"}
     figures = (("total_vs_scvi", "zero-shot", "scVI", TOTAL, 1.0),
                ("total_vs_pca", "zero-shot", "PCA (unintegrated)", TOTAL, 1.0),
                ("knn_accuracy_vs_scvi", "zero-shot", "scVI", KNN_ACCURACY, 1.0),
                ("total_vs_harmony", "zero-shot", "Harmony", TOTAL, 0),
                ("zero_shot_vs_pca", "zero-shot", "PCA (unintegrated)", TOTAL, 1.0),
+               ("zero_shot_vs_coexpression_start", "zero-shot", rows["coexpression"], TOTAL, 1.0),
                ("adapted_vs_scvi", "adapted", "scVI", TOTAL, 0.99),
                ("adapted_vs_harmony", "adapted", "Harmony", TOTAL, 0))
     for name, row, reference, column, target in figures:
-        if reference in table.index:  # Harmony needs a batch key
+        if reference in table.index and rows[row] in table.index:  # Harmony needs a batch key
             print(f"result: {name} ratio={table.loc[rows[row], column] / table.loc[reference, column]:.3f} "
                   f"target={target}")
-    print(f"result: pretrained_vs_untrained ratio={beyond_spread(table, rows['zero-shot'], rows['untrained']):.3f} "
-          f"target=1.0")
-    scratch = max((rows["scratch"], rows["scratch x4"]), key=lambda r: table.loc[r, TOTAL])
-    print(f"result: pretrained_vs_scratch ratio={table.loc[rows['adapted'], TOTAL] / table.loc[scratch, TOTAL]:.3f} "
-          f"target=1.0 (best scratch: {scratch})")
-    if args.batch_key:
-        print(within_batch_bio(adata, args.batch_key, args.label_key, checkpoint, work / "report" / "adapted",
-                               result.seeds[0]).round(3).to_string())
+    gap = table.loc[rows["zero-shot"], TOTAL] - table.loc[rows["start"], TOTAL]
+    print(f"result: pretrained_vs_start ratio={beyond_spread(table, rows['zero-shot'], rows['start']):.3f} "
+          f"target=1.0 (gap {gap:+.3f}; the ratio is over the start plus the larger seed sd)")
+    print(f"result: pretrained_vs_untrained ratio={beyond_spread(table, rows['zero-shot'], rows['random']):.3f} "
+          f"target=1.0 (the random-initialised control)")
+    if adapt_steps:
+        scratch = max((r for r in (rows["scratch"], rows["scratch x4"]) if r in table.index),
+                      key=lambda r: table.loc[r, TOTAL])
+        print(f"result: pretrained_vs_scratch ratio={table.loc[rows['adapted'], TOTAL] / table.loc[scratch, TOTAL]:.3f} "
+              f"target=1.0 (best scratch: {scratch})")
+    if batch_key:
+        print(within_batch_bio(adata, batch_key, label_key, checkpoints[seeds[0]], work / "report" / "adapted",
+                               seeds[0]).round(3).to_string())
     return 0
 
 
 def within_batch_bio(adata, batch_key: str, label_key: str, checkpoint, adapted_dir: Path, seed: int):
     """Bio conservation inside each batch alone (first seed): a model can mix batches well and still
     blur the labels within one, which the pooled score hides. Rows: PCA (on that batch's own HVGs),
-    the zero-shot checkpoint, its untrained control and every adapted directory of that seed."""
+    the zero-shot checkpoint, its untrained controls and every adapted directory of that seed."""
     import pandas as pd
 
     from sc_fm.config import EvalConfig
@@ -112,7 +184,9 @@ def within_batch_bio(adata, batch_key: str, label_key: str, checkpoint, adapted_
     from sc_fm.pretrained import Pretrained
 
     model = Pretrained.load(checkpoint)
-    models = {"zero-shot": model, "untrained": model.untrained(seed)}
+    models = {"zero-shot": model, "untrained, random": model.untrained(seed)}
+    if model.has_start:
+        models["untrained, same start"] = model.same_start()
     models.update({path.name: Pretrained.load(path) for path in sorted(adapted_dir.glob(f"*_seed{seed}"))})
     config = EvalConfig()
     columns = {}

@@ -14,7 +14,7 @@ each rate is the median over rounds with the spread (min-max over rounds) beside
 end-to-end/model-only ratio is taken within a round, a minute apart, then the median over
 rounds: a 1.5x drift of the machine between rounds, seen on the 2-core machine, cancels. Steady state only: the first steps of every run (allocation, DeepSpeed set-up) are left
 out. The model-only ceiling is the faster of the bare step with ``pretrain``'s own thread
-budget (``sc_fm/train/threads.py``: every core, the loader workers at idle priority) and with
+budget (``sc_fm/threads.py``: every core, the loader workers at idle priority) and with
 every core, when the two differ (``OMP_NUM_THREADS`` set).
 ``train_time_vs_steady`` is steps x the median step time over the run's actual time
 (target 1/1.2: no stalls).
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -120,6 +119,45 @@ def end_to_end(cfg: RunConfig, run_dir: Path) -> tuple[float, float]:
     return sum(tokens) / sum(seconds), len(seconds) * statistics.median(seconds) / sum(seconds)
 
 
+def gpu_core_headroom(store: Path, batches: int) -> float:
+    """8 CPU cores per GPU over the cores that feed one GPU's ``base`` step (docs/train.md, *What a
+    GPU needs from the loader*): the loader's cells per CPU-second at ``base``'s tokenizer
+    settings against the cells/s that a GPU of the peak table consumes at the GPU check's MFU
+    target, from the FLOPs per cell of those very batches."""
+    from gpu import MFU_TARGET  # benchmarks/gpu.py, beside this script
+    from memory import tree_cpu_seconds
+
+    from sc_fm.data import build_train_loader, open_stores
+    from sc_fm.model import MaskedGeneTransformer
+    from sc_fm.tokenize import CellTokenizer
+    from sc_fm.train.flops import GPU_BF16_PEAKS, StepFlops
+
+    cfg = load_config(CONFIGS_DIR / "runs" / "base.yaml", [f"data.stores=[{store}]", "data.num_workers=1"])
+    tokenizer = CellTokenizer.from_stores(cfg.tokenizer, open_stores(cfg.data.stores))
+    loader = build_train_loader(cfg, tokenizer)
+    for _ in range(3):  # warm-up: the worker's start and first fetch
+        next(loader)
+    cpu_before = tree_cpu_seconds()
+    timed = [next(loader) for _ in range(batches)]
+    cpu_seconds = tree_cpu_seconds() - cpu_before
+    del loader  # its worker ends with it
+    cells = sum(len(b["cu_seqlens"]) - 1 for b in timed)
+    with torch.device("meta"):  # the FLOP count needs the shapes only
+        model = MaskedGeneTransformer(cfg.model, **tokenizer.model_inputs)
+    flops_per_cell = StepFlops.of(model).step(timed) / cells
+    per_core = cells / cpu_seconds
+    print(f"loader at base's settings (max_len {cfg.tokenizer.max_len}, {cfg.train.micro_batch_cells} cells "
+          f"a batch): {per_core:,.0f} cells per CPU-second ({cells:,} cells, {cpu_seconds:.2f} CPU-s); "
+          f"base: {flops_per_cell / 1e9:,.1f} GFLOP per cell (training, {sum(int(b['gene_ids'].numel()) for b in timed) / cells:,.0f} tokens)")
+    headroom = {}
+    for name, peak in GPU_BF16_PEAKS:
+        consumed = peak * MFU_TARGET / flops_per_cell
+        headroom[name] = 8 / (consumed / per_core)
+        print(f"  {name:<9} {peak / 1e12:>5,.0f} TFLOP/s x MFU {MFU_TARGET} -> {consumed:>7,.0f} cells/s: "
+              f"{consumed / per_core:5.2f} cores to feed it, headroom {headroom[name]:.2f} (8 cores per GPU)")
+    return headroom["H100"]
+
+
 def summary(values: list[float], unit: str = "tokens/s") -> str:
     return (f"median {statistics.median(values):,.0f} {unit} (spread {min(values):,.0f}-{max(values):,.0f} "
             f"over {len(values)} rounds)")
@@ -156,7 +194,7 @@ def main() -> None:
     rounds = args.rounds or (3 if args.quick else 5)
     run = "tiny" if args.quick else "small"
     n_cells = 2000 if args.quick else 20000
-    from sc_fm.train.threads import available_cores, step_threads
+    from sc_fm.threads import ThreadPlan
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
@@ -170,11 +208,12 @@ def main() -> None:
                                     [*base, f"model.size={size}", *SIZE_OVERRIDES[size]])
                   for size in MFU_TARGETS}
         cfg = cfg_of[run]
-        budget = torch.get_num_threads() if os.environ.get("OMP_NUM_THREADS") else step_threads()
-        threads = sorted({budget, available_cores()})
+        plan = ThreadPlan.here()
+        budget, cores = plan.threads, plan.cores
+        threads = sorted({budget, cores})
         print(f"{run} model end to end, {cfg.train.global_batch_cells} cells/step in micro-batches of "
               f"{cfg.train.micro_batch_cells}, max_len {cfg.tokenizer.max_len}, {steps} timed steps, "
-              f"{rounds} rounds; pretrain's thread budget {budget} of {available_cores()} cores", flush=True)
+              f"{rounds} rounds; pretrain's thread budget {budget} of {cores} cores", flush=True)
 
         bench = ModelOnly(cfg, steps)
         rates: dict[str, list[float]] = {"model": [], "deepspeed": [], "plain": []}
@@ -202,6 +241,7 @@ def main() -> None:
         print(f"deepspeed steps x median step / actual time: median {statistics.median(steadiness):.3f} "
               f"(spread {min(steadiness):.3f}-{max(steadiness):.3f})")
 
+        headroom = gpu_core_headroom(store, batches=300 if args.quick else 1000)
         mfus = {}
         for size, size_cfg in cfg_of.items():
             size_bench = bench if size == run else ModelOnly(size_cfg, max(steps // 2, 4))
@@ -214,6 +254,7 @@ def main() -> None:
     print(f"result: train_time_vs_steady ratio={statistics.median(steadiness):.3f} target={STEADY_TARGET}")
     for size, value in mfus.items():
         print(f"result: mfu_{size}_cpu ratio={value:.3f} target={MFU_TARGETS[size]}")
+    print(f"result: loader_gpu_core_headroom ratio={headroom:.2f} target=1.0")
 
 
 if __name__ == "__main__":

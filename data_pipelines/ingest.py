@@ -18,7 +18,7 @@ import pandas as pd
 from data_pipelines.genes import map_genes, to_vocabulary
 from data_pipelines.qc import COUNT_RULES, DROP_REASONS, cell_qc, first_non_integer, non_counts_error
 from data_pipelines.readers import SourceReader, open_reader
-from data_pipelines.sources import SourceSpec
+from data_pipelines.sources import SourceSpec, cell_content, content_key
 from data_pipelines.statistics import Grouped, SourceStatistics
 from sc_fm.config import PrepareConfig
 from sc_fm.errors import InputDataError
@@ -54,6 +54,7 @@ class SourceResult:
     shards: list[tuple[str, int, int]]  # (name, n_cells, nnz)
     stats: Grouped
     non_counts: bool = False  # values that are not whole numbers (allowed by prepare.allow_non_counts)
+    content: int = 0  # cell_content of every cell read (before QC)
 
 
 def source_constants(spec: SourceSpec) -> dict[str, str | None]:
@@ -104,7 +105,7 @@ def _ingest(task: SourceTask, reader: SourceReader) -> SourceResult:
                            codec=cfg.codec, chunk_cells=cfg.chunk_cells, checksum=task.checksum)
     stats = SourceStatistics(vocab.n_genes, task.stats_groups, constants)
     drops = dict.fromkeys(DROP_REASONS, 0)
-    kept_total = 0
+    kept_total = content = 0
     non_counts = False
     first, end = task.rows or (0, reader.n_cells)
     # a block's shard writes and its statistics run in two threads while the next block is read
@@ -121,6 +122,7 @@ def _ingest(task: SourceTask, reader: SourceReader) -> SourceResult:
                     raise non_counts_error(spec.label, f"e.g. {block.data[at]:.6g} in cell {cell}")
             qc = cell_qc(block, mapping.mito, duplicated[start:stop], barcodes[start:stop], cfg.qc,
                          spec.label, counts=not non_counts)
+            content += cell_content(barcodes[start:stop], qc.n_counts)
             for reason, n in qc.drops.items():
                 drops[reason] += n
             kept = to_vocabulary(block if qc.keep.all() else block[qc.keep], mapping, vocab.n_genes)
@@ -139,7 +141,7 @@ def _ingest(task: SourceTask, reader: SourceReader) -> SourceResult:
             done.result()
     non_counts = _written_non_counts(shards, non_counts, cfg, spec)
     return SourceResult(reader.format, end - first, kept_total, drops, mapping.report(), shards.close(),
-                        stats.grouped(), non_counts)
+                        stats.grouped(), non_counts, content % 2**64)
 
 
 def _written_non_counts(shards: ShardSequence, non_counts: bool, cfg: PrepareConfig,
@@ -160,6 +162,7 @@ def source_manifest(spec: SourceSpec, parts: list[SourceResult], checksum: str |
         "dataset": spec.dataset, "path": str(Path(spec.path).resolve()) if spec.path is not None else spec.soma,
         **({"measurement": spec.measurement, "filter": spec.filter} if spec.soma is not None else {}),
         "format": parts[0].format, "layer": spec.layer, "checksum": checksum,
+        "content": content_key(sum(p.cells_read for p in parts), sum(p.content for p in parts)),
         "assay": spec.assay, "species": spec.species, "tissue": spec.tissue,
         "obs_columns": dict(spec.obs_columns),
         "cells_read": sum(p.cells_read for p in parts), "cells_kept": sum(p.cells_kept for p in parts),

@@ -17,15 +17,9 @@ from data_pipelines.sources import duplicate_checksums
 from data_pipelines.statistics import Grouped, merge_grouped
 from sc_fm.errors import InputDataError
 from sc_fm.stats import GeneStatsAccumulator
-from sc_fm.store import FORMAT, CorpusStore, StoreWriter
+from sc_fm.store import CorpusStore, StoreWriter
 from sc_fm.store.location import is_url
 from sc_fm.store.publish import write_remote
-
-
-def is_corpus_store(path: str | Path) -> bool:
-    """Whether ``path`` is a corpus store directory (rather than an atlas to ingest)."""
-    meta = Path(path) / "zarr.json"
-    return meta.is_file() and FORMAT in meta.read_text()
 
 
 def _grouped_stats(store: CorpusStore) -> Grouped:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from blake3 import blake3
 
@@ -170,21 +171,41 @@ def duplicate_paths(specs: list[SourceSpec], allow: bool) -> None:
         seen.setdefault(key, spec)
 
 
+def cell_content(barcodes: np.ndarray, totals: np.ndarray) -> int:
+    """An order-free digest of cells (the sum, mod 2**64, of a hash of each cell's barcode and
+    count total): the same cells re-saved with another compression, chunking, format or cell
+    order give the same digest, where a file checksum differs. Parts add up (mod 2**64)."""
+    import pandas as pd
+
+    keys = (pd.util.hash_array(np.asarray(barcodes).astype(str).astype(object))
+            ^ pd.util.hash_array(np.round(np.asarray(totals, np.float64), 3)))
+    return int(keys.sum(dtype=np.uint64))
+
+
+def content_key(n_cells: int, digest: int) -> str:
+    """The manifest's ``content`` field: cells read and their ``cell_content`` digest."""
+    return f"cells-{n_cells}-{digest % 2**64:016x}"
+
+
 def duplicate_checksums(rows: list[dict], known: list[dict], allow: bool, where: str) -> None:
-    """Refuse a new manifest row whose checksum is already in ``known`` (the store's manifest)
-    or in an earlier new row, unless ``allow``: the same data ingested twice."""
+    """Refuse a new manifest row whose file checksum or cell content is already in ``known``
+    (the store's manifest) or in an earlier new row, unless ``allow``: the same data ingested
+    twice (the same cells re-saved with another compression count as the same)."""
     if allow:
         return
-    seen = {row["checksum"]: (row, "already in the store") for row in known if row.get("checksum")}
+    seen = {row[key]: (row, "already in the store") for row in known for key in ("checksum", "content")
+            if row.get(key)}
     for row in rows:
-        checksum = row.get("checksum")
-        if checksum and checksum in seen:
-            first, how = seen[checksum]
-            earlier = first.get("path") or first.get("dataset")
-            raise InputDataError(f"source {row['path'] or row['dataset']} has the same content "
-                                 f"({checksum[:19]}...) as {earlier} (dataset {first.get('dataset')!r}, "
-                                 f"{how}); its cells would be in the store twice",
-                                 where, "leave the duplicate out, or set "
-                                        "prepare.allow_duplicate_sources=true if it is intended")
-        if checksum:
-            seen[checksum] = (row, "in this call")
+        for key in ("checksum", "content"):
+            digest = row.get(key)
+            if digest and digest in seen:
+                first, how = seen[digest]
+                earlier = first.get("path") or first.get("dataset")
+                raise InputDataError(f"source {row['path'] or row['dataset']} has the same "
+                                     f"{'content' if key == 'checksum' else 'cells'} ({digest[:19]}...) as "
+                                     f"{earlier} (dataset {first.get('dataset')!r}, {how}); its cells would be "
+                                     f"in the store twice", where,
+                                     "leave the duplicate out, or pass --allow-duplicates (or set "
+                                     "prepare.allow_duplicate_sources=true) if it is intended")
+            if digest:
+                seen[digest] = (row, "in this call")

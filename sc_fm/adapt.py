@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from sc_fm.config import AdaptConfig, PrepareConfig, QCConfig, RunConfig, load_config, read_yaml, to_dict
 from sc_fm.errors import ConfigError, InputDataError
+from sc_fm.outputs import remove_stale_siblings, swap_in, work_dir
 from sc_fm.pretrained import Pretrained
 from sc_fm.pretrained.inputs import require_counts, require_obs_column, stored_values
 from sc_fm.store import CorpusStore
@@ -38,7 +37,12 @@ def check_input(pretrained: Pretrained, adata, config: AdaptConfig, where: str, 
     except InputDataError as err:
         raise InputDataError(f"{err.what}; adaptation continues the count-based pretraining objectives",
                              where, "pass raw counts in .X (e.g. adata.X = adata.layers['counts'])") from err
-    minimum = run_config(pretrained, config, [], settings).train.micro_batch_cells
+    from sc_fm.train.distributed import accumulation_steps
+    from sc_fm.train.plan import check_step_memory
+
+    inherited = run_config(pretrained, config, [], settings)
+    check_step_memory(inherited, accumulation_steps(inherited.train, 1))
+    minimum = inherited.train.micro_batch_cells
     if adata.n_obs < minimum:
         raise InputDataError(f"only {adata.n_obs} cells; one adaptation step takes {minimum} "
                              f"(train.micro_batch_cells of the checkpoint)", where,
@@ -92,7 +96,7 @@ def write_input_store(pretrained: Pretrained, adata, batch_key: str | None, path
 
 
 def adapt(pretrained: Pretrained, adata, out_dir: str | Path, config: AdaptConfig, overrides: list[str] = (),
-          where: str = "input", settings: Path | None = None) -> Pretrained:
+          where: str = "input", settings: Path | None = None, overwrite: bool = False) -> Pretrained:
     """Adapt ``pretrained`` to ``adata``'s cells; the checkpoint is written to ``out_dir``.
 
     ``settings``: the run config to train with (default: the one saved beside the checkpoint;
@@ -102,10 +106,11 @@ def adapt(pretrained: Pretrained, adata, out_dir: str | Path, config: AdaptConfi
     settings = settings or settings_of(pretrained)
     check_input(pretrained, adata, config, where, settings)
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise ConfigError(f"{out_dir} already exists", str(out_dir), "choose a new -o DIR or delete it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.adapt-", dir=out_dir.parent))
+    if out_dir.exists() and not overwrite:
+        raise ConfigError(f"{out_dir} already exists", str(out_dir),
+                          "choose a new -o DIR, or pass --overwrite to replace it")
+    remove_stale_siblings(out_dir)
+    work = work_dir(out_dir, "adapt")  # beside the output; a killed run's is removed by the next
     try:
         store = write_input_store(pretrained, adata, config.batch_key, work / "cells.zarr", config.min_gene_overlap)
         tokenizer = pretrained.tokenizer.adapted_to([CorpusStore(store)])
@@ -121,7 +126,7 @@ def adapt(pretrained: Pretrained, adata, out_dir: str | Path, config: AdaptConfi
             "base_checkpoint": str(pretrained.path) if pretrained.path else None, "n_cells": int(adata.n_obs),
             "settings": str(settings) if settings else None, "config": to_dict(config)}, indent=2) + "\n")
         shutil.copyfile(work / "run" / "metrics.jsonl", final / "metrics.jsonl")
-        os.replace(final, out_dir)
+        swap_in(final, out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return Pretrained.load(out_dir)

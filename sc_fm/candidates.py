@@ -2,8 +2,9 @@
 pretraining bought, and the adaptation that meets scVI on its own ground.
 
 For each checkpoint ``sc_fm-<size>``:
-- ``(untrained)``: the same architecture and tokenizer at random initialisation, zero-shot —
-  the floor that pretraining must clear;
+- ``(untrained, random)``: the same architecture and tokenizer at random initialisation
+  (a random gene table, not the checkpoint's own start, which is the fixed
+  ``(untrained, same start)`` row), zero-shot;
 - ``(adapted)``: the checkpoint after ``scfm adapt`` on the benchmark's own cells (no labels),
   embedded through ``Pretrained.embed`` like any checkpoint;
 - ``(scratch, adapted)``: the same adaptation from random initialisation, at the same number of
@@ -43,7 +44,7 @@ def seeded_rows(checkpoints: list[str | Path], adata, batch_key: str | None, con
         def untrained(seed: int, pretrained=pretrained, embed=embed) -> np.ndarray:
             return embed(pretrained.untrained(seed))
 
-        rows[f"{name} (untrained)"] = untrained
+        rows[f"{name} (untrained, random)"] = untrained
         if not config.adapt_steps:
             continue
         slug = name.replace(" ", "_").replace("(", "").replace(")", "")

@@ -3,7 +3,7 @@
 Each subcommand lives in ``sc_fm/commands/NAME.py`` with ``add_arguments(parser)`` and
 ``run(args) -> int``; those modules import heavy libraries inside ``run`` so that ``scfm --help``
 stays instant. User errors (``ScFmError``) print one paragraph and exit 2; ``--debug`` adds the
-traceback.
+traceback. Ctrl-C exits 130, SIGTERM 143 and a closed output pipe 141 (``sc_fm.signals``).
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import signal
 import sys
-import threading
 import traceback
 
 from sc_fm.errors import ScFmError
+from sc_fm.signals import (EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, install_sigterm_handler,
+                           silence_stdout)
 
 COMMANDS = {
     "prepare": "ingest atlases (h5ad, 10x, matrix-market, count tables) into a corpus store",
@@ -45,15 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminated(signum: int, frame) -> None:
-    """SIGTERM (a scheduler's time limit, ``kill``) unwinds like Ctrl-C, so every command's
-    clean-up runs: staging folders removed, locks released, MLflow runs marked KILLED."""
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminated)
+    install_sigterm_handler()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # KEY=VALUE overrides may follow options (`prepare SOURCE -o STORE k=v`)
@@ -61,15 +54,23 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides or []) + extra
     try:
-        return int(args._module.run(args) or 0)
+        code = int(args._module.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except ScFmError as err:
         if args.debug:
             traceback.print_exc()
         print(f"scfm {args.command}: error: {err.message}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"scfm {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"scfm {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
 
 
 def entry_point() -> int:

@@ -22,6 +22,9 @@ from sc_fm.errors import ConfigError
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 # Fraction of an input's genes that must map to the vocabulary (ingestion, embedding, ...).
 MIN_GENE_OVERLAP = 0.1
+# and at least this many of an input's genes must map (or all of a smaller vocabulary): a fraction
+# alone passes a one-gene input (1 of 1), whose cells all embed alike
+MIN_MAPPED_GENES = 100
 # Named transformer shapes: (n_layers, d_model, n_heads, d_ff).
 MODEL_SIZES = {
     "tiny": (2, 128, 4, 256),
@@ -178,7 +181,13 @@ class ModelConfig:
     gene_init_cells: int = 20000  # cells sampled (in blocks) for the co-expression axes
 
     def __post_init__(self) -> None:
-        require([(min(self.cell_loss_weight, self.cell_kl_weight, self.cell_adversary_weight,
+        sizes = {"n_layers": self.n_layers, "d_model": self.d_model, "n_heads": self.n_heads, "d_ff": self.d_ff}
+        require([*((value is None or value >= 1, f"model.{key} must be at least 1 (got {value})")
+                   for key, value in sizes.items()),
+                 (0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1) (got {self.dropout})"),
+                 (self.init_std > 0, f"model.init_std must be > 0 (got {self.init_std})"),
+                 (self.cell_latent >= 1, f"model.cell_latent must be at least 1 (got {self.cell_latent})"),
+                 (min(self.cell_loss_weight, self.cell_kl_weight, self.cell_adversary_weight,
                       self.token_loss_weight) >= 0,
                   "model.cell_loss_weight, cell_kl_weight, cell_adversary_weight and token_loss_weight "
                   "must be >= 0"),
@@ -473,7 +482,14 @@ def parse_overrides(overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} is not KEY=VALUE", "command line",
                               "write overrides as section.key=value, e.g. train.max_steps=100")
         key, text = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(text) if text != "" else None)
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError as err:  # e.g. a tag (!!python/...), which safe_load refuses to build
+            raise ConfigError(f"the value of override {key.strip()!r} is not a plain YAML value "
+                              f"({str(err).splitlines()[0]})", "command line",
+                              "give a number, a word, true/false, null or a [list]; quote text with "
+                              "special characters") from err
+        _set_dotted(tree, key.strip(), value)
     return tree
 
 

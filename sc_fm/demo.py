@@ -1,13 +1,15 @@
-"""The end-to-end demo (``make demo``): corpus -> DeepSpeed pretraining -> embedding -> scVI comparison.
+"""The end-to-end demo (``make demo``): corpus -> DeepSpeed pretraining -> embedding -> scVI comparison on two tissues.
 
-1. Builds the embedded default corpus: a simulated multi-study atlas whose genes are the
-   most-counted genes of the real sc_mixology mixture profiles (they form the vocabulary),
-   plus those real mixture profiles. The real single cells of the evaluation set are not in
-   it: neither their counts, nor their genes, nor their statistics reach the checkpoint.
+1. Builds the embedded default corpus: a simulated multi-study atlas, the real sc_mixology
+   mixture profiles and the real PBMC pretraining sets (``configs/data/pbmc.yaml``). The
+   vocabulary is each real tissue's most-detected and most variable genes (``demo_vocabulary``),
+   also the simulated atlas's genes. The real cells of the evaluation sets are not in it:
+   neither their counts, nor their genes, nor their statistics reach the checkpoint.
 2. Pretrains the ``tiny`` model under DeepSpeed on the CPU.
-3. Embeds the held-out real singlets (``scfm embed``) and benchmarks the checkpoint against
-   PCA, scVI, Harmony and a random control on them (``scfm benchmark``), logging under the
-   run's MLflow run.
+3. Embeds held-out real cells (``scfm embed``): the cell-line singlets, and pbmc4k as shipped,
+   named by gene symbols. Benchmarks the checkpoint on both held-out tissues (``scfm
+   benchmark``): the singlets and the PBMC cross-chemistry set, against its own untrained
+   start, PCA, scVI, Harmony and a random control, logging each report to MLflow.
 
 Usage: ``python -m sc_fm.demo --out demo_out [--quick]``.
 """
@@ -88,11 +90,12 @@ def build_corpus(out: Path, size: DemoSize, progress: bool = True) -> Path:
     return store
 
 
-def pretrain(out: Path, store: Path, size: DemoSize) -> Path:
-    """``python -m sc_fm pretrain`` (DeepSpeed, CPU); returns ``final/``."""
+def pretrain(out: Path, store: Path, size: DemoSize, overrides: list[str] = ()) -> Path:
+    """``python -m sc_fm pretrain`` (DeepSpeed, CPU) with the demo's settings and ``overrides``;
+    returns ``final/``."""
     run_dir = out / "run"
     command = [sys.executable, "-m", "sc_fm", "pretrain", "--config", str(RUN_CONFIG), "-o", str(run_dir),
-               f"data.stores=[{store}]", f"train.max_steps={size.max_steps}"]
+               f"data.stores=[{store}]", f"train.max_steps={size.max_steps}", *overrides]
     subprocess.run(command, check=True)
     return run_dir / "final"
 
@@ -123,26 +126,39 @@ def pretraining_time(run_dir: Path, stage_s: float) -> str:
             "the co-expression start, MLflow) and the final save")
 
 
-def evaluate(out: Path, checkpoint: Path, size: DemoSize):
-    """Embed the held-out real cells into an h5ad, then benchmark the checkpoint on them: zero-shot,
-    adapted to them (``scfm adapt``), against its untrained and from-scratch controls, scVI,
-    Harmony, PCA and a random control (``scfm benchmark --adapt-steps N``, one seed)."""
+def evaluate(out: Path, checkpoint: Path, size: DemoSize) -> dict[str, "BenchmarkResult"]:  # noqa: F821
+    """Embed held-out real cells into h5ad files (the singlets, and pbmc4k as shipped: named by
+    gene symbols), then benchmark the checkpoint on both held-out tissues (one seed each) against
+    its same start, a random-initialised control, scVI, Harmony, PCA and a random control:
+    - the cell-line singlets (batch = protocol), also adapted to them (``scfm adapt``) beside
+      the same adaptation from scratch;
+    - the PBMC cross-chemistry set (batch = 10x chemistry), zero-shot only: its adaptation rows
+      would add about 5 minutes on 2 cores, past the demo's budget (``benchmarks/quality.py
+      --dataset pbmc`` runs them)."""
     from sc_fm.candidates import seeded_rows
-    from sc_fm.datasets import load_sc_mixology
+    from sc_fm.datasets import (PBMC_BATCH, PBMC_LABEL, load_pbmc_cross_chemistry, load_sc_mixology,
+                                resource_path)
     from sc_fm.evaluate import run_benchmark
     from sc_fm.pretrained import embed_h5ad
 
-    run = load_config(RUN_CONFIG, [f"eval.scvi_epochs={size.scvi_epochs}", "embed.batch_key=batch",
-                                   f"benchmark.adapt_steps={size.adapt_steps}", "benchmark.scratch_multipliers=[1]"])
-    config = run.eval
-    adata = load_sc_mixology()
+    run = load_config(RUN_CONFIG, [f"eval.scvi_epochs={size.scvi_epochs}", "benchmark.scratch_multipliers=[1]"])
     singlets = out / "sc_mixology_singlets.h5ad"
-    adata.write_h5ad(singlets)
-    embedded = embed_h5ad(checkpoint, singlets, out / "sc_mixology_embedded.h5ad", run.embed)
-    print(embedded.mapping.summary())
-    rows = seeded_rows([checkpoint], adata, config.batch_key, run.benchmark, out / "report", config.embed_batch_cells)
-    return run_benchmark(adata, config.batch_key, config.label_key, out / "report", [checkpoint], config,
-                         seeded_candidates=rows)
+    load_sc_mixology().write_h5ad(singlets)
+    run.embed.batch_key = "batch"
+    print(embed_h5ad(checkpoint, singlets, out / "sc_mixology_embedded.h5ad", run.embed).mapping.summary())
+    run.embed.batch_key = "chemistry"
+    print("pbmc4k (gene symbols): " + embed_h5ad(checkpoint, resource_path("pbmc", "pbmc4k_10x_v2.h5ad"),
+                                                 out / "pbmc4k_embedded.h5ad", run.embed).mapping.summary())
+    results = {}
+    for name, adata, batch_key, label_key, adapt_steps in (
+            ("sc_mixology singlets", load_sc_mixology(), "batch", "cell_type", size.adapt_steps),
+            ("PBMC across 10x chemistries", load_pbmc_cross_chemistry(), PBMC_BATCH, PBMC_LABEL, 0)):
+        run.benchmark.adapt_steps = adapt_steps
+        report = out / ("report" if not results else "report_pbmc")
+        rows = seeded_rows([checkpoint], adata, batch_key, run.benchmark, report, run.eval.embed_batch_cells)
+        results[name] = run_benchmark(adata, batch_key, label_key, report, [checkpoint], run.eval,
+                                      seeded_candidates=rows)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,17 +175,20 @@ def main(argv: list[str] | None = None) -> int:
     timings["corpus"], stage = time.perf_counter() - stage, time.perf_counter()
     checkpoint = pretrain(out, store, size)
     timings["pretrain"], stage = time.perf_counter() - stage, time.perf_counter()
-    result = evaluate(out, checkpoint, size)
-    timings["embed + benchmark"] = time.perf_counter() - stage
-    print()
-    print("\n".join(result.verdict))
+    results = evaluate(out, checkpoint, size)
+    timings["embed + benchmarks"] = time.perf_counter() - stage
+    for name, result in results.items():
+        print(f"\n{name}:")
+        print("\n".join(result.verdict))
     print("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
           + f"; total {time.perf_counter() - began:.0f} s")
     print(pretraining_time(checkpoint.parent, timings["pretrain"]))
-    print(f"report: {result.report}")
-    print(f"embedded cells: {out / 'sc_mixology_embedded.h5ad'} (obsm['X_scfm'])")
-    print(f"MLflow database: {result.tracking['tracking_uri']} (run {result.tracking['run_id']}); "
-          f"browse with: mlflow ui --backend-store-uri {result.tracking['tracking_uri']}")
+    print("reports: " + ", ".join(str(result.report) for result in results.values()))
+    print(f"embedded cells: {out / 'sc_mixology_embedded.h5ad'}, {out / 'pbmc4k_embedded.h5ad'} (obsm['X_scfm'])")
+    tracking = next(iter(results.values())).tracking
+    print(f"MLflow database: {tracking['tracking_uri']} (runs "
+          + ", ".join(result.tracking['run_id'] for result in results.values())
+          + f"); browse with: mlflow ui --backend-store-uri {tracking['tracking_uri']}")
     return 0
 
 

@@ -56,3 +56,7 @@ class ConfigError(ScFmError):
 
 class InputDataError(ScFmError):
     """An input file (atlas, AnnData, store) is malformed or cannot be used."""
+
+
+class OutputError(ScFmError):
+    """An output location cannot or must not be written (exists, is an input, no space)."""

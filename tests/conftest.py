@@ -32,7 +32,8 @@ def tiny_store(tiny_atlas, tmp_path_factory) -> CorpusStore:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_store, tmp_path_factory):
-    """An untrained tiny model saved with the tokenizer of ``tiny_store`` (a pretrained directory)."""
+    """An untrained tiny model saved with the tokenizer of ``tiny_store`` (a pretrained directory),
+    its start a differently seeded model (so that the same-start row differs from the checkpoint)."""
     import torch
 
     from sc_fm.config import load_config
@@ -42,8 +43,10 @@ def tiny_checkpoint(tiny_store, tmp_path_factory):
 
     cfg = load_config(overrides=["tokenizer.max_len=64", "model.size=tiny", "model.pooling=mean"])
     tokenizer = CellTokenizer.from_stores(cfg.tokenizer, [tiny_store])
+    torch.manual_seed(1)
+    start = MaskedGeneTransformer(cfg.model, **tokenizer.model_inputs)
     torch.manual_seed(0)
     model = MaskedGeneTransformer(cfg.model, **tokenizer.model_inputs)
     path = tmp_path_factory.mktemp("checkpoint") / "final"
-    Pretrained(model, tokenizer).save(path)
+    Pretrained(model, tokenizer, start=start).save(path)
     return path

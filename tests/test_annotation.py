@@ -204,10 +204,15 @@ def test_finetune_steps_bound_the_optimiser_steps(tiny_checkpoint, cells, tmp_pa
 
 
 def test_a_checkpoint_without_its_saved_start_is_refused(cells, tiny_checkpoint, tmp_path, capsys):
+    from sc_fm.pretrained import Pretrained
+
+    loaded = Pretrained.load(tiny_checkpoint)
+    startless = tmp_path / "startless"
+    Pretrained(loaded.model, loaded.tokenizer).save(startless)
     path = tmp_path / "cells.h5ad"
     cells.write_h5ad(path)
     out = tmp_path / "report"
-    err = _refused(["benchmark", str(path), "--task", "annotation", "--checkpoint", str(tiny_checkpoint),
+    err = _refused(["benchmark", str(path), "--task", "annotation", "--checkpoint", str(startless),
                     "--label-key", "cell_type", "--batch-key", "dataset", "--reference", "study_0", "-o", str(out),
                     "--no-tracking"], capsys, out)
     assert "no saved start" in err

@@ -15,14 +15,16 @@ def test_benchmark_reports_the_controls_and_the_adapted_checkpoint(tiny_checkpoi
                  "--label-key", "cell_type", "-o", str(out), "--adapt-steps", "2", "--scvi-epochs", "2",
                  "--no-tracking", "benchmark.scratch_multipliers=[1,2]", "train.warmup_steps=1"]) == 0
     table = pd.read_csv(out / "results.csv", index_col=0)
-    expected = {"sc_fm-tiny", "sc_fm-tiny (untrained)", "sc_fm-tiny (adapted)", "sc_fm-tiny (scratch, adapted)",
+    expected = {"sc_fm-tiny", "sc_fm-tiny (untrained, same start)", "sc_fm-tiny (untrained, random)",
+                "sc_fm-tiny (adapted)", "sc_fm-tiny (scratch, adapted)",
                 "sc_fm-tiny (scratch, adapted x2)", "scVI", "Harmony", "PCA (unintegrated)", "Random control"}
     assert set(table.index) == expected
     assert table["Total"].notna().all()
     adapted = sorted(p.name for p in (out / "adapted").iterdir())
     assert adapted == ["sc_fm-tiny_adapted2_seed0", "sc_fm-tiny_scratch2_seed0", "sc_fm-tiny_scratch4_seed0"]
     printed = capsys.readouterr().out
-    assert "sc_fm-tiny (adapted) vs scVI" in printed and "sc_fm-tiny (untrained) vs Random control" in printed
+    assert "sc_fm-tiny (adapted) vs scVI" in printed and "sc_fm-tiny (untrained, random) vs Random control" in printed
+    assert "sc_fm-tiny: its untrained start scores total" in printed
 
 
 def test_benchmark_refuses_bad_adaptation_settings_before_any_work(tiny_checkpoint, tiny_atlas, tmp_path, capsys):

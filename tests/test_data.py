@@ -170,6 +170,17 @@ def test_resume_mid_epoch_with_other_worker_count(tiny_store, tokenizer):
     assert all(same(next(resumed), expected[i]) for i in range(5, 16))
 
 
+def test_starting_workers_leaves_the_global_rng_alone(tiny_store, tokenizer):
+    """A resumed run starts its workers after restoring torch's RNG, which drives dropout and
+    the cell decoder's samples: a draw there would make every later step differ."""
+    cfg = run_config(tiny_store.path)
+    cfg.data.num_workers = 1
+    torch.manual_seed(11)
+    before = torch.get_rng_state()
+    next(build_train_loader(cfg, tokenizer))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 def test_idle_workers_run_at_idle_priority_and_change_no_batch(tiny_store, tokenizer):
     import psutil

@@ -208,3 +208,13 @@ def test_cli_benchmark_refuses_missing_columns_before_any_training(strong_batch_
     err = capsys.readouterr().err
     assert "no column 'protocol' in .obs" in err and "--batch-key" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_labels_in_one_batch_only_are_named_in_the_report_note():
+    from sc_fm.evaluate.scoring import single_batch_labels
+
+    obs = pd.DataFrame({"batch": ["v1", "v1", "v2", "v2", "v2"], "cell_type": ["B", "NK", "B", "T", "T"]})
+    note = single_batch_labels(obs, "batch", "cell_type")
+    assert note.startswith("labels in one batch only: NK (only in v1), T (only in v2).")
+    assert single_batch_labels(obs[obs["cell_type"] == "B"], "batch", "cell_type") is None
+    assert single_batch_labels(obs, None, "cell_type") is None

@@ -69,3 +69,27 @@ def test_merge_refuses_duplicate_parts_and_sources(tmp_path, h5ad):
         merge_stores([tmp_path / "twin.zarr"], tmp_path / "m.zarr", append=True)
     assert merge_stores([part, tmp_path / "twin.zarr"], tmp_path / "m2.zarr",
                         allow_duplicate_sources=True).store.n_cells == 60
+
+
+def test_the_same_cells_resaved_with_other_compression_are_a_duplicate(tmp_path, h5ad, capsys):
+    """File checksums differ; the cells (barcodes and count totals, in any order) do not."""
+    import anndata
+
+    from sc_fm.cli import main
+
+    store = prepare([h5ad], tmp_path / "s.zarr", permissive(), progress=False).store
+    adata = anndata.read_h5ad(h5ad)
+    resaved = tmp_path / "resaved.h5ad"
+    adata[::-1].copy().write_h5ad(resaved, compression="gzip")
+    with pytest.raises(InputDataError, match="same cells .* already in the store"):
+        prepare([resaved], store.path, permissive(), append=True, progress=False)
+    other = tmp_path / "other.h5ad"
+    changed = adata.copy()
+    changed.X[0] = changed.X[0] * 2  # one cell's total differs: other data
+    changed.write_h5ad(other, compression="gzip")
+    flags = ["qc.min_genes=0", "qc.min_counts=0", "qc.max_mito_fraction=null", "--quiet"]
+    assert main(["prepare", str(other), "-o", str(store.path), "--append", *flags]) == 0
+    assert main(["prepare", str(resaved), "-o", str(store.path), "--append", *flags]) == 2
+    assert "--allow-duplicates" in capsys.readouterr().err
+    assert main(["prepare", str(resaved), "-o", str(store.path), "--append", "--allow-duplicates", *flags]) == 0
+    assert CorpusStore(store.path).n_cells == 90

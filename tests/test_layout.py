@@ -80,6 +80,11 @@ def test_data_flows_one_way(importer, forbidden):
     assert not broken, broken
 
 
+def test_the_thread_policy_sits_below_everything():
+    """Every verb and the engine use it, and ``sc_fm`` imports it first: it pulls none of them in."""
+    assert GRAPH["sc_fm.threads"] == {"sc_fm.errors"}
+
+
 def test_no_import_cycle_anywhere():
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     path: list[str] = []

@@ -60,8 +60,12 @@ def test_start_is_saved_in_every_checkpoint_and_is_the_step_zero_model(tiny_stor
     assert_identical(state(Pretrained.load(copied).start_model()), state(untrained.model))
 
 
-def test_a_checkpoint_without_a_saved_start_says_how_to_get_one(tiny_checkpoint):
+def test_a_checkpoint_without_a_saved_start_says_how_to_get_one(tiny_checkpoint, tmp_path):
     from sc_fm.errors import InputDataError
 
+    loaded = Pretrained.load(tiny_checkpoint)
+    Pretrained(loaded.model, loaded.tokenizer).save(tmp_path / "old")  # as written before starts were kept
+    old = Pretrained.load(tmp_path / "old")
+    assert not old.has_start
     with pytest.raises(InputDataError, match="no saved start"):
-        Pretrained.load(tiny_checkpoint).same_start()
+        old.same_start()

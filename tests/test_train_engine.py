@@ -106,6 +106,26 @@ def test_killed_and_resumed_run_equals_uninterrupted(tiny_store, tmp_path, monke
     assert [a.path for a in client.list_artifacts(run_id)] == [FINAL_DIR]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("engine, resumed_workers", [("train.deepspeed_config=zero2", 1), ("train.engine=plain", 2)])
+def test_resume_is_exact_at_the_preset_defaults(tiny_store, tmp_path, monkeypatch, engine, resumed_workers):
+    """tiny.yaml as shipped (a loader worker, augmentation, stratified order): the resumed run
+    starts its workers after restoring the RNG states, which must not shift them; a different
+    worker count on resume gives the same run."""
+    overrides = ("data.num_workers=1", "train.max_steps=6", "train.checkpoint_every=3", "train.seed=3", engine)
+    whole = tmp_path / "whole"
+    pretrain(run_config(tiny_store, *overrides), whole)
+    broken = tmp_path / "broken"
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 5)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(run_config(tiny_store, *overrides), broken)
+    pretrain(run_config(tiny_store, *overrides, f"data.num_workers={resumed_workers}"), broken, resume=True)
+    assert losses(broken) == losses(whole)
+    resumed, reference = weights(broken / FINAL_DIR), weights(whole / FINAL_DIR)
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
 def test_fresh_run_refuses_a_used_directory(tiny_store, tmp_path):
     run_dir = tmp_path / "run"
     pretrain(run_config(tiny_store, "train.max_steps=1", "train.engine=plain"), run_dir)

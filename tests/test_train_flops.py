@@ -1,16 +1,12 @@
-"""The FLOP count behind every MFU figure, the device peak table, and the CPU thread budget
-(the step's and the set-up's)."""
+"""The FLOP count behind every MFU figure and the device peak table."""
 
 from __future__ import annotations
 
-import numpy  # noqa: F401 (its OpenBLAS is what setup_blas_threads limits)
 import torch
-from threadpoolctl import threadpool_info
 
 from sc_fm.config import ModelConfig
 from sc_fm.model import MaskedGeneTransformer
 from sc_fm.train.flops import StepFlops, gpu_bf16_peak, measure_cpu_peak, peak_flops
-from sc_fm.train.threads import setup_blas_threads, step_threads
 from sc_fm.vocab import N_SPECIAL
 
 V = N_SPECIAL + 40  # vocabulary
@@ -55,33 +51,6 @@ def test_one_peak_table_and_a_measured_cpu_peak():
     assert gpu_bf16_peak("Some Future GPU") is None
     cpu = peak_flops(torch.device("cpu"))
     assert cpu == measure_cpu_peak() and 1e8 < cpu < 1e14  # measured once per thread count, then cached
-
-
-def test_step_threads_are_the_process_share_of_the_cores():
-    assert step_threads(cores=2) == 2
-    assert step_threads(local_processes=2, cores=16) == 8
-    assert step_threads(local_processes=3, cores=2) == 1
-
-
-def blas_threads() -> set[int]:
-    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
-
-
-def test_setup_blas_threads_leave_the_setup_thread_a_core():
-    assert blas_threads(), "numpy's BLAS is loaded"
-    before, torch_threads = blas_threads(), torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
-        with setup_blas_threads(beside_setup_thread=True) as threads:
-            assert threads == 2 and blas_threads() == {2}
-        with setup_blas_threads(beside_setup_thread=False) as threads:
-            assert threads == 3 and blas_threads() == {3}
-        torch.set_num_threads(1)
-        with setup_blas_threads(beside_setup_thread=True) as threads:
-            assert threads == 1 and blas_threads() == {1}
-    finally:
-        torch.set_num_threads(torch_threads)
-    assert blas_threads() == before  # restored on the way out
 
 
 def test_a_step_faster_than_the_cpu_peak_raises_the_peak():

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import add_checkpoint_argument, add_config_arguments, command_config
+from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_overwrite_argument,
+                                    command_config)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,6 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="AnnData .h5ad with raw counts in X")
     parser.add_argument("-o", "--output", required=True, metavar="DIR",
                         help="the adapted checkpoint (accepted by embed, benchmark and finetune)")
+    add_overwrite_argument(parser)
     parser.add_argument("--batch-key", default=None,
                         help="obs column of batches: their own gene normalisers and new condition categories")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (adapt.steps)")
@@ -22,18 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import anndata
-
     from sc_fm.adapt import adapt
+    from sc_fm.outputs import check_output
     from sc_fm.pretrained import Pretrained
-    from sc_fm.pretrained.h5ad import open_backed
+    from sc_fm.pretrained.h5ad import read_h5ad
 
     adapt_keys = {"batch_key": args.batch_key, "steps": args.steps, "lr": args.lr, "seed": args.seed}
     config = command_config(args, "adapt", adapt_keys).adapt
     train_overrides = [o for o in args.overrides if not o.startswith("adapt.")]
+    check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[args.checkpoint, args.input])
     pretrained = Pretrained.load(args.checkpoint)
-    open_backed(args.input).file.close()
-    adata = anndata.read_h5ad(args.input)
-    adapted = adapt(pretrained, adata, args.output, config, train_overrides, where=args.input)
+    adata = read_h5ad(args.input)
+    adapted = adapt(pretrained, adata, args.output, config, train_overrides, where=args.input,
+                    overwrite=args.overwrite)
     print(f"adapted {adapted.name} on {adata.n_obs} cells for {config.steps} steps: {args.output}")
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import add_config_arguments, command_config
+from sc_fm.commands.options import add_config_arguments, add_overwrite_argument, command_config
 from sc_fm.errors import ConfigError
 
 
@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="obs column of batches; without it batch metrics are reported as not applicable")
     parser.add_argument("--label-key", required=True, help="obs column of cell types")
     parser.add_argument("-o", "--output", required=True, help="report directory")
+    add_overwrite_argument(parser)
     parser.add_argument("--scvi-epochs", type=int, default=None,
                         help="scVI epochs (default: eval.scvi_epochs)")
     parser.add_argument("--min-gene-overlap", type=float, default=None,
@@ -59,12 +60,11 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
-    import anndata
-
     from sc_fm.candidates import seeded_rows
     from sc_fm.evaluate.benchmark import run_benchmark
     from sc_fm.evaluate.scoring import check_evaluation_set
-    from sc_fm.pretrained.h5ad import open_backed
+    from sc_fm.outputs import check_output
+    from sc_fm.pretrained.h5ad import read_h5ad
 
     flags = {"min_gene_overlap": args.min_gene_overlap, "seeds": args.seeds,
              "tracking": False if args.no_tracking else None}
@@ -80,9 +80,8 @@ def run(args: argparse.Namespace) -> int:
     if args.adapt_steps is not None or args.adapt:
         steps = args.adapt_steps if args.adapt_steps is not None else cfg.adapt.steps
         config = dataclasses.replace(config, adapt_steps=steps)  # checked like the YAML key
-    backed = open_backed(args.input)
-    backed.file.close()
-    adata = anndata.read_h5ad(args.input)
+    check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[*args.checkpoint, args.input])
+    adata = read_h5ad(args.input)
     check_evaluation_set(adata, args.batch_key, args.label_key, args.input)
     rows = seeded_rows(args.checkpoint, adata, args.batch_key, config, Path(args.output),
                        cfg.eval.embed_batch_cells, where=args.input)
@@ -94,11 +93,10 @@ def run(args: argparse.Namespace) -> int:
 
 def run_annotation(args: argparse.Namespace) -> int:
     """``--task annotation``: every method labels the query from the reference; report and MLflow."""
-    import anndata
-
     from sc_fm.evaluate.annotation import run_annotation as annotate
     from sc_fm.evaluate.annotation_split import split_reference
-    from sc_fm.pretrained.h5ad import open_backed
+    from sc_fm.outputs import check_output
+    from sc_fm.pretrained.h5ad import read_h5ad
 
     if args.adapt or args.adapt_steps is not None:
         raise ConfigError("--adapt belongs to the integration task", "scfm benchmark",
@@ -117,8 +115,8 @@ def run_annotation(args: argparse.Namespace) -> int:
     flags = {"min_gene_overlap": args.min_gene_overlap, "seeds": args.seeds,
              "tracking": False if args.no_tracking else None}
     cfg = command_config(args, "benchmark", flags)
-    open_backed(args.input).file.close()
-    adata = anndata.read_h5ad(args.input)
+    check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[*args.checkpoint, args.input])
+    adata = read_h5ad(args.input)
     split = split_reference(adata, args.batch_key, args.label_key, args.reference.split(","), args.input)
     track = cfg.benchmark.tracking and cfg.tracking.enabled
     result = annotate(split, args.checkpoint, args.output, cfg.eval, cfg.finetune, n_seeds=cfg.benchmark.seeds,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import add_checkpoint_argument, add_config_arguments, command_config
+from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_overwrite_argument,
+                                    command_config)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True,
                         help="report directory: genes.csv, markers.csv, perturbation.csv, dotplot.png, "
                              "report.md")
+    add_overwrite_argument(parser)
     parser.add_argument("--batch-key", default=None,
                         help="obs column whose batches get their own gene normalisers (explain.batch_key)")
     parser.add_argument("--perturb", default=None, metavar="GENE[,GENE...]",
@@ -32,13 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import anndata
-
     from sc_fm.explain import explain
-    from sc_fm.explain.report import write_report
+    from sc_fm.explain.report import REPORT_MD, write_report
     from sc_fm.explain.tracking import log_explain
+    from sc_fm.outputs import atomic_dir, check_output
     from sc_fm.pretrained import Pretrained
-    from sc_fm.pretrained.h5ad import open_backed
+    from sc_fm.pretrained.h5ad import read_h5ad
 
     perturb = [g.strip() for g in args.perturb.split(",") if g.strip()] if args.perturb else None
     cfg = command_config(args, "explain", {
@@ -46,11 +47,13 @@ def run(args: argparse.Namespace) -> int:
         "max_cells_per_group": args.max_cells_per_group, "min_gene_overlap": args.min_gene_overlap,
         "tracking": False if args.no_tracking else None})
     config = cfg.explain
-    open_backed(args.input).file.close()  # a missing or damaged file: the one-paragraph error
-    adata = anndata.read_h5ad(args.input)
+    output = check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[args.checkpoint, args.input])
+    adata = read_h5ad(args.input)
     model = Pretrained.load(args.checkpoint)
     result = explain(model, adata, args.groupby, config, progress=not args.no_progress, where=args.input)
-    report = write_report(result, args.output, str(args.checkpoint))
+    with atomic_dir(output) as work:
+        write_report(result, work, str(args.checkpoint))
+    report = output / REPORT_MD
     for k, part in result.markers.groupby("k"):
         print(f"top {k} attributed genes vs DE markers: overlap {part['overlap'].mean():.2f} "
               f"(random genes {part['random_overlap'].mean():.2f}), mean over {len(part)} groups")

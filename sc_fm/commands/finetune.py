@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sc_fm.commands.options import add_checkpoint_argument, add_config_arguments, command_config
+from sc_fm.commands.options import (add_checkpoint_argument, add_config_arguments, add_overwrite_argument,
+                                    command_config)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True,
                         help="fine-tuned directory (a pretrained directory plus the head); the input with "
                              "predictions is written there as predictions.h5ad")
+    add_overwrite_argument(parser)
     parser.add_argument("--split-key", default=None,
                         help="obs column (donor, batch) whose groups are held out for validation; "
                              "default: a random split")
@@ -36,14 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import anndata
+    import dataclasses
 
     from sc_fm.classify import ACCURACY, MACRO_F1
     from sc_fm.finetune import finetune, track_finetune
+    from sc_fm.outputs import atomic_dir, check_output
     from sc_fm.pretrained import Pretrained
-    from sc_fm.pretrained.h5ad import open_backed
+    from sc_fm.pretrained.h5ad import read_h5ad
+    from sc_fm.threads import cpu_threads
 
     flags = {key: getattr(args, key) for key in (
         "label_key", "split_key", "batch_key", "adversary_key", "mode", "epochs", "lr", "head_lr", "batch_cells",
@@ -51,12 +53,14 @@ def run(args: argparse.Namespace) -> int:
     if args.no_tracking:
         flags["tracking"] = False
     config = command_config(args, "finetune", flags).finetune
+    output = check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[args.checkpoint, args.input])
     pretrained = Pretrained.load(args.checkpoint)
-    open_backed(args.input).file.close()
-    adata = anndata.read_h5ad(args.input)
-    result = finetune(pretrained, adata, args.output, config, where=args.input)
-    predictions = Path(args.output) / "predictions.h5ad"
-    adata.write_h5ad(predictions)
+    adata = read_h5ad(args.input)
+    with atomic_dir(output) as work, cpu_threads():
+        result = finetune(pretrained, adata, work, config, where=args.input)
+        adata.write_h5ad(work / "predictions.h5ad")
+    result = dataclasses.replace(result, directory=output)
+    predictions = output / "predictions.h5ad"
     print(f"held-out cells: {result.n_val}; accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f}")
     baseline = validation_baseline(adata, config.label_key)
     print(f"LogReg (HVG) on the same split: accuracy {baseline[ACCURACY]:.3f}, macro-F1 {baseline[MACRO_F1]:.3f}")

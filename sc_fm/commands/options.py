@@ -13,6 +13,12 @@ def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="pretrained directory (RUN_DIR/final or checkpoints/step_N)")
 
 
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: the only way a command replaces an existing output (``sc_fm.outputs``)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output (built beside it, then swapped in)")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, section: str) -> None:
     parser.add_argument("--config", default=None, metavar="FILE|NAME",
                         help=f"YAML with a {section}: section (or a shipped run preset name)")

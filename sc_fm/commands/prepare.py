@@ -1,41 +1,16 @@
 """``scfm prepare SOURCE... -o STORE [--config FILE] [--append] [KEY=VALUE ...]``.
 
-SIGTERM (what SLURM and ``kill`` send at a time limit) is handled like SIGINT: it raises inside
-the ingest, the store writer aborts (the staging folder or an append's new shards are removed,
-the writer lock is released), and the command exits with 143 (128 + SIGTERM).
+SIGTERM (what SLURM and ``kill`` send at a time limit) is handled like SIGINT (``sc_fm.signals``):
+it raises inside the ingest, the store writer aborts (the staging folder or an append's new
+shards are removed, the writer lock is released), and the command exits with 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived: unwinds like Ctrl-C, so every clean-up that SIGINT runs runs."""
-
-
-@contextmanager
-def sigterm_unwinds():
-    """Within the block, SIGTERM raises ``Terminated`` in the main thread (once: a second
-    SIGTERM during the clean-up is ignored so the clean-up finishes)."""
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (prepare called from a thread): leave it alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML with a prepare: section (configs/data/*.yaml)")
     parser.add_argument("--append", action="store_true", help="add the sources to an existing store")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--allow-duplicates", action="store_true",
+                        help="ingest sources whose file or cells are already in the store or in this call "
+                             "(prepare.allow_duplicate_sources)")
     parser.add_argument("--lock-timeout", type=float, metavar="SECONDS",
                         help="how long to wait for another writer of the same store (default: "
                              "$SCFM_LOCK_TIMEOUT or 60)")
@@ -71,25 +49,31 @@ def split_items(items: list[str]) -> tuple[list[str], list[str]]:
 def run(args: argparse.Namespace) -> int:
     from sc_fm.config import load_config
     from sc_fm.errors import ConfigError
+    from sc_fm.signals import EXIT_TERMINATED, Terminated
 
     sources, overrides = split_items(args.items + args.overrides)
+    if args.allow_duplicates:
+        overrides.append("prepare.allow_duplicate_sources=true")
     if not sources:
         raise ConfigError("no SOURCE given", "command line", "name at least one input file or source list")
     config = load_config(args.config, overrides).prepare
     try:
-        with sigterm_unwinds():
-            return _run(args, sources, config)
+        return _run(args, sources, config)
     except Terminated:
         print(f"scfm prepare: terminated (SIGTERM); what it had staged is removed and "
               f"{args.output} is as it was before", file=sys.stderr)
-        return 143
+        return EXIT_TERMINATED
 
 
 def _run(args: argparse.Namespace, sources: list[str], config) -> int:
     from data_pipelines import prepare
-    from data_pipelines.merge import is_corpus_store, merge_stores
+    from data_pipelines.merge import merge_stores
     from sc_fm.errors import ConfigError
+    from sc_fm.outputs import check_output, is_corpus_store
+    from sc_fm.store.location import is_url
 
+    if not is_url(args.output) and not Path(args.output).exists():  # an existing store: the writer decides
+        check_output(args.output, kind="dir", inputs=sources)
     stores = [is_corpus_store(source) for source in sources]
     if any(stores) and not all(stores):
         raise ConfigError("sources mix corpus stores and atlas files", "command line",

@@ -149,9 +149,14 @@ class TrainBatches:
         source = TokenizedFetches(self.dataset, self.tokenizer, self.with_expression)
         if self.num_workers == 0:
             return iter(source)
+        # Starting workers draws their base seed from a generator: without one of its own, the
+        # DataLoader takes it from torch's global RNG, which also drives training's random draws
+        # (dropout, the cell decoder's samples). A run resumed from a checkpoint starts its
+        # workers after restoring that RNG, so the draw would shift every later random number.
         loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=self.num_workers,
                                              prefetch_factor=2, persistent_workers=False,
-                                             worker_init_fn=run_on_idle_cores if self.idle_workers else None)
+                                             worker_init_fn=run_on_idle_cores if self.idle_workers else None,
+                                             generator=torch.Generator().manual_seed(self.dataset.seed))
         return iter(loader)
 
     def state_dict(self) -> dict:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.store import CorpusStore
+from sc_fm.store.verify import shard_size_problem
 
 
 def open_stores(paths: Sequence[str]) -> list[CorpusStore]:
@@ -16,6 +18,20 @@ def open_stores(paths: Sequence[str]) -> list[CorpusStore]:
         raise ConfigError("no corpus stores given", "data.stores",
                           "set data.stores to a list of store paths made by `scfm prepare`")
     stores = [CorpusStore(p) for p in paths]
+    seen: dict[str, str] = {}
+    for given, store in zip(paths, stores):
+        key = str(store.path.resolve()) if isinstance(store.path, Path) else str(store.path).rstrip("/")
+        if key in seen:
+            raise ConfigError(f"store {given} is listed twice (also as {seen[key]}): its cells would train twice "
+                              f"as often as the others'", "data.stores",
+                              "list each store once (weighting stores is not done by repeating them)")
+        seen[key] = str(given)
+    for store in stores:  # a listed size that under-states the arrays would skip cells silently
+        for k, shard in enumerate(store.shards):
+            problem = shard_size_problem(store, k)
+            if problem:
+                raise InputDataError(f"shard {shard.name} {problem}", str(store.path),
+                                     "run `scfm verify` on the store (and --repair or re-prepare it)")
     first = stores[0]
     for store in stores[1:]:
         if store.vocab_hash != first.vocab_hash:

@@ -12,9 +12,9 @@ import pandas as pd
 
 from sc_fm.config import EvalConfig
 from sc_fm.evaluate.metrics import ScibSettings
-from sc_fm.evaluate.report import verdicts, write_report
+from sc_fm.evaluate.report import verdict, verdicts, write_report
 from sc_fm.evaluate.scoring import (HARMONY, PCA, RANDOM, SCVI, baseline_methods, check_evaluation_set,
-                                    score_embeddings)
+                                    score_embeddings, single_batch_labels)
 from sc_fm.evaluate.seeds import METHOD, SEED, seed_list, summarise
 from sc_fm.evaluate.tracking import log_benchmark
 
@@ -44,11 +44,20 @@ def checkpoint_names(names: list[str], paths: list[str | Path]) -> list[str]:
     return out
 
 
+SAME_START = "(untrained, same start)"
+
+
+def same_start_row(name: str) -> str:
+    """The row of checkpoint ``name``'s own untrained start."""
+    return f"{name} {SAME_START}"
+
+
 def checkpoint_embeddings(adata, checkpoints: list[str | Path], batch_key: str | None, config: EvalConfig,
                           min_gene_overlap: float, where: str, progress: bool
                           ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """``{"sc_fm-<size>": embedding}`` per checkpoint, zero-shot, and a line per checkpoint saying
-    how it embeds (for the report)."""
+    """``{"sc_fm-<size>": embedding}`` per checkpoint, zero-shot, then its same start (the exact
+    untrained weights its pretraining began from, embedded the same way), and a line per
+    checkpoint saying how it embeds (for the report)."""
     from sc_fm.pretrained import Pretrained
 
     loaded = [Pretrained.load(path) for path in checkpoints]
@@ -56,10 +65,33 @@ def checkpoint_embeddings(adata, checkpoints: list[str | Path], batch_key: str |
     described = []
     for name, pretrained in zip(checkpoint_names([p.name for p in loaded], checkpoints), loaded):
         mapping = pretrained.gene_mapping(adata, min_gene_overlap, where)
-        out[name] = pretrained.embed(adata, batch_key, key_added=None, mapping=mapping,
-                                     batch_cells=config.embed_batch_cells, progress=progress, where=where)
-        described.append(f"{name}: {embedding_settings(pretrained, batch_key)}")
+        models = {name: pretrained}
+        if pretrained.has_start:
+            models[same_start_row(name)] = pretrained.same_start()
+        for row, model in models.items():
+            out[row] = model.embed(adata, batch_key, key_added=None, mapping=mapping,
+                                   batch_cells=config.embed_batch_cells, progress=progress, where=where)
+        start = ("" if pretrained.has_start else
+                 "; no saved start (written before starts were kept), so no same-start row")
+        described.append(f"{name}: {embedding_settings(pretrained, batch_key)}{start}")
     return out, described
+
+
+def start_verdicts(table: pd.DataFrame) -> list[str]:
+    """What each checkpoint's untrained start scores and what pretraining added to it, in words."""
+    from sc_fm.evaluate.metrics import BATCH, BIO, TOTAL
+
+    lines = []
+    for row in table.index:
+        name = str(row)[:-len(SAME_START) - 1] if str(row).endswith(SAME_START) else None
+        if name is None or name not in table.index:
+            continue
+        start, trained = table.loc[row], table.loc[name]
+        lines.append(f"{name}: its untrained start scores total {start[TOTAL]:.3f} (bio {start[BIO]:.3f}, "
+                     f"batch {start[BATCH]:.3f}); pretraining changes that by {trained[TOTAL] - start[TOTAL]:+.3f} "
+                     f"(bio {trained[BIO] - start[BIO]:+.3f}, batch {trained[BATCH] - start[BATCH]:+.3f})")
+        lines.extend(verdict(table, row, [name]))
+    return lines
 
 
 def embedding_settings(pretrained, batch_key: str | None) -> str:
@@ -100,6 +132,9 @@ def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | P
     if clash:
         raise ValueError(f"candidate names {sorted(clash)} are used twice (or by a baseline); rename them")
     baselines = baseline_methods(adata, batch_key, config)
+    one_batch = single_batch_labels(adata.obs, batch_key, label_key)
+    if one_batch:
+        baselines.notes.append(one_batch)
     fixed = {**candidates, PCA: baselines.pca}
     seeded = {**seeded_candidates, **baselines.seeded}
     order = [*candidates, *seeded_candidates, PCA, *baselines.seeded]
@@ -120,7 +155,7 @@ def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | P
     per_seed.insert(0, SEED, pd.array([seed for _, seed, _ in runs.values()], dtype="Int64"))
     per_seed.insert(0, METHOD, [name for name, _, _ in runs.values()])
     table = summarise(per_seed, set(seeded))
-    lines = verdicts(table, [*candidates, *seeded_candidates], VERDICT_REFERENCES)
+    lines = start_verdicts(table) + verdicts(table, [*candidates, *seeded_candidates], VERDICT_REFERENCES)
     first = {}
     for name, _, emb in runs.values():
         first.setdefault(name, emb)

@@ -46,6 +46,21 @@ def check_evaluation_set(adata, batch_key: str | None, label_key: str, where: st
     require_counts(stored_values(adata.X), where)
 
 
+def single_batch_labels(obs: pd.DataFrame, batch_key: str | None, label_key: str) -> str | None:
+    """The report's note on labels found in one batch only (None when every label is in two or more)."""
+    if batch_key is None:
+        return None
+    batches = obs.groupby(obs[label_key].astype(str), observed=True)[batch_key].agg(
+        lambda b: sorted(set(b.astype(str))))
+    alone = {label: found[0] for label, found in batches.items() if len(found) == 1}
+    if not alone:
+        return None
+    listed = ", ".join(f"{label} (only in {batch})" for label, batch in sorted(alone.items()))
+    return (f"labels in one batch only: {listed}. They are scored like every label: the bio metrics "
+            f"include them, and the batch metrics, computed within each label, find no other batch to "
+            f"mix them with")
+
+
 def baseline_methods(adata, batch_key: str | None, config: EvalConfig) -> BaselineMethods:
     """Builds the HVG view and its PCA once; scVI, Harmony (only with a batch key) and the random
     control are returned as ``seed -> embedding`` so that a caller can repeat them over seeds."""

@@ -185,9 +185,10 @@ class MaskedGeneTransformer(nn.Module):
             raise ConfigError(f"the starting model's weights do not fit this model ({', '.join(stray[:3])})",
                               "model config", "adapt with the checkpoint's own model settings")
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Weights and config, for ``from_pretrained`` (``sc_fm.Pretrained`` adds the tokenizer)."""
-        write_model(self, directory)
+    def save_pretrained(self, directory: str | Path, vocab_hash: str | None = None) -> None:
+        """Weights and config, for ``from_pretrained`` (``sc_fm.Pretrained`` adds the tokenizer
+        and records its vocabulary hash)."""
+        write_model(self, directory, vocab_hash)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "MaskedGeneTransformer":

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from sc_fm.config import MIN_GENE_OVERLAP, ExplainConfig
 from sc_fm.errors import InputDataError
 from sc_fm.model import MaskedGeneTransformer
-from sc_fm.model.io import START_FILE, load_weights, required_file, write_weights
+from sc_fm.model.io import START_FILE, load_weights, recorded_vocab_hash, required_file, write_weights
 from sc_fm.pretrained.cells import InputCells
 from sc_fm.pretrained.genes import GeneMapping, map_genes
 from sc_fm.pretrained.inputs import require_obs_column
@@ -98,12 +98,17 @@ class Pretrained:
                                  "pass a run's final/ or checkpoints/step_N/ directory")
         model = MaskedGeneTransformer.from_pretrained(directory)
         tokenizer = CellTokenizer.load(required_file(directory, TOKENIZER_DIR))
+        recorded = recorded_vocab_hash(directory)
+        if recorded is not None and recorded != tokenizer.vocab.hash:
+            raise InputDataError(f"the model was trained on vocabulary {recorded[:12]}, its tokenizer/ holds "
+                                 f"{tokenizer.vocab.hash[:12]}: the gene rows would mean other genes",
+                                 str(directory), "restore the tokenizer/ folder saved with this model")
         return cls(model, tokenizer, directory)
 
     def save(self, directory: str | Path) -> None:
         """Weights, model config, the start where known, and the tokenizer (with its vocabulary)
         into ``directory``."""
-        self.model.save_pretrained(directory)
+        self.model.save_pretrained(directory, self.tokenizer.vocab.hash)
         if self.has_start:
             write_weights(self.start_model(), Path(directory) / START_FILE)
         self.tokenizer.save(Path(directory) / TOKENIZER_DIR)

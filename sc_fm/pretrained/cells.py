@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from sc_fm.errors import InputDataError
 from sc_fm.pretrained.genes import GeneMapping
-from sc_fm.pretrained.inputs import require_counts
+from sc_fm.pretrained.inputs import counts_matrix, require_counts
 from sc_fm.tokenize import CellTokenizer, TokenizedCells
 
 
@@ -48,13 +48,15 @@ class InputCells:
     block_cells: int
     where: str
     _mapped: sp.csr_matrix | None = None
+    _counts: object = None  # X, or layers["counts"] of a file without X
 
     @classmethod
     def build(cls, adata, mapping: GeneMapping, tokenizer: CellTokenizer, batch_key: str | None,
               block_cells: int = 1024, where: str = "input") -> "InputCells":
         cells = cls(adata, mapping, tokenizer, None, block_cells, where)
+        cells._counts = counts_matrix(adata, where)
         if not getattr(adata, "isbacked", False):
-            cells._mapped = mapping.to_vocab(adata.X)
+            cells._mapped = mapping.to_vocab(cells._counts)
             require_counts(cells._mapped.data, where)
         if batch_key is not None and tokenizer.normalises_by_group:
             cells.groups = adata.obs[batch_key].astype(str).to_numpy()
@@ -73,7 +75,7 @@ class InputCells:
             if self._mapped is not None:
                 yield start, self._mapped[start:stop]
                 continue
-            rows = self.mapping.to_vocab(self.adata.X[start:stop])
+            rows = self.mapping.to_vocab(self._counts[start:stop])
             require_counts(rows.data, self.where)
             yield start, rows
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from sc_fm.config import MIN_MAPPED_GENES
 from sc_fm.errors import InputDataError
 from sc_fm.vocab import GeneVocab
 
@@ -40,7 +41,8 @@ class GeneMapping:
 
 
 def map_genes(var_names, vocab: GeneVocab, min_overlap: float, where: str) -> GeneMapping:
-    """Look genes up by Ensembl ID (version stripped) or symbol; refuse overlaps below ``min_overlap``."""
+    """Look genes up by Ensembl ID (version stripped) or symbol; refuse overlaps below ``min_overlap``
+    (a fraction of the input's genes) or below ``MIN_MAPPED_GENES`` genes (all of a smaller vocabulary)."""
     names = [str(n) for n in var_names]
     index = vocab.lookup(names)
     found = np.flatnonzero(index >= 0)
@@ -55,4 +57,11 @@ def map_genes(var_names, vocab: GeneVocab, min_overlap: float, where: str) -> Ge
             f"the threshold is {min_overlap:.0%}", where,
             f"use var_names with Ensembl IDs or symbols of the vocabulary (got e.g. {example}), "
             "or lower --min-gene-overlap")
+    needed = min(MIN_MAPPED_GENES, vocab.n_genes)
+    if mapping.n_mapped < needed:
+        raise InputDataError(
+            f"only {mapping.n_mapped} of the input's genes are in the checkpoint's vocabulary ({vocab.name}, "
+            f"{vocab.n_genes} genes); at least {needed} must be, or every cell looks alike to the model", where,
+            f"pass an input measuring more genes, with var_names holding Ensembl IDs or symbols of the "
+            f"vocabulary (got e.g. {', '.join(names[:3])})")
     return mapping

@@ -14,8 +14,10 @@ import numpy as np
 
 from sc_fm.config import EmbedConfig
 from sc_fm.errors import InputDataError
+from sc_fm.outputs import atomic_file
 from sc_fm.pretrained.bundle import EMBEDDING_KEY, Pretrained
 from sc_fm.pretrained.genes import GeneMapping
+from sc_fm.pretrained.inputs import counts_matrix
 
 
 @dataclass
@@ -39,6 +41,18 @@ def open_backed(path: str | Path):
                              "pass an AnnData .h5ad file") from err
 
 
+def read_h5ad(path: str | Path):
+    """An h5ad read whole, for commands that train on it; a file without X takes its counts
+    from ``layers["counts"]`` (``counts_matrix``)."""
+    import anndata
+
+    open_backed(path).file.close()  # a missing or damaged file: the one-paragraph error
+    adata = anndata.read_h5ad(path)
+    if adata.X is None:
+        adata.X = counts_matrix(adata, str(path))
+    return adata
+
+
 def write_obsm(path: Path, key: str, values: np.ndarray) -> None:
     """Write (or replace) ``obsm[key]`` inside an existing h5ad file."""
     import h5py
@@ -51,9 +65,23 @@ def write_obsm(path: Path, key: str, values: np.ndarray) -> None:
         write_elem(obsm, key, values)
 
 
+def check_embedding(embedding: np.ndarray, pretrained: Pretrained, where: str) -> None:
+    """Refuse an embedding with NaN or infinite values: its checkpoint's weights or normalisers
+    are damaged, and a file of NaNs would pass for a result."""
+    finite = np.isfinite(embedding).all(axis=1)
+    if not finite.all():
+        raise InputDataError(f"{int((~finite).sum())} of {len(finite)} cells got a non-finite embedding "
+                             f"from checkpoint {pretrained.path}", where,
+                             "the checkpoint's weights or normalisers are damaged: re-save or re-train it")
+
+
 def embed_h5ad(checkpoint: str | Path | Pretrained, input_path: str | Path, output_path: str | Path,
                config: EmbedConfig | None = None, progress: bool = True) -> EmbedSummary:
-    """Embed ``input_path`` with ``checkpoint`` into ``output_path`` (may equal the input)."""
+    """Embed ``input_path`` with ``checkpoint`` into ``output_path`` (may equal the input).
+
+    The output is built as a hidden sibling and renamed into place, so a failure part-way (a
+    full disk) leaves the input and any earlier output whole. A non-finite embedding (a
+    damaged checkpoint) is an error, never a file."""
     config = config or EmbedConfig()
     pretrained = checkpoint if isinstance(checkpoint, Pretrained) else Pretrained.load(checkpoint)
     input_path, output_path = Path(input_path), Path(output_path)
@@ -66,8 +94,8 @@ def embed_h5ad(checkpoint: str | Path | Pretrained, input_path: str | Path, outp
                                      progress=progress, where=where)
     finally:
         adata.file.close()
-    if output_path.resolve() != input_path.resolve():
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(input_path, output_path)
-    write_obsm(output_path, EMBEDDING_KEY, embedding)
+    check_embedding(embedding, pretrained, where)
+    with atomic_file(output_path) as tmp:
+        shutil.copyfile(input_path, tmp)
+        write_obsm(tmp, EMBEDDING_KEY, embedding)
     return EmbedSummary(output_path, embedding.shape[0], embedding.shape[1], mapping)

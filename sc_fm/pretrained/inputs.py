@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import scipy.sparse as sp
 
 from sc_fm.errors import InputDataError
+
+
+COUNTS_LAYER = "counts"
+
+
+def counts_matrix(adata, where: str):
+    """The raw counts: ``adata.X``, or ``layers["counts"]`` when the file has no X (a note on
+    stderr says so); neither is the one-paragraph error."""
+    try:
+        matrix = adata.X
+    except KeyError:  # a backed file without X
+        matrix = None
+    if matrix is not None:
+        return matrix
+    if COUNTS_LAYER in adata.layers:
+        print(f"scfm: {where} has no X; reading the raw counts from layers[{COUNTS_LAYER!r}]", file=sys.stderr)
+        return adata.layers[COUNTS_LAYER]
+    raise InputDataError(f"the AnnData has no X and no layers[{COUNTS_LAYER!r}] (layers: "
+                         f"{', '.join(adata.layers.keys()) or 'none'})", where,
+                         f"store the raw counts in .X or in .layers[{COUNTS_LAYER!r}]")
 
 
 def require_obs_column(adata, key: str | None, option: str, where: str) -> None:

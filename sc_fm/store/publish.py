@@ -7,7 +7,8 @@ into place. Instead a reader's test of "is this a store" is the root ``zarr.json
 1. Take the writer lock ``STORE.lock`` beside the store (a conditional put: one writer at a time).
 2. Write the store (or, for ``--append``, the new shards, statistics and manifest on top of a
    local copy of the store's small metadata objects) in a local staging folder with the local
-   writer (``SCFM_STAGING_DIR``, default the system temporary folder).
+   writer (``SCFM_STAGING_DIR``, default the system temporary folder), named after the writing process
+   so that the next writer removes the folder of one that was killed.
 3. Upload every object but the root ``zarr.json`` (concurrently, retried with back-off), then the
    root ``zarr.json`` in one PUT, which is atomic on S3 and its peers: until it lands, a new store
    is "not a store", and an appended store still reads as before (its old objects are untouched).
@@ -49,7 +50,7 @@ def write_remote(url: str, append: bool, lock_timeout: float | None, write: Call
                              "create the bucket first, or fix its name in the URL")
     lock = StoreLock(url, lock_timeout)
     lock.acquire()
-    staging = Path(tempfile.mkdtemp(prefix="scfm-stage-", dir=os.environ.get(STAGING_ENV)))
+    staging = _staging_folder()
     try:
         local = staging / "store.zarr"
         exists = remote_call(lambda: is_object(fs, f"{root}/{ROOT}"), url, "looking up the store")
@@ -70,6 +71,15 @@ def write_remote(url: str, append: bool, lock_timeout: float | None, write: Call
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         lock.release()
+
+
+def _staging_folder() -> Path:
+    """A new staging folder named after this process; those of killed writers are removed."""
+    from sc_fm.outputs import remove_stale_siblings, work_dir
+
+    name = Path(os.environ.get(STAGING_ENV) or tempfile.gettempdir()) / "scfm-stage"
+    remove_stale_siblings(name)
+    return work_dir(name, "stage")
 
 
 def _keys(fs, root: str) -> list[str]:

@@ -61,7 +61,30 @@ class VerifyReport:
                 "problems": self.problems, "orphans": [str(o) for o in self.orphans], "notes": self.notes}
 
 
+_ATTEMPTS = 3  # checks of a store that an append keeps changing, before the last report stands
+
+
+def _listing(path: Path) -> bytes | None:
+    try:
+        return (path / "zarr.json").read_bytes()
+    except OSError:
+        return None
+
+
 def verify_store(path: str | Path) -> VerifyReport:
+    """Check the store; a check that found problems while the store's listing changed under it
+    (an append published meanwhile) is repeated, so a concurrent writer is no false alarm."""
+    for _ in range(_ATTEMPTS):
+        before = _listing(Path(path))
+        report = _verify_once(path)
+        if report.ok or _listing(Path(path)) == before:
+            return report
+    report.notes.append(f"the store changed during each of {_ATTEMPTS} checks (a writer is appending); "
+                        f"verify again once it is done")
+    return report
+
+
+def _verify_once(path: str | Path) -> VerifyReport:
     report = VerifyReport(Path(path))
     try:
         store = CorpusStore(path)
@@ -151,23 +174,32 @@ def _check_vocab(store: CorpusStore, report: VerifyReport) -> None:
                                f"(hash {store.vocab_hash}, {store.n_genes} genes)")
 
 
+def shard_size_problem(store: CorpusStore, k: int) -> str | None:
+    """Whether shard ``k``'s own record and array lengths disagree with what zarr.json lists
+    (metadata only: cheap enough for every run to check before it trains)."""
+    info = store.shards[k]
+    group = store.shard(k)
+    attrs = dict(group.attrs)
+    if (attrs.get("n_cells"), attrs.get("nnz")) != (info.n_cells, info.nnz):
+        return (f"holds n_cells={attrs.get('n_cells')}, nnz={attrs.get('nnz')}; "
+                f"zarr.json lists {info.n_cells}, {info.nnz}")
+    shapes = {name: group[name].shape[0] for name in ("indptr", "indices", "data")}
+    if shapes != {"indptr": info.n_cells + 1, "indices": info.nnz, "data": info.nnz}:
+        return f"array lengths {shapes} do not fit {info.n_cells} cells, {info.nnz} nonzeros"
+    return None
+
+
 def _check_shard(store: CorpusStore, k: int, report: VerifyReport) -> None:
     info = store.shards[k]
     where = f"shard {info.name}"
     if not (store.path / "shards" / info.name / "zarr.json").is_file():
         report.problems.append(f"{where}: listed in zarr.json but missing")
         return
+    problem = shard_size_problem(store, k)
+    if problem:
+        report.problems.append(f"{where}: {problem}")
+        return
     group = store.shard(k)
-    attrs = dict(group.attrs)
-    if (attrs.get("n_cells"), attrs.get("nnz")) != (info.n_cells, info.nnz):
-        report.problems.append(f"{where}: holds n_cells={attrs.get('n_cells')}, nnz={attrs.get('nnz')}; "
-                               f"zarr.json lists {info.n_cells}, {info.nnz}")
-        return
-    shapes = {name: group[name].shape[0] for name in ("indptr", "indices", "data")}
-    if shapes != {"indptr": info.n_cells + 1, "indices": info.nnz, "data": info.nnz}:
-        report.problems.append(f"{where}: array lengths {shapes} do not fit {info.n_cells} cells, "
-                               f"{info.nnz} nonzeros")
-        return
     previous_end = 0
     for start in range(0, info.n_cells, _BLOCK_CELLS):
         stop = min(start + _BLOCK_CELLS, info.n_cells)

@@ -162,7 +162,16 @@ class CellTokenizer:
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:  # missing, truncated, not the listed arrays
             raise InputDataError(f"normalisers.npz is missing or damaged ({type(err).__name__}: {err})",
                                  str(directory), damaged) from err
-        return cls(config, vocab, normalisers, meta["condition_vocabs"])
+        for group, by_value in normalisers.items():  # every count is divided by these
+            for value, row in by_value.items():
+                if not (np.isfinite(row).all() and (row > 0).all()):
+                    raise InputDataError(f"normalisers.npz: normaliser {group}/{value} holds zero, negative or "
+                                         f"non-finite values", str(directory), damaged)
+        vocabs = meta["condition_vocabs"]
+        if not isinstance(vocabs, dict) or not all(isinstance(v, list) for v in vocabs.values()):
+            raise InputDataError(f"tokenizer.json: condition_vocabs must map each key to a list of categories "
+                                 f"(got {type(vocabs).__name__})", str(path), damaged)
+        return cls(config, vocab, normalisers, vocabs)
 
     @property
     def normalises_by_group(self) -> bool:

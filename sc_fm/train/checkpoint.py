@@ -25,17 +25,10 @@ import yaml
 
 from sc_fm.data.plan import ORDER_BEFORE_BLOCK_ORDERS
 from sc_fm.errors import ConfigError, InputDataError
+from sc_fm.outputs import fsync_path, is_write_failure, write_failed
 from sc_fm.train.distributed import DistEnv, barrier
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CheckpointManager:
@@ -82,14 +75,21 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         barrier()
-        write(tmp)
+        try:
+            write(tmp)
+        except Exception as err:
+            if not is_write_failure(err):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise write_failed(err, tmp, "the previous checkpoints are intact (resume from them with "
+                               "--resume)") from err
         barrier()
         final = self.path(step)
         if self.env.is_main:
             if final.exists():  # the same step written again (e.g. resumed exactly at the end)
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _fsync_dir(self.root)
+            fsync_path(self.root)
             self._prune()
         barrier()
         return final
@@ -175,6 +175,10 @@ def checkpoint_problem(checkpoint: Path, world_size: int) -> str | None:
             weights.keys()
         if not ((checkpoint / ENGINE_STATE_FILE).is_file() or (checkpoint / DEEPSPEED_TAG).is_dir()):
             return "the engine state is missing"
+        if (checkpoint / ENGINE_STATE_FILE).is_file():
+            problem = _engine_state_problem(checkpoint / ENGINE_STATE_FILE)
+            if problem:
+                return problem
         for rank in range(int(state.get("world_size", world_size))):
             if not ((checkpoint / rank_state_file(rank)).is_file() or (checkpoint / f"rank_{rank}.pt").is_file()):
                 return f"{rank_state_file(rank)} is missing"
@@ -184,6 +188,21 @@ def checkpoint_problem(checkpoint: Path, world_size: int) -> str | None:
         return f"{Path(err.filename).name} is missing"
     except (json.JSONDecodeError, yaml.YAMLError, SafetensorError, OSError, AttributeError, TypeError) as err:
         return f"a file is damaged ({type(err).__name__}: {str(err)[:120]})"
+    return None
+
+
+def _engine_state_problem(path: Path) -> str | None:
+    """Whether the plain engine's state reads as tensors only (mapped, not loaded): a damaged
+    or crafted file is a reason to fall back to the previous checkpoint, never to run it."""
+    import pickle
+
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        return f"{path.name} is damaged or holds more than tensors ({type(err).__name__}: " \
+               f"{str(err).splitlines()[0][:120] if str(err) else ''})"
     return None
 
 

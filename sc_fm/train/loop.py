@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -26,8 +27,10 @@ from sc_fm.data import kept_cells
 from sc_fm.data.coexpression import coexpression_loadings, kept_normalised_rows
 from sc_fm.errors import ConfigError
 from sc_fm.model.io import START_FILE, load_weights
+from sc_fm.outputs import check_run_dir
 from sc_fm.pretrained import Pretrained
 from sc_fm.store import CorpusStore
+from sc_fm.threads import cpu_threads, ranks_sharing_cores, setup_blas_threads
 from sc_fm.tokenize import CellTokenizer
 from sc_fm.tokenize.normalisers import is_group_normalised
 from sc_fm.tracking import RunTracker, flatten, system_info
@@ -41,7 +44,6 @@ from sc_fm.train.plan import TrainPlan, make_plan
 from sc_fm.train.flops import StepFlops, peak_flops, raised_cpu_peak
 from sc_fm.train.progress import ProgressBar, Throughput
 from sc_fm.train.rng import capture_rng, restore_rng, seed_everything
-from sc_fm.train.threads import available_cores, budget_cpu_threads, local_processes, setup_blas_threads
 from sc_fm.vocab import N_SPECIAL
 
 METRICS_FILE = "metrics.jsonl"
@@ -66,20 +68,22 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
     plan = make_plan(cfg, env)
     run_dir = Path(run_dir)
     checkpoints = CheckpointManager(run_dir, cfg.train.keep_last, env)
+    if env.is_main:  # one rank checks, before any writes: ranks may share the directory
+        check_run_dir(run_dir, resume)
     latest = checkpoints.latest_usable(env.world_size) if resume else None
-    if not resume and checkpoints.steps():
-        raise ConfigError(f"{run_dir} already holds checkpoints", str(run_dir),
-                          "pass --resume to continue that run, or choose a new -o RUN_DIR")
     if latest is not None:
         check_resumable(latest, to_dict(cfg), env.world_size)
     created = cfg.train.engine == "deepspeed" and init_process_group(env, plan.device)
-    threads = torch.get_num_threads()
-    if plan.device.type == "cpu":
-        budget_cpu_threads()
     try:
-        return Trainer(cfg, plan, run_dir, checkpoints, latest, resume, evaluator, initial).run()
+        # ranks_sharing_cores is collective: every rank calls it
+        budget = cpu_threads(ranks_sharing_cores()) if plan.device.type == "cpu" else nullcontext()
+        with budget as threads:
+            if threads is not None and env.is_main:
+                workers = cfg.data.num_workers
+                print(f"scfm pretrain: {threads.describe()}"
+                      + (f"; {workers} loader worker(s) at idle priority" if workers else ""), file=sys.stderr)
+            return Trainer(cfg, plan, run_dir, checkpoints, latest, resume, evaluator, initial).run()
     finally:
-        torch.set_num_threads(threads)
         # A lone process keeps its group: DeepSpeed caches it for later runs in the same process.
         if created and env.world_size > 1:
             dist.destroy_process_group()
@@ -363,12 +367,5 @@ class Trainer:
               f"{self.plan.device.type}, {self.plan.precision}, {self.n_parameters:,} parameters, "
               f"{self.cfg.train.global_batch_cells} cells/step = {self.cfg.train.micro_batch_cells} x "
               f"{self.plan.accumulation} accumulation x {self.env.world_size}; {where}", file=sys.stderr)
-        if self.plan.device.type == "cpu":
-            workers = self.cfg.data.num_workers
-            why = ("OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else
-                   f"{available_cores()} core(s) shared by {local_processes()} local process(es)"
-                   + (f"; {workers} loader worker(s) at idle priority" if workers else ""))
-            print(f"scfm pretrain: {torch.get_num_threads()} CPU thread(s) per process: {why}",
-                  file=sys.stderr)
         if self.tracker is not None:
             print(f"scfm pretrain: MLflow run {self.tracker.run_id} at {self.tracker.uri}", file=sys.stderr)

@@ -12,6 +12,7 @@ import torch
 
 from sc_fm.config import RunConfig
 from sc_fm.errors import ConfigError
+from sc_fm.model.io import available_memory
 from sc_fm.train.deepspeed_config import build_deepspeed_config, load_zero_settings
 from sc_fm.train.distributed import DistEnv, accumulation_steps
 
@@ -64,6 +65,25 @@ def check_train_config(cfg: RunConfig) -> None:
             raise ConfigError(what, "config", fix)
 
 
+# What each packed token of a held micro-batch takes at the least (an int64 gene id and label).
+BYTES_PER_HELD_TOKEN = 16
+
+
+def check_step_memory(cfg: RunConfig, accumulation: int) -> None:
+    """A step holds all its ``accumulation`` micro-batches at once: refuse batch settings whose
+    batches alone exceed the available memory (a ``global_batch_cells`` inherited from a
+    checkpoint's config.yaml, say) before anything is read."""
+    t = cfg.train
+    need = accumulation * t.micro_batch_cells * cfg.tokenizer.max_len * BYTES_PER_HELD_TOKEN
+    free = available_memory()
+    if need > free:
+        raise ConfigError(f"one optimizer step holds {accumulation:,} micro-batches of {t.micro_batch_cells} "
+                          f"cells x {cfg.tokenizer.max_len} tokens (train.global_batch_cells="
+                          f"{t.global_batch_cells:,}): at least {need / 2**30:,.1f} GiB, and "
+                          f"{free / 2**30:,.1f} GiB is available", "train.global_batch_cells",
+                          "lower train.global_batch_cells (or tokenizer.max_len)")
+
+
 def make_plan(cfg: RunConfig, env: DistEnv) -> TrainPlan:
     """Check ``cfg`` against this process layout and resolve engine settings."""
     check_train_config(cfg)
@@ -71,6 +91,7 @@ def make_plan(cfg: RunConfig, env: DistEnv) -> TrainPlan:
         raise ConfigError(f"train.engine=plain runs one process, but WORLD_SIZE={env.world_size}",
                           "config", "use train.engine=deepspeed for multi-process training")
     accumulation = accumulation_steps(cfg.train, env.world_size)
+    check_step_memory(cfg, accumulation)
     device = env.device()
     precision = resolve_precision(cfg.train.precision, device, cfg.train.engine)
     ds_config = None
