@@ -73,8 +73,7 @@ def ablation(adata, checkpoint: Path, reference: str, finetune_config, steps: in
         if only and not any(word in name for word in only):
             continue
         split = split_reference(cells, PBMC_BATCH, PBMC_LABEL, [reference], "PBMC")
-        rows = CheckpointMethods(checkpoint, split, config, InputSettings(batch_key=PBMC_BATCH, min_gene_overlap=0.1),
-                                 False, "PBMC")
+        rows = CheckpointMethods(checkpoint, split, config, InputSettings(batch_key=PBMC_BATCH), False, "PBMC")
         scores = annotation_scores(split.truth, rows.finetuned(config.seed, same_start=False), split.shared)
         print(f"ablation [{reference} -> query] {name}: macro F1 {scores[MACRO_F1]:.3f}, "
               f"accuracy {scores[ACCURACY]:.3f} ({int(split.reference.sum())} reference cells)")

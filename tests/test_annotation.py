@@ -216,3 +216,17 @@ def test_a_checkpoint_without_its_saved_start_is_refused(cells, tiny_checkpoint,
                     "--label-key", "cell_type", "--batch-key", "dataset", "--reference", "study_0", "-o", str(out),
                     "--no-tracking"], capsys, out)
     assert "no saved start" in err
+
+
+@pytest.mark.parametrize("setting", [["--min-genes-mapped", "100000"], ["benchmark.input.min_gene_overlap=1.0"]])
+def test_the_gene_floors_of_benchmark_input_hold_for_the_annotation_task(cells, tiny_checkpoint, tmp_path, capsys,
+                                                                        setting):
+    adata = cells.copy()
+    adata.var_names = [*adata.var_names[:-1], "NOT_A_GENE"]  # one unmapped gene: overlap below 1.0
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    out = tmp_path / "report"
+    err = _refused(["benchmark", str(path), "--task", "annotation", "--checkpoint", str(tiny_checkpoint),
+                    "--label-key", "cell_type", "--batch-key", "dataset", "--reference", "study_0", "-o", str(out),
+                    "--no-tracking", *setting], capsys, out)
+    assert "are in the checkpoint's vocabulary" in err and "Fix:" in err

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser, "benchmark",
                         "obs column of the input's batches: the scIB batch label and the input's own gene "
                         "normalisers (benchmark.input.batch_key); without it batch metrics are reported as not "
-                        "applicable")
+                        "applicable; --task annotation: the column whose values --reference names")
     parser.add_argument("--label-key", required=True, help="obs column of cell types")
     parser.add_argument("-o", "--output", required=True, help="report directory")
     add_overwrite_argument(parser)
