@@ -5,7 +5,8 @@
    vocabulary is each real tissue's most-detected and most variable genes (``demo_vocabulary``),
    also the simulated atlas's genes. The real cells of the evaluation sets are not in it:
    neither their counts, nor their genes, nor their statistics reach the checkpoint.
-2. Pretrains the ``tiny`` model under DeepSpeed on the CPU.
+2. Pretrains the ``tiny`` model under DeepSpeed on the CPU, on the corpus's real cells: the
+   demo run holds the simulated studies out (``configs/runs/demo.yaml``, ``data.exclude``).
 3. Embeds held-out real cells (``scfm embed``): the cell-line singlets, and pbmc4k as shipped,
    named by gene symbols. Benchmarks the checkpoint on both held-out tissues (``scfm
    benchmark``): the singlets and the PBMC cross-chemistry set, against its own untrained
@@ -49,7 +50,7 @@ class DemoSize:
     adapt_steps: int
 
 
-FULL = DemoSize(sim_cells=6000, vocab_detected=2500, vocab_variable=1000, max_steps=150, scvi_epochs=150, adapt_steps=300)
+FULL = DemoSize(sim_cells=1500, vocab_detected=2500, vocab_variable=1000, max_steps=150, scvi_epochs=150, adapt_steps=300)
 QUICK = DemoSize(sim_cells=1500, vocab_detected=2500, vocab_variable=1000, max_steps=20, scvi_epochs=30, adapt_steps=10)
 
 
