@@ -373,6 +373,7 @@ class FinetuneConfig:
     adversary_key: str | None = None  # obs column the batch-adversarial objective must not read
     mode: Literal["full", "linear"] = "full"  # "linear": frozen encoder, head only (linear probe)
     epochs: int = 10
+    max_steps: int | None = None  # exactly this many optimiser steps (epochs then ignored); None: epochs
     batch_cells: int = 16  # cells per training step
     lr: float = 1e-5  # encoder; small, so the pretrained weights move slowly
     head_lr: float = 1e-2
@@ -383,6 +384,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         require([(self.epochs >= 1, "finetune.epochs must be at least 1"),
+                 (self.max_steps is None or self.max_steps >= 1, "finetune.max_steps must be at least 1 or null"),
                  (self.batch_cells >= 2, "finetune.batch_cells must be at least 2"),
                  (0.0 < self.val_fraction < 1.0, "finetune.val_fraction must be in (0, 1)"),
                  (self.adversarial_weight >= 0, "finetune.adversarial_weight must be >= 0")])

@@ -84,7 +84,7 @@ def test_cli_finetune_writes_predictions_and_tracks(tiny_checkpoint, tiny_atlas,
     assert main(["finetune", str(tiny_checkpoint), str(path), "--label-key", "cell_type", "-o", str(out),
                  "--epochs", "1", "--mode", "linear"]) == 0
     printed = capsys.readouterr().out
-    assert "accuracy" in printed and "MLflow:" in printed
+    assert "accuracy" in printed and "MLflow:" in printed and "LogReg (HVG) on the same split: accuracy" in printed
     predictions = anndata.read_h5ad(out / "predictions.h5ad")
     assert PREDICTION_KEY in predictions.obs and predictions.n_obs == 240
     info = json.loads((out / "tracking.json").read_text())

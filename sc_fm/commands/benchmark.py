@@ -1,5 +1,6 @@
 """``scfm benchmark INPUT.h5ad --checkpoint CKPT --batch-key B --label-key L -o REPORT_DIR
-[--adapt | --adapt-steps N] [--seeds K]``."""
+[--adapt | --adapt-steps N] [--seeds K]``; with ``--task annotation --reference V[,V...]
+[--finetune-steps N]``: label the other batches from the reference's labels."""
 
 from __future__ import annotations
 
@@ -7,16 +8,29 @@ import argparse
 
 from sc_fm.commands.options import (add_config_arguments, add_input_arguments, add_overwrite_argument, command_config,
                                     input_flags)
+from sc_fm.config import RunConfig
+from sc_fm.errors import ConfigError
+
+
+TASKS = ("integration", "annotation")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="AnnData .h5ad with raw counts in X and batch/label columns in obs")
+    parser.add_argument("--task", default="integration", metavar="|".join(TASKS),
+                        help="integration: scIB metrics of embeddings (default); annotation: label the query "
+                             "batches from the --reference batches' labels")
+    parser.add_argument("--reference", default=None, metavar="V[,V...]",
+                        help="annotation: the --batch-key values whose cells (with labels) are the reference; "
+                             "every other cell is the query, its labels used only for scoring")
+    parser.add_argument("--finetune-steps", type=int, default=None, metavar="N",
+                        help="annotation: optimiser steps of each fine-tuning (default: finetune.epochs epochs)")
     parser.add_argument("--checkpoint", action="append", default=[],
                         help="pretrained directory to compare (repeatable); none: baselines only")
     add_input_arguments(parser, "benchmark",
                         "obs column of the input's batches: the scIB batch label and the input's own gene "
                         "normalisers (benchmark.input.batch_key); without it batch metrics are reported as not "
-                        "applicable")
+                        "applicable; --task annotation: the column whose values --reference names")
     parser.add_argument("--label-key", required=True, help="obs column of cell types")
     parser.add_argument("-o", "--output", required=True, help="report directory")
     add_overwrite_argument(parser)
@@ -36,6 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task not in TASKS:
+        raise ConfigError(f"--task {args.task!r} is not a benchmark task", "scfm benchmark",
+                          f"pass --task {' or --task '.join(TASKS)}")
+    if args.task == "annotation":
+        return run_annotation(args)
+    if args.reference is not None or args.finetune_steps is not None:
+        raise ConfigError("--reference and --finetune-steps belong to the annotation task", "scfm benchmark",
+                          "add --task annotation, or leave them out")
     import dataclasses
     from pathlib import Path
 
@@ -45,14 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from sc_fm.outputs import check_output
     from sc_fm.pretrained.h5ad import read_h5ad
 
-    flags = {**input_flags(args), "seeds": args.seeds}
-    overrides = [f"eval.label_key={args.label_key}"]
-    if args.seed is not None:
-        overrides.append(f"eval.seed={args.seed}")
-    if args.scvi_epochs is not None:
-        overrides.append(f"eval.scvi_epochs={args.scvi_epochs}")
-    args.overrides = [*args.overrides, *overrides]
-    cfg = command_config(args, "benchmark", flags)
+    cfg = benchmark_config(args)
     config = cfg.benchmark
     if args.adapt_steps is not None or args.adapt:
         steps = args.adapt_steps if args.adapt_steps is not None else cfg.adapt.steps
@@ -65,6 +80,50 @@ def run(args: argparse.Namespace) -> int:
     result = run_benchmark(adata, batch_key, args.label_key, args.output, args.checkpoint, cfg.eval,
                            inputs=config.input, tracking=cfg.tracking, where=args.input,
                            n_seeds=config.seeds, seeded_candidates=rows)
+    return print_result(result)
+
+
+def run_annotation(args: argparse.Namespace) -> int:
+    """``--task annotation``: every method labels the query from the reference; report and MLflow."""
+    from sc_fm.evaluate.annotation import run_annotation as annotate
+    from sc_fm.evaluate.annotation_split import split_reference
+    from sc_fm.outputs import check_output
+    from sc_fm.pretrained.h5ad import read_h5ad
+
+    if args.adapt or args.adapt_steps is not None:
+        raise ConfigError("--adapt belongs to the integration task", "scfm benchmark",
+                          "leave --adapt out with --task annotation")
+    if args.reference is None:
+        raise ConfigError("--task annotation needs the reference batches", "scfm benchmark",
+                          "pass --reference VALUE[,VALUE...] with values of --batch-key")
+    extra = [f"finetune.label_key={args.label_key}"]
+    if args.finetune_steps is not None:
+        extra.append(f"finetune.max_steps={args.finetune_steps}")
+    cfg = benchmark_config(args, extra)
+    check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[*args.checkpoint, args.input])
+    adata = read_h5ad(args.input)
+    config = cfg.benchmark
+    split = split_reference(adata, config.input.batch_key, args.label_key, args.reference.split(","), args.input)
+    result = annotate(split, args.checkpoint, args.output, cfg.eval, cfg.finetune, n_seeds=config.seeds,
+                      inputs=config.input, tracking=cfg.tracking, where=args.input)
+    return print_result(result)
+
+
+def benchmark_config(args: argparse.Namespace, overrides: list[str] = ()) -> RunConfig:
+    """The run's configuration: ``--config``, its ``KEY=VALUE`` overrides, then either task's flags
+    (``overrides``: the task's own keys)."""
+    flags = {**input_flags(args), "seeds": args.seeds}
+    given = [f"eval.label_key={args.label_key}"]
+    if args.seed is not None:
+        given.append(f"eval.seed={args.seed}")
+    if args.scvi_epochs is not None:
+        given.append(f"eval.scvi_epochs={args.scvi_epochs}")
+    args.overrides = [*args.overrides, *given, *overrides]
+    return command_config(args, "benchmark", flags)
+
+
+def print_result(result) -> int:
+    """The verdict lines, where the report is and the MLflow run (either task's result)."""
     for line in result.verdict:
         print(line)
     print(f"report: {result.report}")

@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from sc_fm.classify import ACCURACY, MACRO_F1
     from sc_fm.finetune import finetune, track_finetune
     from sc_fm.outputs import atomic_dir, check_output
     from sc_fm.pretrained import Pretrained
@@ -59,9 +60,23 @@ def run(args: argparse.Namespace) -> int:
     result = dataclasses.replace(result, directory=output)
     predictions = output / "predictions.h5ad"
     print(f"held-out cells: {result.n_val}; accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f}")
+    baseline = validation_baseline(adata, config.label_key)
+    print(f"LogReg (HVG) on the same split: accuracy {baseline[ACCURACY]:.3f}, macro-F1 {baseline[MACRO_F1]:.3f}")
     print(f"fine-tuned checkpoint: {result.directory}; "
           f"predictions in .obs['scfm_prediction'] of {predictions}")
     info = track_finetune(result, config, cfg.tracking)
     if info is not None:
         print(f"MLflow: {info['tracking_uri']} (run {info['run_id']})")
     return 0
+
+
+def validation_baseline(adata, label_key: str) -> dict[str, float]:
+    """``LogReg (HVG)`` trained on the fine-tuning's training cells and scored, as fine-tuning is, on
+    its validation cells: whether fine-tuning was worth it, at a glance."""
+    from sc_fm.classify import annotation_scores, logreg_hvg
+    from sc_fm.finetune import SPLIT_KEY
+
+    validation = (adata.obs[SPLIT_KEY] == "validation").to_numpy()
+    labels = adata.obs[label_key].astype(str).to_numpy()
+    predicted = logreg_hvg(adata.X, labels, ~validation)
+    return annotation_scores(labels[validation], predicted[validation])

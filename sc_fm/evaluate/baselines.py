@@ -34,9 +34,9 @@ def pca_embedding(view, n_pcs: int, seed: int) -> np.ndarray:
     return sc.pp.pca(view.X, n_comps=n_comps, svd_solver="arpack", random_state=seed).astype(np.float32)
 
 
-def scvi_embedding(view, batch_key: str | None, config: EvalConfig, seed: int | None = None) -> np.ndarray:
-    """scVI latent mean (NB likelihood, CPU) trained on the HVG counts; ``seed`` (default ``config.seed``)
-    fixes initialisation and minibatch order."""
+def train_scvi(view, batch_key: str | None, config: EvalConfig, seed: int | None = None):
+    """An scVI model (NB likelihood, CPU) trained on the HVG counts of a copy of ``view``; ``seed``
+    (default ``config.seed``) fixes initialisation and minibatch order."""
     import scvi
 
     scvi.settings.seed = config.seed if seed is None else seed
@@ -46,6 +46,12 @@ def scvi_embedding(view, batch_key: str | None, config: EvalConfig, seed: int | 
                             gene_likelihood="nb")
     model.train(max_epochs=config.scvi_epochs, accelerator="cpu", enable_progress_bar=False,
                 plan_kwargs={"n_epochs_kl_warmup": config.scvi_kl_warmup_epochs})
+    return model
+
+
+def scvi_embedding(view, batch_key: str | None, config: EvalConfig, seed: int | None = None) -> np.ndarray:
+    """scVI latent mean of ``train_scvi``'s model."""
+    model = train_scvi(view, batch_key, config, seed)
     return np.asarray(model.get_latent_representation(), dtype=np.float32)
 
 

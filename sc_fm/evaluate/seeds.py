@@ -36,8 +36,10 @@ def seed_list(seed: int, n_seeds: int, where: str = "benchmark") -> list[int]:
     return [int(seed) + i for i in range(int(n_seeds))]
 
 
-def summarise(per_seed: pd.DataFrame, seeded: set[str] | list[str]) -> pd.DataFrame:
-    """One row per method (first-appearance order): means, ``<col> sd`` beside each spread column, ``Seeds``.
+def summarise(per_seed: pd.DataFrame, seeded: set[str] | list[str],
+              spread_columns: tuple[str, ...] = SPREAD_COLUMNS) -> pd.DataFrame:
+    """One row per method (first-appearance order): means, ``<col> sd`` beside each of
+    ``spread_columns``, ``Seeds``.
 
     ``per_seed`` has a ``method`` and a ``seed`` column and one score per column; ``seeded``
     names the methods whose sd is measured (the others get sd 0).
@@ -49,7 +51,7 @@ def summarise(per_seed: pd.DataFrame, seeded: set[str] | list[str]) -> pd.DataFr
     table = pd.DataFrame(index=mean.index)
     for column in mean.columns:
         table[column] = mean[column]
-        if column in SPREAD_COLUMNS:
+        if column in spread_columns:
             spread = sd[column].copy()
             for method in spread.index:
                 if method not in seeded:
@@ -62,8 +64,8 @@ def summarise(per_seed: pd.DataFrame, seeded: set[str] | list[str]) -> pd.DataFr
     return table
 
 
-def _spread(row: pd.Series) -> float:
-    value = row.get(TOTAL + SD_SUFFIX, 0.0)
+def _spread(row: pd.Series, column: str) -> float:
+    value = row.get(column + SD_SUFFIX, 0.0)
     return 0.0 if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
@@ -77,17 +79,18 @@ def verdict_word(candidate_total: float, reference_total: float, spread: float) 
     return MATCHES
 
 
-def compare(table: pd.DataFrame, name: str, reference: str) -> tuple[str, float]:
-    """The verdict word of ``name`` against ``reference`` and the spread it used (the larger Total sd)."""
+def compare(table: pd.DataFrame, name: str, reference: str, column: str = TOTAL) -> tuple[str, float]:
+    """The verdict word of ``name`` against ``reference`` on ``column`` and the spread it used (the
+    larger of the two sds of ``column``)."""
     row, ref = table.loc[name], table.loc[reference]
-    spread = max(_spread(row), _spread(ref))
-    return verdict_word(float(row[TOTAL]), float(ref[TOTAL]), spread), spread
+    spread = max(_spread(row, column), _spread(ref, column))
+    return verdict_word(float(row[column]), float(ref[column]), spread), spread
 
 
-def spread_note(table: pd.DataFrame, name: str, reference: str, spread: float) -> str:
+def spread_note(table: pd.DataFrame, name: str, reference: str, spread: float, column: str = TOTAL) -> str:
     """``spread 0.012`` with the seeds behind it, or why there is none."""
     seeds = [int(table.loc[m, SEEDS]) for m in (name, reference) if SEEDS in table.columns]
-    unmeasured = any(math.isnan(float(table.loc[m].get(TOTAL + SD_SUFFIX, 0.0))) for m in (name, reference))
+    unmeasured = any(math.isnan(float(table.loc[m].get(column + SD_SUFFIX, 0.0))) for m in (name, reference))
     if unmeasured:
         return "1 seed, spread not measured"
     if not seeds or max(seeds) < 2:

@@ -120,9 +120,12 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
                                               for rows in blocks]))
     optimizer = _optimizer(classifier, config)
     history = []
-    for epoch in tqdm(range(config.epochs), desc="fine-tuning", disable=not progress):
+    per_epoch = -(-len(train_rows) // config.batch_cells)
+    steps_left = config.max_steps if config.max_steps is not None else config.epochs * per_epoch
+    for epoch in tqdm(range(-(-steps_left // per_epoch)), desc="fine-tuning", disable=not progress):
         classifier.train()
-        order = rng.permutation(train_rows)
+        order = rng.permutation(train_rows)[:steps_left * config.batch_cells]
+        steps_left -= -(-len(order) // config.batch_cells)
         total = 0.0
         for lo in range(0, len(order), config.batch_cells):
             rows = np.sort(order[lo:lo + config.batch_cells])

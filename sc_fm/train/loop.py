@@ -11,12 +11,12 @@ from __future__ import annotations
 import copy
 import importlib
 import json
-import os
 import shutil
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -25,7 +25,7 @@ from sc_fm.batch import LOSS_NAMES, to_device
 from sc_fm.config import RunConfig, save_config, to_dict
 from sc_fm.errors import ConfigError
 from sc_fm.model.io import START_FILE, load_weights
-from sc_fm.outputs import check_run_dir
+from sc_fm.outputs import check_run_dir, swap_in
 from sc_fm.pretrained import Pretrained
 from sc_fm.rundir import FINAL_DIR, METRICS_FILE, RUN_CONFIG_FILE
 from sc_fm.threads import cpu_threads, ranks_sharing_cores, setup_blas_threads
@@ -40,6 +40,9 @@ from sc_fm.train.plan import TrainPlan, make_plan
 from sc_fm.train.flops import StepFlops, peak_flops, raised_cpu_peak
 from sc_fm.train.progress import ProgressBar, Throughput
 from sc_fm.train.rng import capture_rng, restore_rng, seed_everything
+
+if TYPE_CHECKING:
+    from sc_fm.model import MaskedGeneTransformer
 
 
 def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
@@ -310,8 +313,7 @@ class Trainer:
             save_config(self.cfg, tmp / RUN_CONFIG_FILE)
             if self.tracker is not None:
                 self.tracker.write_info(tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            swap_in(tmp, final)  # a crash at any point leaves the old final/ or the new one
             if self.tracker is not None:
                 self.tracker.flush()
                 self.tracker.log_artifacts(final, FINAL_DIR)

@@ -1,0 +1,149 @@
+"""Annotation across chemistries: fine-tuned sc_fm against a logistic regression and scANVI.
+
+On the real PBMC cross-chemistry set (``sc_fm.datasets.load_pbmc_cross_chemistry``: pbmc4k,
+10x v2, with the FACS-sorted 2,140, 10x v1), the reference is one chemistry with its labels and
+the query is the other, its labels hidden from every method; both directions are run
+(``scfm benchmark --task annotation``'s code path). The checkpoint is ``--checkpoint DIR`` or,
+by default, one pretrained here on the demo corpus, which never holds these cells
+(``sc_fm.demo``; ``--quick``: its smoke size).
+
+Ends with ``result: NAME ratio=X target=Y`` lines, each the worse of the two directions:
+``finetuned_vs_logreg`` (macro-F1 ratio), ``finetuned_vs_scanvi`` (read as "at most 0.01 below"),
+``pretrained_vs_start_finetuned`` (fine-tuned from the checkpoint over fine-tuned from its own
+untrained start). ``--quick`` prints every line at smoke size (a cell sample, short scVI and
+fine-tuning). ``--ablation`` runs fine-tuning variants instead (linear head, learning rate, steps,
+a class-balanced reference), the first chemistry as the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+QUICK_CELLS_PER_CHEMISTRY = 300
+QUICK_FINETUNE_STEPS = 30
+QUICK_SCVI_EPOCHS = 20
+
+
+def sample(adata, batch_key: str, n: int, seed: int = 0):
+    """``n`` random cells of each batch (all of a smaller one)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = [rng.permutation(np.flatnonzero((adata.obs[batch_key] == b).to_numpy()))[:n]
+            for b in adata.obs[batch_key].cat.categories]
+    return adata[np.sort(np.concatenate(rows))].copy()
+
+
+def balanced(adata, batch_key: str, label_key: str, reference: str, seed: int = 0):
+    """``adata`` with the reference's classes cut to its smallest class's size (seeded): the
+    class-balanced variant of the ablation."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    is_reference = (adata.obs[batch_key] == reference).to_numpy()
+    labels = adata.obs[label_key].astype(str).to_numpy()
+    smallest = min(int(np.sum(is_reference & (labels == c))) for c in set(labels[is_reference]))
+    keep = ~is_reference
+    for name in set(labels[is_reference]):
+        keep[rng.permutation(np.flatnonzero(is_reference & (labels == name)))[:smallest]] = True
+    return adata[keep].copy()
+
+
+def ablation(adata, checkpoint: Path, reference: str, finetune_config, steps: int, only: list[str]) -> None:
+    """Fine-tuning variants (one seed, reference ``reference``): macro-F1 and accuracy on the query;
+    ``only``: the variants whose names hold one of these words (empty: all)."""
+    import dataclasses
+
+    from sc_fm.classify import ACCURACY, MACRO_F1, annotation_scores
+    from sc_fm.config import InputSettings
+    from sc_fm.datasets import PBMC_BATCH, PBMC_LABEL
+    from sc_fm.evaluate.annotation import CheckpointMethods
+    from sc_fm.evaluate.annotation_split import split_reference
+
+    variants = {"default": {}, "linear head on the frozen encoder (--mode linear)": {"mode": "linear"},
+                "encoder lr 1e-4": {"lr": 1e-4}, "encoder lr 1e-3": {"lr": 1e-3},
+                f"{3 * steps} steps": {"max_steps": 3 * steps}}
+    base = dataclasses.replace(finetune_config, max_steps=steps)
+    runs = {name: (adata, dataclasses.replace(base, **change)) for name, change in variants.items()}
+    runs["class-balanced reference"] = (balanced(adata, PBMC_BATCH, PBMC_LABEL, reference), base)
+    for name, (cells, config) in runs.items():
+        if only and not any(word in name for word in only):
+            continue
+        split = split_reference(cells, PBMC_BATCH, PBMC_LABEL, [reference], "PBMC")
+        rows = CheckpointMethods(checkpoint, split, config, InputSettings(batch_key=PBMC_BATCH), False, "PBMC")
+        scores = annotation_scores(split.truth, rows.finetuned(config.seed, same_start=False), split.shared)
+        print(f"ablation [{reference} -> query] {name}: macro F1 {scores[MACRO_F1]:.3f}, "
+              f"accuracy {scores[ACCURACY]:.3f} ({int(split.reference.sum())} reference cells)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke size: {QUICK_CELLS_PER_CHEMISTRY} cells per chemistry, "
+                             f"{QUICK_FINETUNE_STEPS} fine-tuning steps, {QUICK_SCVI_EPOCHS} scVI epochs, 1 seed")
+    parser.add_argument("--checkpoint", default=None, help="pretrained directory to evaluate instead")
+    parser.add_argument("--workdir", default=None, help="where to pretrain and write the reports (default: temp)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per seeded method (default 3; --quick 1)")
+    parser.add_argument("--finetune-steps", type=int, default=None,
+                        help="optimiser steps per fine-tuning (default: scfm finetune's epochs)")
+    parser.add_argument("--ablation", nargs="*", default=None, metavar="WORD",
+                        help="instead: fine-tuning variants (linear head, learning rate, steps, class balance), "
+                             "the first chemistry the reference, one seed; WORDs pick variants by name")
+    args = parser.parse_args()
+
+    from sc_fm import demo
+    from sc_fm.classify import MACRO_F1
+    from sc_fm.config import EvalConfig, FinetuneConfig
+    from sc_fm.datasets import PBMC_BATCH, PBMC_LABEL, load_pbmc_cross_chemistry
+    from sc_fm.evaluate.annotation import run_annotation
+    from sc_fm.evaluate.annotation_report import FINETUNED, LOGREG, SCANVI, START_FINETUNED
+    from sc_fm.evaluate.annotation_split import split_reference
+    from sc_fm.pretrained import Pretrained
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="scfm_annotation_"))
+    size = demo.QUICK if args.quick else demo.FULL
+    began = time.perf_counter()
+    checkpoint, pretrain_s = demo.checkpoint_or_pretrain(args.checkpoint, work, size)
+    adata = load_pbmc_cross_chemistry()
+    steps = args.finetune_steps or (QUICK_FINETUNE_STEPS if args.quick else None)
+    eval_config = EvalConfig(scvi_epochs=QUICK_SCVI_EPOCHS) if args.quick else EvalConfig()
+    finetune_config = FinetuneConfig(label_key=PBMC_LABEL, max_steps=steps)
+    if args.quick:
+        adata = sample(adata, PBMC_BATCH, QUICK_CELLS_PER_CHEMISTRY)
+    seeds = args.seeds or (1 if args.quick else 3)
+    if args.ablation is not None:
+        ablation(adata, checkpoint, adata.obs[PBMC_BATCH].cat.categories[0], finetune_config,
+                 steps or QUICK_FINETUNE_STEPS, args.ablation)
+        return 0
+    name = Pretrained.load(checkpoint).name
+    ratios: dict[str, list[float]] = {"finetuned_vs_logreg": [], "finetuned_vs_scanvi": [],
+                                      "pretrained_vs_start_finetuned": []}
+    for reference in adata.obs[PBMC_BATCH].cat.categories:
+        split = split_reference(adata, PBMC_BATCH, PBMC_LABEL, [reference], "PBMC")
+        out = work / f"report_{reference.replace(' ', '_')}"
+        result = run_annotation(split, [checkpoint], out, eval_config, finetune_config, n_seeds=seeds,
+                                progress=False, where="PBMC")
+        f1 = result.table[MACRO_F1]
+        tuned = f1[FINETUNED.format(name)]
+        ratios["finetuned_vs_logreg"].append(tuned / f1[LOGREG])
+        ratios["finetuned_vs_scanvi"].append(tuned / f1[SCANVI])
+        ratios["pretrained_vs_start_finetuned"].append(tuned / f1[START_FINETUNED.format(name)])
+        print(f"## reference {reference} ({int(split.reference.sum())} cells) -> query "
+              f"({int(split.query.sum())} cells); report {result.report}")
+        print(result.table.round(3).to_string())
+        print("\n".join(result.verdict))
+    print(f"checkpoint {checkpoint}; pretraining {pretrain_s:.0f} s, annotation "
+          f"{time.perf_counter() - began - pretrain_s:.0f} s; seeds {seeds}; fine-tuning "
+          f"{f'{steps} steps' if steps else f'{finetune_config.epochs} epochs'}")
+    targets = {"finetuned_vs_logreg": 1.0, "finetuned_vs_scanvi": 0.99, "pretrained_vs_start_finetuned": 1.0}
+    for key, values in ratios.items():
+        print(f"result: {key} ratio={min(values):.3f} target={targets[key]} "
+              f"(directions: {', '.join(f'{v:.3f}' for v in values)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
