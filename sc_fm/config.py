@@ -570,11 +570,13 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
-def _merge(base: dict, top: dict) -> dict:
+def _merge(base: dict, top: dict, depth: int = 0) -> dict:
+    """``top`` over ``base``, mappings merged key by key; below the sections an empty mapping in
+    ``top`` clears the key (``data.exclude={}`` removes the exclusions a saved config holds)."""
     out = dict(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        if isinstance(value, dict) and (value or depth == 0) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, depth + 1)
         else:
             out[key] = value
     return out

@@ -226,6 +226,18 @@ def write_failed(err: BaseException, path: Path, kept: str = "what was there bef
 
 
 @contextmanager
+def full_disk_as_error(path: str | Path, kept: str) -> Iterator[None]:
+    """Around a writer that cleans up after itself (the store writer, adaptation): a full disk
+    becomes the one-paragraph error naming ``path``; every other error passes unchanged."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise write_failed(err, Path(path), kept) from err
+        raise
+
+
+@contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a hidden sibling to write; on success it is fsynced and renamed onto ``path``.
     On any failure it is removed and ``path`` is left as it was; a failed write (a full disk,

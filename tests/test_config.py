@@ -56,3 +56,10 @@ def test_input_settings_are_one_section_nested_everywhere_and_old_keys_move_into
         load_config(overrides=["explain.min_gene_overlap=0"])
     with pytest.raises(ConfigError, match="embed.input.min_genes_mapped must be at least 1"):
         load_config(overrides=["embed.input.min_genes_mapped=0"])
+
+
+def test_an_empty_mapping_override_clears_a_saved_one():
+    saved = {"data": {"exclude": {"dataset": ["a", "b"]}, "num_workers": 1}}
+    assert load_config(None, ["data.exclude={}"], base=saved).data.exclude == {}
+    assert load_config(None, ["data.num_workers=0"], base=saved).data.exclude == {"dataset": ["a", "b"]}
+    assert load_config(None, ["data={}"], base=saved).data.num_workers == 1  # a whole section is kept

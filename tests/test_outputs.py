@@ -164,3 +164,23 @@ def test_a_killed_remote_writers_staging_folder_is_removed_by_the_next(tmp_path,
     monkeypatch.setenv(STAGING_ENV, str(tmp_path))
     staging = _staging_folder()
     assert not left.exists() and staging.parent == tmp_path and f"-{os.getpid()}-" in staging.name
+
+
+def test_a_full_disk_during_prepare_is_one_paragraph_and_leaves_no_store(tiny_atlas, tmp_path, monkeypatch,
+                                                                        capsys):
+    from sc_fm.cli import main
+    from sc_fm.store.writer import StoreWriter
+
+    source = tmp_path / "atlas.h5ad"
+    tiny_atlas.write_h5ad(source)
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+
+    monkeypatch.setattr(StoreWriter, "register_shard", full)
+    out = tmp_path / "corpus.zarr"
+    assert main(["prepare", str(source), "-o", str(out), "prepare.vocab=corpus", "prepare.qc.min_genes=0",
+                 "prepare.qc.min_counts=0"]) == 2
+    err = capsys.readouterr().err
+    assert "disk is full" in err and "no store was written" in err and "Traceback" not in err
+    assert not out.exists()

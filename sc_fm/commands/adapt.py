@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sc_fm.adapt import adapt
-    from sc_fm.outputs import check_output
+    from sc_fm.outputs import check_output, full_disk_as_error
     from sc_fm.pretrained import Pretrained
     from sc_fm.pretrained.h5ad import read_h5ad
 
@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.output, kind="dir", overwrite=args.overwrite, inputs=[args.checkpoint, args.input])
     pretrained = Pretrained.load(args.checkpoint)
     adata = read_h5ad(args.input)
-    adapted = adapt(pretrained, adata, args.output, config, train_overrides, where=args.input,
-                    overwrite=args.overwrite)
+    with full_disk_as_error(args.output, "its work folder was removed"):
+        adapted = adapt(pretrained, adata, args.output, config, train_overrides, where=args.input,
+                        overwrite=args.overwrite)
     print(f"adapted {adapted.name} on {adata.n_obs} cells for {config.steps} steps: {args.output}")
     return 0

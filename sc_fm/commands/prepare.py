@@ -69,7 +69,7 @@ def _run(args: argparse.Namespace, sources: list[str], config) -> int:
     from data_pipelines import prepare
     from data_pipelines.merge import merge_stores
     from sc_fm.errors import ConfigError
-    from sc_fm.outputs import check_output, is_corpus_store
+    from sc_fm.outputs import check_output, full_disk_as_error, is_corpus_store
     from sc_fm.store.location import is_url
 
     if not is_url(args.output) and not Path(args.output).exists():  # an existing store: the writer decides
@@ -78,12 +78,14 @@ def _run(args: argparse.Namespace, sources: list[str], config) -> int:
     if any(stores) and not all(stores):
         raise ConfigError("sources mix corpus stores and atlas files", "command line",
                           "merge stores in one call and ingest atlases in another (or --append them)")
-    if all(stores):
-        summary = merge_stores(sources, args.output, append=args.append,
-                               allow_duplicate_sources=config.allow_duplicate_sources,
-                               lock_timeout=args.lock_timeout)
-    else:
-        summary = prepare(sources, args.output, config, append=args.append, progress=not args.quiet,
-                          lock_timeout=args.lock_timeout)
+    kept = "the store is as it was before" if args.append else "no store was written"
+    with full_disk_as_error(args.output, kept):
+        if all(stores):
+            summary = merge_stores(sources, args.output, append=args.append,
+                                   allow_duplicate_sources=config.allow_duplicate_sources,
+                                   lock_timeout=args.lock_timeout)
+        else:
+            summary = prepare(sources, args.output, config, append=args.append, progress=not args.quiet,
+                              lock_timeout=args.lock_timeout)
     print(summary.table())
     return 0
