@@ -187,9 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     print("reports: " + ", ".join(str(result.report) for result in results.values()))
     print(f"embedded cells: {out / 'sc_mixology_embedded.h5ad'}, {out / 'pbmc4k_embedded.h5ad'} (obsm['X_scfm'])")
     tracking = next(iter(results.values())).tracking
-    print(f"MLflow database: {tracking['tracking_uri']} (runs "
-          + ", ".join(result.tracking['run_id'] for result in results.values())
-          + f"); browse with: mlflow ui --backend-store-uri {tracking['tracking_uri']}")
+    runs = dict.fromkeys(result.tracking["run_id"] for result in results.values())  # both may share one
+    print(f"MLflow database: {tracking['tracking_uri']} (run {', '.join(runs)}); "
+          f"browse with: mlflow ui --backend-store-uri {tracking['tracking_uri']}")
     return 0
 
 
