@@ -7,6 +7,7 @@ import errno
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +185,24 @@ def test_a_full_disk_during_prepare_is_one_paragraph_and_leaves_no_store(tiny_at
     err = capsys.readouterr().err
     assert "disk is full" in err and "no store was written" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_benchmark_that_fails_part_way_leaves_the_earlier_report(tiny_atlas, tmp_path, monkeypatch):
+    import sc_fm.evaluate.benchmark as benchmark
+    from sc_fm.cli import main
+
+    cells = tmp_path / "cells.h5ad"
+    tiny_atlas[:200].copy().write_h5ad(cells)
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.md").write_text("earlier")
+
+    def fails_part_way(adata, batch_key, label_key, out_dir, *args, **kwargs):
+        (Path(out_dir) / "results.csv").write_text("partial")
+        raise RuntimeError("killed part-way")
+
+    monkeypatch.setattr(benchmark, "run_benchmark", fails_part_way)
+    with pytest.raises(RuntimeError, match="killed part-way"):
+        main(["benchmark", str(cells), "--label-key", "cell_type", "-o", str(report), "--overwrite",
+              "--no-tracking"])
+    assert sorted(p.name for p in report.iterdir()) == ["report.md"] and siblings(report) == []

@@ -76,11 +76,13 @@ def run(args: argparse.Namespace) -> int:
     adata = read_h5ad(args.input)
     batch_key = config.input.batch_key
     check_evaluation_set(adata, batch_key, args.label_key, args.input)
-    rows = seeded_rows(args.checkpoint, adata, config, Path(args.output), where=args.input)
-    result = run_benchmark(adata, batch_key, args.label_key, args.output, args.checkpoint, cfg.eval,
-                           inputs=config.input, tracking=cfg.tracking, where=args.input,
-                           n_seeds=config.seeds, seeded_candidates=rows)
-    return print_result(result)
+    def build(work: Path):
+        rows = seeded_rows(args.checkpoint, adata, config, work, where=args.input)
+        return run_benchmark(adata, batch_key, args.label_key, work, args.checkpoint, cfg.eval,
+                             inputs=config.input, tracking=cfg.tracking, where=args.input,
+                             n_seeds=config.seeds, seeded_candidates=rows)
+
+    return print_result(built_beside(args.output, build))
 
 
 def run_annotation(args: argparse.Namespace) -> int:
@@ -104,9 +106,9 @@ def run_annotation(args: argparse.Namespace) -> int:
     adata = read_h5ad(args.input)
     config = cfg.benchmark
     split = split_reference(adata, config.input.batch_key, args.label_key, args.reference.split(","), args.input)
-    result = annotate(split, args.checkpoint, args.output, cfg.eval, cfg.finetune, n_seeds=config.seeds,
-                      inputs=config.input, tracking=cfg.tracking, where=args.input)
-    return print_result(result)
+    return print_result(built_beside(args.output, lambda work: annotate(
+        split, args.checkpoint, work, cfg.eval, cfg.finetune, n_seeds=config.seeds, inputs=config.input,
+        tracking=cfg.tracking, where=args.input)))
 
 
 def benchmark_config(args: argparse.Namespace, overrides: list[str] = ()) -> RunConfig:
@@ -120,6 +122,19 @@ def benchmark_config(args: argparse.Namespace, overrides: list[str] = ()) -> Run
         given.append(f"eval.scvi_epochs={args.scvi_epochs}")
     args.overrides = [*args.overrides, *given, *overrides]
     return command_config(args, "benchmark", flags)
+
+
+def built_beside(output: str, build):
+    """``build(work)``'s report written in a folder beside ``output`` and swapped in when complete
+    (``--overwrite`` replaces an earlier report only then); the result names the final report."""
+    import dataclasses
+    from pathlib import Path
+
+    from sc_fm.outputs import atomic_dir
+
+    with atomic_dir(output) as work:
+        result = build(work)
+    return dataclasses.replace(result, report=Path(output) / Path(result.report).relative_to(work))
 
 
 def print_result(result) -> int:
