@@ -77,6 +77,7 @@ def pretrained_rows(checkpoints: dict[int, Path], adata, batch_key: str | None, 
     checkpoint (random-initialised control, adapted, from scratch)."""
     from sc_fm import demo
     from sc_fm.candidates import seeded_rows
+    from sc_fm.evaluate.benchmark import same_start_row
     from sc_fm.pretrained import Pretrained
 
     models = {seed: Pretrained.load(path) for seed, path in checkpoints.items()}
@@ -86,7 +87,7 @@ def pretrained_rows(checkpoints: dict[int, Path], adata, batch_key: str | None, 
         return model.embed(adata, batch_key, key_added=None, progress=False)
 
     rows = {name: lambda seed: embed(models[seed]),
-            f"{name} (untrained, same start)": lambda seed: embed(models[seed].same_start())}
+            same_start_row(name): lambda seed: embed(models[seed].same_start())}
     if store is not None and not reference_start(next(iter(checkpoints.values()))):
         def coexpression(seed: int) -> "np.ndarray":  # noqa: F821
             path = demo.pretrain(work / f"coexpression_start_seed{seed}", store, size,
@@ -120,6 +121,7 @@ def main() -> int:
     from sc_fm import demo
     from sc_fm.config import BenchmarkConfig, EvalConfig, InputSettings
     from sc_fm.evaluate import run_benchmark
+    from sc_fm.evaluate.benchmark import same_start_row
     from sc_fm.evaluate.metrics import BATCH, BIO, KNN_ACCURACY, TOTAL
     from sc_fm.evaluate.seeds import seed_list
 
@@ -157,11 +159,11 @@ def main() -> int:
           f"report {result.report}")
     print(f"dataset {args.input or args.dataset}, seeds {result.seeds}, adaptation {adapt_steps} steps")
     model = table.index[0]
-    rows = {"zero-shot": model, "start": f"{model} (untrained, same start)",
+    rows = {"zero-shot": model, "start": same_start_row(model),
             "random": f"{model} (untrained, random)", "adapted": f"{model} (adapted)",
             "scratch": f"{model} (scratch, adapted)", "scratch x4": f"{model} (scratch, adapted x4)",
             "coexpression": "co-expression start (untrained)" if "co-expression start (untrained)" in table.index
-            else f"{model} (untrained, same start)"}
+            else same_start_row(model)}
     figures = (("total_vs_scvi", "zero-shot", "scVI", TOTAL, 1.0),
                ("total_vs_pca", "zero-shot", "PCA (unintegrated)", TOTAL, 1.0),
                ("knn_accuracy_vs_scvi", "zero-shot", "scVI", KNN_ACCURACY, 1.0),

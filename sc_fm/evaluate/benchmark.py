@@ -75,14 +75,15 @@ def checkpoint_embeddings(adata, checkpoints: list[str | Path], inputs: InputSet
     return out, described
 
 
-def start_verdicts(table: pd.DataFrame) -> list[str]:
-    """What each checkpoint's untrained start scores and what pretraining added to it, in words."""
+def start_verdicts(table: pd.DataFrame, names: list[str]) -> list[str]:
+    """What each of ``names`` with a same-start row scores untrained and what pretraining added
+    to it, in words."""
     from sc_fm.evaluate.metrics import BATCH, BIO, TOTAL
 
     lines = []
-    for row in table.index:
-        name = str(row)[:-len(SAME_START) - 1] if str(row).endswith(SAME_START) else None
-        if name is None or name not in table.index:
+    for name in names:
+        row = same_start_row(name)
+        if row not in table.index:
             continue
         start, trained = table.loc[row], table.loc[name]
         lines.append(f"{name}: its untrained start scores total {start[TOTAL]:.3f} (bio {start[BIO]:.3f}, "
@@ -155,7 +156,8 @@ def run_benchmark(adata, batch_key: str | None, label_key: str, out_dir: str | P
     per_seed.insert(0, SEED, pd.array([seed for _, seed, _ in runs.values()], dtype="Int64"))
     per_seed.insert(0, METHOD, [name for name, _, _ in runs.values()])
     table = summarise(per_seed, set(seeded))
-    lines = start_verdicts(table) + verdicts(table, [*candidates, *seeded_candidates], VERDICT_REFERENCES)
+    names = [*candidates, *seeded_candidates]
+    lines = start_verdicts(table, names) + verdicts(table, names, VERDICT_REFERENCES)
     first = {}
     for name, _, emb in runs.values():
         first.setdefault(name, emb)
