@@ -19,6 +19,13 @@ each worker alternates alone and contended windows a few seconds apart, and roun
 alternate the policies. Ratios are taken within a worker (contended over alone) or within a
 round (new alone over before alone), then the median over rounds, with the spread beside it.
 
+Who starts first matters under the new policy, which leaves the cores that others keep busy
+at a run's start. Each worker decides its count with the competitors paused: it is the run
+that was there first. The competing ``scfm pretrain`` starts while the matmul loop keeps the
+cores busy, as a second run started beside a first one does (its thread line is printed). One
+more train worker per round takes the other order: it decides its count while that pretraining
+runs (``train_started_beside_pretrain_vs_alone``; its alone windows keep that count).
+
 Ends with ``result:`` lines: ``train_contended_vs_alone`` and ``embed_contended_vs_alone``
 (target 0.4, the matmul competitor, new policy), ``train_alone_vs_before`` (target 0.95),
 and, beside them, the same under the old policy and beside ``scfm pretrain``.
@@ -45,6 +52,7 @@ ROOT = HERE.parent
 CONTENDED_TARGET = 0.4
 BEFORE_TARGET = 0.95
 CELLS, MAX_LEN, ACCUMULATION, EMBED_CELLS = 32, 128, 2, 64
+SECOND = ("train", "new, started beside pretrain")
 GENES, CONDITIONS = 2000, [6, 12]
 
 COMPETITOR = """
@@ -56,8 +64,10 @@ while True:
 """
 
 
-def worker(mode: str, policy: str, seconds: float, windows: list[str], groups: dict[str, int]) -> dict:
-    """Run in its own process: tokens/s of ``mode`` in each window, competitors paused or running."""
+def worker(mode: str, policy: str, seconds: float, windows: list[str], groups: dict[str, int],
+           started_beside: str | None = None) -> dict:
+    """Run in its own process: tokens/s of ``mode`` in each window, competitors paused or running;
+    the thread count is decided while ``started_beside`` runs (None: every competitor paused)."""
     if policy == "before":
         os.environ.pop("OMP_WAIT_POLICY", None)
         import torch  # first: its OpenMP runtime reads an environment without sc_fm's wait policy
@@ -105,7 +115,9 @@ def worker(mode: str, policy: str, seconds: float, windows: list[str], groups: d
         return tokens / (time.perf_counter() - began)
 
     rates: dict[str, float] = {}
+    _signal(groups, started_beside)
     with cpu_threads() if policy == "new" else nullcontext():
+        _signal(groups, None)
         threads = torch.get_num_threads()
         for _ in range(2):
             step(0)  # warm-up: allocation, thread pool
@@ -135,23 +147,30 @@ def start_pretrain(workdir: Path) -> subprocess.Popen:
     began = time.perf_counter()
     store = build_store(workdir, n_cells=2000, n_genes=GENES)
     run_dir = workdir / "competitor"
-    proc = subprocess.Popen([sys.executable, "-m", "sc_fm", "pretrain", "--config", "tiny", "-o", str(run_dir),
-                             f"data.stores=[{store}]", "train.max_steps=100000", "tracking.enabled=false"],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    log = workdir / "competitor.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "sc_fm", "pretrain", "--config", "tiny", "-o", str(run_dir),
+                                 f"data.stores=[{store}]", "train.max_steps=100000", "tracking.enabled=false"],
+                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=err,
+                                env={k: v for k, v in {**os.environ, "PYTHONPATH": str(ROOT)}.items()
+                                     if k != "OMP_NUM_THREADS"})
     while not (run_dir / "metrics.jsonl").exists():
         if proc.poll() is not None:
-            raise SystemExit(f"the competing scfm pretrain exited with {proc.returncode}")
+            raise SystemExit(f"the competing scfm pretrain exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
         time.sleep(1)
+    decision = next((line for line in log.read_text().splitlines() if "CPU thread(s)" in line), "no thread line")
     print(f"competing scfm pretrain --config tiny training after {time.perf_counter() - began:.0f} s "
-          f"(store included)", flush=True)
+          f"(store included), started while the matmul loop kept the cores busy: {decision}", flush=True)
     return proc
 
 
-def run_worker(mode: str, policy: str, seconds: float, windows: list[str], groups: dict[str, int]) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_worker(mode: str, policy: str, seconds: float, windows: list[str], groups: dict[str, int],
+               started_beside: str | None = None) -> dict:
+    env = {k: v for k, v in {**os.environ, "PYTHONPATH": str(ROOT)}.items() if k != "OMP_NUM_THREADS"}
     args = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--policy", policy,
             "--seconds", str(seconds), "--windows", ",".join(windows), "--groups", json.dumps(groups)]
+    if started_beside:
+        args += ["--started-beside", started_beside]
     out = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(f"worker {mode}/{policy} failed:\n{out.stderr}")
@@ -173,10 +192,11 @@ def main() -> None:
     parser.add_argument("--policy", choices=("new", "before"), help=argparse.SUPPRESS)
     parser.add_argument("--windows", help=argparse.SUPPRESS)
     parser.add_argument("--groups", help=argparse.SUPPRESS)
+    parser.add_argument("--started-beside", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.policy, args.seconds, args.windows.split(","),
-                                json.loads(args.groups))))
+                                json.loads(args.groups), args.started_beside)))
         return
     rounds = args.rounds or (5 if args.quick else 9)
     seconds = args.seconds or (3.0 if args.quick else 8.0)
@@ -202,6 +222,12 @@ def main() -> None:
                         rates = ", ".join(f"{w} {rate:,.0f}" for w, rate in out["rates"].items())
                         print(f"round {r + 1} {mode:<5} {policy:<6} ({out['threads']} thr): {rates} tokens/s",
                               flush=True)
+                if "pretrain" in procs:  # the other order: the measured run starts second, beside it
+                    out = run_worker("train", "new", seconds, ["alone", "pretrain"], groups, "pretrain")
+                    results.setdefault(SECOND, []).append(out)
+                    rates = ", ".join(f"{w} {rate:,.0f}" for w, rate in out["rates"].items())
+                    print(f"round {r + 1} train new, started beside pretrain ({out['threads']} thr): {rates} tokens/s",
+                          flush=True)
         finally:
             for proc in procs.values():
                 os.killpg(proc.pid, signal.SIGCONT)
@@ -230,6 +256,13 @@ def main() -> None:
         print(f"{mode}: new alone / before alone within each round: {', '.join(f'{p:.3f}' for p in pairs)}")
         lines.append((mode != "train",
                       f"result: {mode}_alone_vs_before ratio={statistics.median(pairs):.3f} target={BEFORE_TARGET}"))
+    if SECOND in results:
+        second = results[SECOND]
+        values = [o["rates"]["pretrain"] / o["rates"]["alone"] for o in second]
+        print(f"train new, started beside pretrain ({second[0]['threads']} thr): alone "
+              f"{spread([o['rates']['alone'] for o in second], 0)} tokens/s; beside / alone {spread(values)}")
+        lines.append((True, f"result: train_started_beside_pretrain_vs_alone ratio={statistics.median(values):.3f} "
+                            f"target={CONTENDED_TARGET}"))
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     print("\n".join(line for _, line in sorted(lines, key=lambda item: item[0])))  # the three targets first
 

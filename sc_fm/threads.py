@@ -18,10 +18,14 @@ the others:
   the ranks of the job that share those cores. Those ranks are counted through the process
   group when there is one (``ranks_sharing_cores``): the launcher's ``LOCAL_WORLD_SIZE`` misses
   the ranks of a second "node" on the same host. ``OMP_NUM_THREADS`` set by the user wins.
-- **Not by load.** The cores that other processes keep busy at start-up do not lower the
-  count: with passive waits, fewer threads only lost more of the shared cores (docs/train.md,
-  *CPU threads*), and a count that followed the load would differ between a run and its
-  resume, whose results are bit-identical only at the same thread count.
+- **Less what others keep busy at its start.** A core that other processes kept busy over a
+  short sample of ``/proc/stat`` at the start (``busy_cores``) is left to them. Two passive
+  processes with a thread per core each thrash: every region of each waits for a thread the
+  other's threads displaced (a second ``scfm pretrain`` beside the first kept 0.22x of its
+  speed). Started beside a busy core, the second run takes the cores that are free, and the
+  first keeps most of its speed (docs/train.md, *CPU threads*).
+- **Fixed for the run.** The count is decided once. A resumed pretraining reuses the count its
+  checkpoint recorded (``rank_R.json``), since results are bit-identical only at the same count.
 
 Set-up follows the same rule: the co-expression start's numpy products on the main thread leave
 one core of the share to the set-up thread beside them (``setup_blas_threads``).
@@ -44,6 +48,11 @@ from sc_fm.errors import ConfigError
 
 WAIT_POLICY = "PASSIVE"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_STAT = Path("/proc/stat")
+BUSY_SAMPLE_S = 0.2  # long enough for 20 scheduler ticks per core at Linux's 100 Hz accounting
+# a core counts as taken when others kept it busy at least this much of the sample: a core kept
+# half busy by an editor or a shell still has room for a thread of ours
+BUSY_CORE = 0.75
 
 
 def prefer_passive_wait() -> None:
@@ -154,11 +163,50 @@ def ranks_sharing_cores() -> int:
                           "launch through launch/local.sh, torchrun or deepspeed, or unset it") from err
 
 
-def share_of_cores(cores: int, quota: float | None, ranks: int) -> int:
+def core_times(cores: set[int], stat: Path = PROC_STAT) -> dict[int, tuple[int, int]]:
+    """``{core: (idle, total)}`` scheduler ticks since boot, from ``/proc/stat``'s ``cpuN`` lines
+    (idle includes iowait; guest time is already inside user time); empty where unreadable."""
+    times: dict[int, tuple[int, int]] = {}
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:  # not Linux
+        return times
+    for line in lines:
+        name, *fields = line.split()
+        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores):
+            continue
+        ticks = [int(f) for f in fields[:8]]
+        times[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))
+    return times
+
+
+def busy_between(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float:
+    """Cores' worth of time spent busy between two ``core_times`` samples."""
+    busy = 0.0
+    for core, (idle_after, total_after) in after.items():
+        idle_before, total_before = before.get(core, (idle_after, total_after))
+        elapsed = total_after - total_before
+        if elapsed > 0:
+            busy += 1.0 - (idle_after - idle_before) / elapsed
+    return busy
+
+
+def busy_cores(cores: set[int], seconds: float = BUSY_SAMPLE_S) -> int:
+    """How many of ``cores`` other processes keep busy: sampled over ``seconds`` while this
+    process sleeps (so, in a job, every rank samples at once, after the collective that counted
+    them, and none counts another)."""
+    import time
+
+    before = core_times(cores)
+    time.sleep(seconds)
+    return int(busy_between(before, core_times(cores)) + (1.0 - BUSY_CORE))
+
+
+def share_of_cores(cores: int, quota: float | None, ranks: int, busy: int = 0) -> int:
     """Intra-op threads for one process: the cores it may use (mask, capped by the quota rounded
-    down), divided among the ``ranks`` that share them; at least one."""
+    down) less those others keep ``busy``, divided among the ``ranks`` that share them; at least one."""
     usable = cores if quota is None else min(cores, max(1, math.floor(quota)))
-    return max(1, usable // max(ranks, 1))
+    return max(1, (usable - max(busy, 0)) // max(ranks, 1))
 
 
 @dataclass(frozen=True)
@@ -169,35 +217,44 @@ class ThreadPlan:
     cores: int
     quota: float | None
     ranks: int
-    user_set: bool  # OMP_NUM_THREADS
+    busy: int  # cores other processes kept busy at the start
+    source: str = "policy"  # "policy", "OMP_NUM_THREADS" or "checkpoint" (a resumed run's count)
 
     @classmethod
-    def here(cls, ranks: int = 1) -> "ThreadPlan":
+    def here(cls, ranks: int = 1, saved: int | None = None) -> "ThreadPlan":
+        """This process's plan; ``saved`` is the count a resumed run recorded, which it keeps."""
         import torch
 
-        cores, quota = len(affinity_cores()), cgroup_quota()
-        user_set = bool(os.environ.get("OMP_NUM_THREADS"))
-        threads = torch.get_num_threads() if user_set else share_of_cores(cores, quota, ranks)
-        return cls(threads, cores, quota, ranks, user_set)
+        mask, quota = affinity_cores(), cgroup_quota()
+        if os.environ.get("OMP_NUM_THREADS"):
+            return cls(torch.get_num_threads(), len(mask), quota, ranks, 0, "OMP_NUM_THREADS")
+        if saved is not None:
+            return cls(saved, len(mask), quota, ranks, 0, "checkpoint")
+        busy = busy_cores(mask)
+        return cls(share_of_cores(len(mask), quota, ranks, busy), len(mask), quota, ranks, busy)
 
     def describe(self) -> str:
         wait = os.environ.get("OMP_WAIT_POLICY") or "unset"
-        if self.user_set:
+        if self.source == "OMP_NUM_THREADS":
             return f"{self.threads} CPU thread(s) per process: OMP_NUM_THREADS; OpenMP wait policy {wait}"
+        if self.source == "checkpoint":
+            return (f"{self.threads} CPU thread(s) per process: the count the resumed checkpoint recorded; "
+                    f"OpenMP wait policy {wait}")
         quota = f", CPU quota {self.quota:g}" if self.quota is not None else ""
-        return (f"{self.threads} CPU thread(s) per process: {self.cores} core(s){quota} shared by "
+        busy = f", {self.busy} kept busy by other processes" if self.busy else ""
+        return (f"{self.threads} CPU thread(s) per process: {self.cores} core(s){quota}{busy}, shared by "
                 f"{self.ranks} process(es) of this run on this host; OpenMP wait policy {wait}")
 
 
 @contextmanager
-def cpu_threads(ranks: int = 1) -> Iterator[ThreadPlan]:
-    """torch's intra-op threads set to ``ThreadPlan.here(ranks)`` for the block, then restored.
+def cpu_threads(ranks: int = 1, saved: int | None = None) -> Iterator[ThreadPlan]:
+    """torch's intra-op threads set to ``ThreadPlan.here(ranks, saved)`` for the block, then restored.
 
-    Fixed for the block: a run's thread count never follows the load (module docstring)."""
+    Fixed for the block: the load is sampled once, at its start (module docstring)."""
     import torch
 
     previous = torch.get_num_threads()
-    plan = ThreadPlan.here(ranks)
+    plan = ThreadPlan.here(ranks, saved)
     torch.set_num_threads(plan.threads)
     try:
         yield plan

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from data_pipelines import SourceSpec, prepare
-from sc_fm.config import PrepareConfig, QCConfig
-from sc_fm.simulate import AtlasSpec, simulate_atlas
-from sc_fm.store import CorpusStore
+# One thread count for the whole suite, before torch loads: sc_fm's policy leaves cores that other
+# processes keep busy at a run's start, and tests that compare two runs bit for bit need the same
+# count in both (tests/test_threads.py checks the policy itself, without this variable).
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+
+import pytest  # noqa: E402
+
+from data_pipelines import SourceSpec, prepare  # noqa: E402
+from sc_fm.config import PrepareConfig, QCConfig  # noqa: E402
+from sc_fm.simulate import AtlasSpec, simulate_atlas  # noqa: E402
+from sc_fm.store import CorpusStore  # noqa: E402
 
 TINY_SPEC = AtlasSpec(n_cells=600, n_genes=300, n_studies=3, n_cell_types=4, seed=7,
                       empty_fraction=0.0, low_quality_fraction=0.0)

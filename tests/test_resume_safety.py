@@ -93,3 +93,24 @@ def test_sigterm_stops_pretraining_like_ctrl_c_with_exit_143(tiny_store, tmp_pat
     assert "terminated (SIGTERM)" in err and "Traceback" not in err
     info = json.loads((run / "tracking.json").read_text())
     assert MlflowClient(info["tracking_uri"]).get_run(info["run_id"]).info.status == "KILLED"
+
+
+def test_a_resume_keeps_the_thread_count_its_run_recorded(tiny_store, tmp_path, monkeypatch, capsys):
+    """The count is decided from the load at a run's start; a resume reuses the recorded one, so
+    that a busier (or idler) machine at resume time does not change the arithmetic."""
+    import torch
+
+    run = tmp_path / "run"
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    pretrain(config(tiny_store.path, "train.max_steps=2"), run)
+    state = run / "checkpoints" / "step_2" / "rank_0.json"
+    recorded = json.loads(state.read_text())["threads"]
+    assert 1 <= recorded <= len(__import__("os").sched_getaffinity(0))
+    forced = {**json.loads(state.read_text()), "threads": 7}  # as if the first run had had 7 threads
+    state.write_text(json.dumps(forced))
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n, original=torch.set_num_threads: (seen.append(n),
+                                                                                           original(n)))
+    pretrain(config(tiny_store.path, "train.max_steps=4"), run, resume=True)
+    assert seen[0] == 7 and "the resumed checkpoint recorded" in capsys.readouterr().err
+    assert json.loads((run / "checkpoints" / "step_4" / "rank_0.json").read_text())["threads"] == 7

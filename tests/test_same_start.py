@@ -69,3 +69,16 @@ def test_a_checkpoint_without_a_saved_start_says_how_to_get_one(tiny_checkpoint,
     assert not old.has_start
     with pytest.raises(InputDataError, match="no saved start"):
         old.same_start()
+
+
+def test_a_resume_from_a_checkpoint_without_a_start_saves_none(tiny_store, tmp_path):
+    """A checkpoint written before starts were saved: its run's start is unknown, and the resumed
+    run's fresh initial weights are not it, so its later checkpoints carry no start."""
+    run_dir = tmp_path / "old"
+    run(tiny_store, run_dir, steps=2)
+    (run_dir / "checkpoints" / "step_2" / "start.safetensors").unlink()
+    cfg = load_config(run_dir / "config.yaml", ["train.max_steps=4"])
+    final = Pretrained.load(pretrain(cfg, run_dir, resume=True))
+    assert not final.has_start and not (run_dir / "checkpoints" / "step_4" / "start.safetensors").exists()
+    with pytest.raises(Exception, match="no saved start"):
+        final.same_start()

@@ -17,23 +17,85 @@ import torch
 from threadpoolctl import threadpool_info
 
 from sc_fm.errors import ConfigError
-from sc_fm.threads import cgroup_quota, ranks_sharing_cores, setup_blas_threads, share_of_cores, sharing
+from sc_fm.threads import (ThreadPlan, busy_between, busy_cores, cgroup_quota, core_times, cpu_threads,
+                           ranks_sharing_cores, setup_blas_threads, share_of_cores, sharing)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("cores, quota, ranks, threads", [
-    (2, None, 1, 2),     # the whole mask
-    (16, None, 2, 8),    # two ranks of the job on these cores
-    (2, None, 3, 1),     # more ranks than cores: one thread each
-    (16, 4.0, 1, 4),     # a quota below the mask caps it
-    (16, 1.5, 1, 1),     # a fractional quota rounds down: a second thread would be throttled
-    (2, 0.5, 1, 1),      # never below one thread
-    (16, 6.0, 2, 3),     # quota and ranks together
-    (8, 32.0, 1, 8),     # a quota above the mask changes nothing
+@pytest.mark.parametrize("cores, quota, ranks, busy, threads", [
+    (2, None, 1, 0, 2),     # the whole mask
+    (16, None, 2, 0, 8),    # two ranks of the job on these cores
+    (2, None, 3, 0, 1),     # more ranks than cores: one thread each
+    (16, 4.0, 1, 0, 4),     # a quota below the mask caps it
+    (16, 1.5, 1, 0, 1),     # a fractional quota rounds down: a second thread would be throttled
+    (2, 0.5, 1, 0, 1),      # never below one thread
+    (16, 6.0, 2, 0, 3),     # quota and ranks together
+    (8, 32.0, 1, 0, 8),     # a quota above the mask changes nothing
+    (2, None, 1, 1, 1),     # a second run beside a first that keeps one core busy
+    (2, None, 1, 2, 1),     # every core busy: still one thread
+    (16, None, 2, 4, 6),    # busy cores leave the rest to the job's ranks
+    (16, 4.0, 1, 3, 1),     # busy cores count against the quota's cores too
 ])
-def test_threads_are_the_share_of_the_usable_cores(cores, quota, ranks, threads):
-    assert share_of_cores(cores, quota, ranks) == threads
+def test_threads_are_the_share_of_the_usable_cores(cores, quota, ranks, busy, threads):
+    assert share_of_cores(cores, quota, ranks, busy) == threads
+
+
+STAT = """cpu  {total}
+cpu0 {c0}
+cpu1 {c1}
+cpu2 {c2}
+intr 12345
+"""
+
+
+def stat_file(tmp_path: Path, name: str, cores: list[tuple[int, int]]) -> Path:
+    """A ``/proc/stat`` whose core i spent ``cores[i]`` = (busy, idle) ticks (busy as user time)."""
+    def line(busy: int, idle: int) -> str:
+        return f"{busy} 0 0 {idle} 0 0 0 0 0 0"
+    path = tmp_path / name
+    path.write_text(STAT.format(total=line(0, 0), **{f"c{i}": line(*c) for i, c in enumerate(cores)}))
+    return path
+
+
+def test_busy_cores_are_read_from_proc_stat(tmp_path):
+    before = stat_file(tmp_path, "before", [(100, 100), (100, 100), (100, 100)])
+    # over the sample: core 0 busy throughout, core 1 idle, core 2 busy 40% of the time
+    after = stat_file(tmp_path, "after", [(120, 100), (100, 120), (108, 112)])
+    mask = {0, 1, 2}
+    assert core_times(mask, before)[0] == (100, 200)  # (idle incl. iowait, total ticks)
+    assert busy_between(core_times(mask, before), core_times(mask, after)) == pytest.approx(1.4)
+    assert busy_between(core_times({1, 2}, before), core_times({1, 2}, after)) == pytest.approx(0.4)
+    assert core_times(mask, tmp_path / "missing") == {}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_a_core_kept_busy_by_another_process_is_seen_and_left_to_it(monkeypatch):
+    core = sorted(os.sched_getaffinity(0))[-1]
+    spin = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass"])
+    try:
+        import time
+
+        time.sleep(1.0)  # the spinner is up and pinned
+        assert busy_cores({core}) == 1
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        plan = ThreadPlan.here()
+        assert plan.busy >= 1 and plan.threads == share_of_cores(plan.cores, plan.quota, 1, plan.busy)
+        assert plan.threads < plan.cores and "kept busy by other processes" in plan.describe()
+    finally:
+        spin.kill()
+        spin.wait()
+
+
+def test_a_resumed_run_keeps_its_recorded_count_unless_the_user_sets_one(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    with cpu_threads(saved=3) as plan:
+        assert (plan.threads, plan.source, torch.get_num_threads()) == (3, "checkpoint", 3)
+        assert "the resumed checkpoint recorded" in plan.describe()
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert ThreadPlan.here(saved=3).source == "OMP_NUM_THREADS"
 
 
 def write(folder: Path, name: str, text: str) -> None:
@@ -141,14 +203,13 @@ def run_python(code: str, **env: str) -> str:
 
 PLAN = ("import os, sc_fm, torch\nfrom sc_fm.threads import cpu_threads\n"
         "with cpu_threads(ranks=1) as plan:\n"
-        "    print(plan.threads, torch.get_num_threads(), plan.user_set, os.environ.get('OMP_WAIT_POLICY'))")
+        "    print(plan.threads, plan.threads == torch.get_num_threads(), plan.source, os.environ.get('OMP_WAIT_POLICY'))")
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
 def test_a_users_omp_settings_win():
-    cores = len(os.sched_getaffinity(0))
-    assert run_python(PLAN) == f"{cores} {cores} False PASSIVE"  # sc_fm's import chose the wait policy
-    assert run_python(PLAN, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="ACTIVE") == "1 1 True ACTIVE"
+    assert run_python(PLAN).split()[1:] == ["True", "policy", "PASSIVE"]  # sc_fm's import chose the wait policy
+    assert run_python(PLAN, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="ACTIVE") == "1 True OMP_NUM_THREADS ACTIVE"
     # torch loaded first has read its environment already: sc_fm then leaves it unset
     assert run_python("import os, torch, sc_fm; print(os.environ.get('OMP_WAIT_POLICY'))") == "None"
 

@@ -146,6 +146,13 @@ def read_rank_state(checkpoint: Path, rank: int) -> dict:
     return state
 
 
+def recorded_threads(checkpoint: Path, rank: int) -> int | None:
+    """The CPU thread count this rank trained with (``sc_fm/threads.py``); None for a GPU run or a
+    checkpoint written before the count was recorded."""
+    threads = read_rank_state(checkpoint, rank).get("threads")
+    return int(threads) if isinstance(threads, int) and threads >= 1 else None
+
+
 def _legacy_rng(rng: dict) -> dict:
     """The pickled RNG states of an older checkpoint in today's JSON form."""
     version, internal, gauss = rng["python"]

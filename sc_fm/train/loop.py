@@ -32,7 +32,8 @@ from sc_fm.threads import cpu_threads, ranks_sharing_cores, setup_blas_threads
 from sc_fm.tracking import RunTracker, flatten, system_info
 from sc_fm.train.callbacks import EvaluatorFactory
 from sc_fm.train.checkpoint import (CheckpointManager, check_resumable, check_same_data, data_identity,
-                                    read_rank_state, write_rank_state, write_trainer_state)
+                                    read_rank_state, recorded_threads, write_rank_state,
+                                    write_trainer_state)
 from sc_fm.train.distributed import DistEnv, all_reduce_sum, barrier, init_process_group
 from sc_fm.train.engines import DeepSpeedEngine, PlainEngine, TrainEngine
 from sc_fm.train.guards import check_finite, out_of_memory_advice
@@ -70,8 +71,9 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
         check_resumable(latest, to_dict(cfg), env.world_size)
     created = cfg.train.engine == "deepspeed" and init_process_group(env, plan.device)
     try:
-        # ranks_sharing_cores is collective: every rank calls it
-        budget = cpu_threads(ranks_sharing_cores()) if plan.device.type == "cpu" else nullcontext()
+        # ranks_sharing_cores is collective: every rank calls it. A resume keeps the run's count.
+        saved = recorded_threads(latest, env.rank) if latest is not None else None
+        budget = cpu_threads(ranks_sharing_cores(), saved) if plan.device.type == "cpu" else nullcontext()
         with budget as threads:
             if threads is not None and env.is_main:
                 workers = cfg.data.num_workers
@@ -150,10 +152,12 @@ class Trainer:
         self.step_flops = StepFlops.of(self.model)
         self.peak_flops = peak_flops(plan.device)
 
-    def _untrained_start(self, initial: Pretrained | None, latest: Path | None) -> MaskedGeneTransformer:
+    def _untrained_start(self, initial: Pretrained | None, latest: Path | None) -> MaskedGeneTransformer | None:
         """What every checkpoint of this run saves as its start (``Pretrained.start_model``): a
         resumed run's saved start, an adaptation's base's own start, else the weights as they are
-        now, before the first optimiser step. Built outside the training RNG streams."""
+        now, before the first optimiser step; None when a resumed checkpoint has none (written
+        before starts were saved: its run's start is unknown, and the weights here are not it).
+        Built outside the training RNG streams."""
         from sc_fm.model import MaskedGeneTransformer
 
         if latest is None and (initial is None or not initial.has_start):
@@ -164,8 +168,8 @@ class Trainer:
             load_weights(start, latest, START_FILE)
         elif latest is None:
             start.start_from(initial.start_model())
-        else:  # a checkpoint written before starts were saved: its run's start is unknown
-            return copy.deepcopy(self.model).eval()
+        else:
+            return None
         return start.eval()
 
     # ----------------------------------------------------------------------------------- run
@@ -269,8 +273,10 @@ class Trainer:
 
     def _write_checkpoint(self, directory: Path) -> None:
         self.engine.save_state(directory)
-        write_rank_state(directory, self.env.rank,
-                         {"step": self.step, "rng": capture_rng(), "loader": self.loader.state_dict()})
+        state = {"step": self.step, "rng": capture_rng(), "loader": self.loader.state_dict()}
+        if self.plan.device.type == "cpu":  # a resume keeps the count (sc_fm/threads.py)
+            state["threads"] = torch.get_num_threads()
+        write_rank_state(directory, self.env.rank, state)
         self._write_pretrained(directory)
         if self.env.is_main:
             save_config(self.cfg, directory / RUN_CONFIG_FILE)
