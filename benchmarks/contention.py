@@ -6,9 +6,9 @@ The tiny model's training step (two micro-batches of 32 packed cells, max_len 12
 (``model.embed`` under inference mode, 64 cells a batch) run on simulated batches in a
 worker process per policy, since OpenMP reads its wait policy once, when torch loads:
 
-- ``new``: sc_fm imported first (passive OpenMP waits), threads from ``cpu_threads()``;
-- ``before``: torch imported first (``OMP_WAIT_POLICY`` unset) and one thread per core of the
-  affinity mask, the policy this one replaced.
+- ``new``: sc_fm imported first (its bounded OpenMP spin), threads from ``cpu_threads()``;
+- ``before``: torch imported first (``OMP_WAIT_POLICY`` and ``GOMP_SPINCOUNT`` unset: libgomp's
+  default spin) and one thread per core of the affinity mask, the policy this one replaced.
 
 The competitors are started here, and sc_fm is not told about them: a pure CPU torch matmul
 loop with as many threads as cores, at the benchmark's own priority, with OpenMP's default
@@ -53,6 +53,7 @@ CONTENDED_TARGET = 0.4
 BEFORE_TARGET = 0.95
 CELLS, MAX_LEN, ACCUMULATION, EMBED_CELLS = 32, 128, 2, 64
 SECOND = ("train", "new, started beside pretrain")
+OPENMP_WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # what sc_fm's import sets; "before" and the matmul loop unset
 GENES, CONDITIONS = 2000, [6, 12]
 
 COMPETITOR = """
@@ -69,8 +70,9 @@ def worker(mode: str, policy: str, seconds: float, windows: list[str], groups: d
     """Run in its own process: tokens/s of ``mode`` in each window, competitors paused or running;
     the thread count is decided while ``started_beside`` runs (None: every competitor paused)."""
     if policy == "before":
-        os.environ.pop("OMP_WAIT_POLICY", None)
-        import torch  # first: its OpenMP runtime reads an environment without sc_fm's wait policy
+        for name in OPENMP_WAIT:
+            os.environ.pop(name, None)
+        import torch  # first: its OpenMP runtime reads an environment without sc_fm's bounded spin
 
         torch.set_num_threads(len(os.sched_getaffinity(0)))
     else:
@@ -135,7 +137,7 @@ def _signal(groups: dict[str, int], running: str | None) -> None:
 
 
 def start_matmul() -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k not in (*OPENMP_WAIT, "OMP_NUM_THREADS")}
     return subprocess.Popen([sys.executable, "-c", COMPETITOR], env=env, start_new_session=True)
 
 

@@ -5,9 +5,9 @@ tokeniser into a masked-gene transformer trained under DeepSpeed (``scfm pretrai
 come out as embeddings checked against scVI and PCA baselines (``scfm benchmark``).
 """
 
-from sc_fm.threads import prefer_passive_wait
+from sc_fm.threads import bound_openmp_spin
 
-# Before anything loads torch, whose OpenMP runtime reads its wait policy once (sc_fm/threads.py).
-prefer_passive_wait()
+# Before anything loads torch, whose OpenMP runtime reads its spin count once (sc_fm/threads.py).
+bound_openmp_spin()
 
 __version__ = "0.1.0"

@@ -5,13 +5,16 @@ fine-tuning). An OpenMP parallel region ends only when its slowest thread does, 
 matters on a machine that is not the run's alone is what a thread does while it waits for
 the others:
 
-- **Waiting: passive.** By default libgomp spins up to 300,000 rounds between regions. A
-  spinning thread burns its time slice, the scheduler deschedules it mid-region, and every
-  region then waits for it: beside one other CPU-bound process the tiny model's step fell
-  10-25x. A passive thread sleeps at once; the scheduler favours a sleeper when its work
-  arrives, so its region starts at once. ``OMP_WAIT_POLICY`` must be set before torch loads
-  its OpenMP runtime, which reads it once: ``sc_fm`` sets it on import
-  (``prefer_passive_wait``), unless the user set it or torch came first.
+- **Waiting: a short spin, then sleep.** By default libgomp spins up to 300,000 rounds
+  between regions. A spinning thread burns its time slice, the scheduler deschedules it
+  mid-region, and every region then waits for it: beside one other CPU-bound process the
+  tiny model's step fell 10-40x. A thread that sleeps at once (``OMP_WAIT_POLICY=PASSIVE``)
+  survives contention, but pays a wake-up per region: alone, the tiny step ran 0.6-0.7x as
+  fast. ``GOMP_SPINCOUNT=3000`` spins through the short gaps between the regions of one step
+  and sleeps through longer ones: alone 0.88-0.99x the default's speed, beside a CPU-bound
+  process 0.42-0.49x its own speed alone (docs/train.md, *CPU threads*). libgomp reads it
+  once, when torch loads: ``sc_fm`` sets it on import (``bound_openmp_spin``), unless the
+  user set ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``, or torch came first.
 - **How many: this process's share of the cores it may use.** The cores of its affinity mask
   (which ``taskset``, a container or SLURM's cpuset narrows), capped by its cgroup's CPU quota
   (a quota below the mask throttles every thread for the rest of the period), divided among
@@ -46,7 +49,7 @@ from pathlib import Path
 
 from sc_fm.errors import ConfigError
 
-WAIT_POLICY = "PASSIVE"
+SPIN_COUNT = "3000"  # libgomp's spins before a waiting thread sleeps (its default: 300,000)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_STAT = Path("/proc/stat")
 BUSY_SAMPLE_S = 0.2  # long enough for 20 scheduler ticks per core at Linux's 100 Hz accounting
@@ -55,12 +58,20 @@ BUSY_SAMPLE_S = 0.2  # long enough for 20 scheduler ticks per core at Linux's 10
 BUSY_CORE = 0.75
 
 
-def prefer_passive_wait() -> None:
-    """Ask OpenMP for passive waits (module docstring). A no-op when the user set
-    ``OMP_WAIT_POLICY`` or torch was imported first (its runtime has read the environment
-    already, and the variable left unset then says so in ``ThreadPlan.describe``)."""
-    if "torch" not in sys.modules and not os.environ.get("OMP_WAIT_POLICY"):
-        os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+def bound_openmp_spin() -> None:
+    """Ask libgomp for a short spin before a waiting thread sleeps (module docstring). A no-op
+    when the user set ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``, or torch was imported first
+    (its runtime has read the environment already; ``ThreadPlan.describe`` then says so)."""
+    if "torch" not in sys.modules and not (os.environ.get("GOMP_SPINCOUNT") or os.environ.get("OMP_WAIT_POLICY")):
+        os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+
+
+def openmp_wait() -> str:
+    """How this process's OpenMP threads wait, in words (for the run's first line)."""
+    policy, spins = os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT")
+    if policy:
+        return f"OpenMP wait policy {policy}" + (f", GOMP_SPINCOUNT {spins}" if spins else "")
+    return f"OpenMP threads spin {spins} rounds, then sleep" if spins else "OpenMP wait: libgomp's default spin"
 
 
 def affinity_cores() -> set[int]:
@@ -234,16 +245,16 @@ class ThreadPlan:
         return cls(share_of_cores(len(mask), quota, ranks, busy), len(mask), quota, ranks, busy)
 
     def describe(self) -> str:
-        wait = os.environ.get("OMP_WAIT_POLICY") or "unset"
+        wait = openmp_wait()
         if self.source == "OMP_NUM_THREADS":
-            return f"{self.threads} CPU thread(s) per process: OMP_NUM_THREADS; OpenMP wait policy {wait}"
+            return f"{self.threads} CPU thread(s) per process: OMP_NUM_THREADS; {wait}"
         if self.source == "checkpoint":
             return (f"{self.threads} CPU thread(s) per process: the count the resumed checkpoint recorded; "
-                    f"OpenMP wait policy {wait}")
+                    f"{wait}")
         quota = f", CPU quota {self.quota:g}" if self.quota is not None else ""
         busy = f", {self.busy} kept busy by other processes" if self.busy else ""
         return (f"{self.threads} CPU thread(s) per process: {self.cores} core(s){quota}{busy}, shared by "
-                f"{self.ranks} process(es) of this run on this host; OpenMP wait policy {wait}")
+                f"{self.ranks} process(es) of this run on this host; {wait}")
 
 
 @contextmanager

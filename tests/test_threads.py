@@ -1,6 +1,6 @@
 """The CPU thread policy (sc_fm/threads.py): its decisions from cores, quota and ranks, the
 co-located ranks seen through the process group, a user's ``OMP_NUM_THREADS`` and
-``OMP_WAIT_POLICY``, and the set-up's BLAS threads. No timings: those are in
+``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT``, and the set-up's BLAS threads. No timings: those are in
 benchmarks/contention.py."""
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def test_two_nodes_on_one_host_are_seen_through_the_process_group():
 
 
 def run_python(code: str, **env: str) -> str:
-    environ = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    environ = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     result = subprocess.run([sys.executable, "-c", code], env={**environ, "PYTHONPATH": str(ROOT), **env},
                             capture_output=True, text=True, timeout=120, check=True)
     return result.stdout.strip()
@@ -203,15 +203,17 @@ def run_python(code: str, **env: str) -> str:
 
 PLAN = ("import os, sc_fm, torch\nfrom sc_fm.threads import cpu_threads\n"
         "with cpu_threads(ranks=1) as plan:\n"
-        "    print(plan.threads, plan.threads == torch.get_num_threads(), plan.source, os.environ.get('OMP_WAIT_POLICY'))")
+        "    print(plan.threads, plan.threads == torch.get_num_threads(), plan.source, os.environ.get('GOMP_SPINCOUNT'),\n"
+        "          os.environ.get('OMP_WAIT_POLICY'))")
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
 def test_a_users_omp_settings_win():
-    assert run_python(PLAN).split()[1:] == ["True", "policy", "PASSIVE"]  # sc_fm's import chose the wait policy
-    assert run_python(PLAN, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="ACTIVE") == "1 True OMP_NUM_THREADS ACTIVE"
+    assert run_python(PLAN).split()[1:] == ["True", "policy", "3000", "None"]  # sc_fm's import bounded the spin
+    assert run_python(PLAN, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="ACTIVE") == "1 True OMP_NUM_THREADS None ACTIVE"
+    assert run_python(PLAN, GOMP_SPINCOUNT="0").split()[3:] == ["0", "None"]  # the user's spin count stands
     # torch loaded first has read its environment already: sc_fm then leaves it unset
-    assert run_python("import os, torch, sc_fm; print(os.environ.get('OMP_WAIT_POLICY'))") == "None"
+    assert run_python("import os, torch, sc_fm; print(os.environ.get('GOMP_SPINCOUNT'))") == "None"
 
 
 def blas_threads() -> set[int]:
