@@ -11,7 +11,7 @@ the others:
   tiny model's step fell 10-40x. A thread that sleeps at once (``OMP_WAIT_POLICY=PASSIVE``)
   survives contention, but pays a wake-up per region: alone, the tiny step ran 0.6-0.7x as
   fast. ``GOMP_SPINCOUNT=3000`` spins through the short gaps between the regions of one step
-  and sleeps through longer ones: alone 0.88-0.99x the default's speed, beside a CPU-bound
+  and sleeps through longer ones: alone 0.82-0.99x the default's speed, beside a CPU-bound
   process 0.42-0.49x its own speed alone (docs/train.md, *CPU threads*). libgomp reads it
   once, when torch loads: ``sc_fm`` sets it on import (``bound_openmp_spin``), unless the
   user set ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``, or torch came first.
@@ -22,11 +22,11 @@ the others:
   group when there is one (``ranks_sharing_cores``): the launcher's ``LOCAL_WORLD_SIZE`` misses
   the ranks of a second "node" on the same host. ``OMP_NUM_THREADS`` set by the user wins.
 - **Less what others keep busy at its start.** A core that other processes kept busy over a
-  short sample of ``/proc/stat`` at the start (``busy_cores``) is left to them. Two passive
-  processes with a thread per core each thrash: every region of each waits for a thread the
-  other's threads displaced (a second ``scfm pretrain`` beside the first kept 0.22x of its
-  speed). Started beside a busy core, the second run takes the cores that are free, and the
-  first keeps most of its speed (docs/train.md, *CPU threads*).
+  short sample of ``/proc/stat`` at the start (``busy_cores``) is left to them. Two processes
+  with a thread per core each thrash: every region of each waits for a thread the other's
+  threads displaced (a second ``scfm pretrain`` beside the first kept 0.22x of its speed).
+  Started beside a busy core, the second run takes the cores that are free, and the first keeps
+  about half its speed (docs/train.md, *CPU threads*).
 - **Fixed for the run.** The count is decided once. A resumed pretraining reuses the count its
   checkpoint recorded (``rank_R.json``), since results are bit-identical only at the same count.
 
