@@ -183,8 +183,9 @@ def core_times(cores: set[int], stat: Path = PROC_STAT) -> dict[int, tuple[int, 
     except OSError:  # not Linux
         return times
     for line in lines:
-        name, *fields = line.split()
-        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores):
+        name, *fields = line.split() or [""]
+        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores and len(fields) >= 5
+                and all(f.isdigit() for f in fields[:8])):
             continue
         ticks = [int(f) for f in fields[:8]]
         times[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))

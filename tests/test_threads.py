@@ -45,8 +45,10 @@ STAT = """cpu  {total}
 cpu0 {c0}
 cpu1 {c1}
 cpu2 {c2}
+cpu3 1 2
 intr 12345
-"""
+
+"""  # cpu3: a line too short to read is left out, as is the blank line
 
 
 def stat_file(tmp_path: Path, name: str, cores: list[tuple[int, int]]) -> Path:
@@ -62,8 +64,9 @@ def test_busy_cores_are_read_from_proc_stat(tmp_path):
     before = stat_file(tmp_path, "before", [(100, 100), (100, 100), (100, 100)])
     # over the sample: core 0 busy throughout, core 1 idle, core 2 busy 40% of the time
     after = stat_file(tmp_path, "after", [(120, 100), (100, 120), (108, 112)])
-    mask = {0, 1, 2}
+    mask = {0, 1, 2, 3}
     assert core_times(mask, before)[0] == (100, 200)  # (idle incl. iowait, total ticks)
+    assert sorted(core_times(mask, before)) == [0, 1, 2]
     assert busy_between(core_times(mask, before), core_times(mask, after)) == pytest.approx(1.4)
     assert busy_between(core_times({1, 2}, before), core_times({1, 2}, after)) == pytest.approx(0.4)
     assert core_times(mask, tmp_path / "missing") == {}
