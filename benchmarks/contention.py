@@ -136,9 +136,14 @@ def _signal(groups: dict[str, int], running: str | None) -> None:
         os.killpg(group, signal.SIGCONT if name == running else signal.SIGSTOP)
 
 
+def child_env(*drop: str) -> dict[str, str]:
+    """This environment for a process started here: sc_fm importable, and without
+    ``OMP_NUM_THREADS`` (or the other names in ``drop``), so that it chooses its own threads."""
+    return {k: v for k, v in {**os.environ, "PYTHONPATH": str(ROOT)}.items() if k not in ("OMP_NUM_THREADS", *drop)}
+
+
 def start_matmul() -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in (*OPENMP_WAIT, "OMP_NUM_THREADS")}
-    return subprocess.Popen([sys.executable, "-c", COMPETITOR], env=env, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-c", COMPETITOR], env=child_env(*OPENMP_WAIT), start_new_session=True)
 
 
 def start_pretrain(workdir: Path) -> subprocess.Popen:
@@ -153,9 +158,7 @@ def start_pretrain(workdir: Path) -> subprocess.Popen:
     with log.open("w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "sc_fm", "pretrain", "--config", "tiny", "-o", str(run_dir),
                                  f"data.stores=[{store}]", "train.max_steps=100000", "tracking.enabled=false"],
-                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=err,
-                                env={k: v for k, v in {**os.environ, "PYTHONPATH": str(ROOT)}.items()
-                                     if k != "OMP_NUM_THREADS"})
+                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=err, env=child_env())
     while not (run_dir / "metrics.jsonl").exists():
         if proc.poll() is not None:
             raise SystemExit(f"the competing scfm pretrain exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
@@ -168,12 +171,11 @@ def start_pretrain(workdir: Path) -> subprocess.Popen:
 
 def run_worker(mode: str, policy: str, seconds: float, windows: list[str], groups: dict[str, int],
                started_beside: str | None = None) -> dict:
-    env = {k: v for k, v in {**os.environ, "PYTHONPATH": str(ROOT)}.items() if k != "OMP_NUM_THREADS"}
     args = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--policy", policy,
             "--seconds", str(seconds), "--windows", ",".join(windows), "--groups", json.dumps(groups)]
     if started_beside:
         args += ["--started-beside", started_beside]
-    out = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    out = subprocess.run(args, env=child_env(), capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(f"worker {mode}/{policy} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from sc_fm.config import CP10K
+
 N_HVG = 2000  # highly variable genes of the logistic-regression baseline
 KNN_NEIGHBORS = 15
 ACCURACY, MACRO_F1 = "Accuracy", "Macro F1"
@@ -38,7 +40,7 @@ def hvg_genes(counts, n_hvg: int = N_HVG) -> np.ndarray:
     try:
         sc.pp.highly_variable_genes(holder, n_top_genes=n_hvg, flavor="seurat_v3")
     except ValueError:
-        sc.pp.normalize_total(holder, target_sum=1e4)
+        sc.pp.normalize_total(holder, target_sum=CP10K)
         sc.pp.log1p(holder)
         sc.pp.highly_variable_genes(holder, n_top_genes=n_hvg, flavor="seurat")
     return holder.var["highly_variable"].to_numpy()
@@ -48,7 +50,7 @@ def log_cp10k(counts) -> np.ndarray:
     """log1p of counts per 10,000 (dense ``[cells, genes]`` float32)."""
     counts = sp.csr_matrix(counts, dtype=np.float32)
     totals = np.asarray(counts.sum(axis=1)).ravel()
-    scaled = sp.diags(1e4 / np.maximum(totals, 1.0)) @ counts
+    scaled = sp.diags(CP10K / np.maximum(totals, 1.0)) @ counts
     return np.log1p(scaled.toarray()).astype(np.float32)
 
 
