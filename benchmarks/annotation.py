@@ -12,7 +12,7 @@ Ends with ``result: NAME ratio=X target=Y`` lines, each the worse of the two dir
 ``pretrained_vs_start_finetuned`` (fine-tuned from the checkpoint over fine-tuned from its own
 untrained start). ``--quick`` prints every line at smoke size (a cell sample, short scVI and
 fine-tuning). ``--ablation`` runs fine-tuning variants instead (linear head, learning rate, steps,
-a class-balanced reference), the first chemistry as the reference.
+a class-weighted loss, a class-balanced reference), the first chemistry as the reference.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def ablation(adata, checkpoint: Path, reference: str, finetune_config, steps: in
 
     variants = {"default": {}, "linear head on the frozen encoder (--mode linear)": {"mode": "linear"},
                 "encoder lr 1e-4": {"lr": 1e-4}, "encoder lr 1e-3": {"lr": 1e-3},
-                f"{3 * steps} steps": {"max_steps": 3 * steps}}
+                f"{3 * steps} steps": {"max_steps": 3 * steps},
+                "class-weighted loss (--class-weight balanced)": {"class_weight": "balanced"}}
     base = dataclasses.replace(finetune_config, max_steps=steps)
     runs = {name: (adata, dataclasses.replace(base, **change)) for name, change in variants.items()}
     runs["class-balanced reference"] = (balanced(adata, PBMC_BATCH, PBMC_LABEL, reference), base)
@@ -90,8 +91,8 @@ def main() -> int:
     parser.add_argument("--finetune-steps", type=int, default=None,
                         help="optimiser steps per fine-tuning (default: scfm finetune's epochs)")
     parser.add_argument("--ablation", nargs="*", default=None, metavar="WORD",
-                        help="instead: fine-tuning variants (linear head, learning rate, steps, class balance), "
-                             "the first chemistry the reference, one seed; WORDs pick variants by name")
+                        help="instead: fine-tuning variants (linear head, learning rate, steps, class weights, "
+                             "class balance), the first chemistry the reference, one seed; WORDs pick variants")
     args = parser.parse_args()
 
     from sc_fm import demo

@@ -378,6 +378,9 @@ class FinetuneConfig:
     lr: float = 1e-5  # encoder; small, so the pretrained weights move slowly
     head_lr: float = 1e-2
     weight_decay: float = 0.01
+    # "balanced": each class's loss weighted by n / (k * its training cells), as scikit-learn's
+    # class_weight="balanced", so a rare type counts as much as a common one; "none": plain
+    class_weight: Literal["none", "balanced"] = "none"
     val_fraction: float = 0.2
     adversarial_weight: float = 0.0  # > 0: batch-adversarial integration objective (needs adversary_key)
     seed: int = 0

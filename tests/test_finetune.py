@@ -13,8 +13,8 @@ import torch
 from sc_fm.cli import main
 from sc_fm.config import InputSettings
 from sc_fm.errors import InputDataError
-from sc_fm.finetune import (PREDICTION_KEY, SPLIT_KEY, FinetuneConfig, finetune, group_split, load_finetuned,
-                            predict, reverse_gradient)
+from sc_fm.finetune import (PREDICTION_KEY, SPLIT_KEY, FinetuneConfig, class_weights, finetune, group_split,
+                            load_finetuned, predict, reverse_gradient)
 from sc_fm.pretrained import Pretrained
 
 
@@ -63,6 +63,29 @@ def test_linear_probe_keeps_the_encoder_frozen(tiny_checkpoint, tiny_atlas, tmp_
     probe = Pretrained.load(result.directory).model.state_dict()
     assert all(torch.equal(v, before[k]) for k, v in probe.items())  # the saved encoder did not move either
     assert all(p.requires_grad for p in pretrained.model.parameters())  # the caller's model is not frozen
+
+
+def test_balanced_class_weights_match_scikit_learn():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 3, 3, 3, 3])  # class 2 has no training cell
+    weights = class_weights(y, 4, "balanced")
+    expected = compute_class_weight("balanced", classes=np.array([0, 1, 3]), y=y.numpy())
+    np.testing.assert_allclose(weights[[0, 1, 3]].numpy(), expected, rtol=1e-6)
+    assert weights[2] == 0 and weights.dtype == torch.float32
+    assert class_weights(y, 4, "none") is None
+
+
+def test_class_weighted_loss_changes_what_the_head_learns(tiny_checkpoint, tiny_atlas, tmp_path):
+    pretrained = Pretrained.load(tiny_checkpoint)
+    adata = tiny_atlas[:200].copy()
+    heads = {}
+    for scheme in ("none", "balanced"):
+        config = FinetuneConfig(label_key="cell_type", mode="linear", max_steps=3, class_weight=scheme)
+        classifier, _, _ = load_finetuned(finetune(pretrained, adata, tmp_path / scheme, config,
+                                                   progress=False).directory)
+        heads[scheme] = classifier.head.weight.detach().clone()
+    assert not torch.equal(heads["none"], heads["balanced"])
 
 
 def test_group_split_and_gradient_reversal(tiny_atlas):

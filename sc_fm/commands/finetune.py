@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="encoder learning rate (full mode)")
     parser.add_argument("--head-lr", type=float, default=None)
+    parser.add_argument("--class-weight", choices=["none", "balanced"], default=None,
+                        help="balanced: weight each class's loss by the inverse of its training cells "
+                             "(finetune.class_weight; default none)")
     parser.add_argument("--batch-cells", type=int, default=None, help="cells per training step (finetune.batch_cells)")
     parser.add_argument("--val-fraction", type=float, default=None)
     parser.add_argument("--adversarial-weight", type=float, default=None,
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     flags = {key: getattr(args, key) for key in (
         "label_key", "split_key", "adversary_key", "mode", "epochs", "lr", "head_lr", "batch_cells",
-        "val_fraction", "adversarial_weight", "seed")}
+        "class_weight", "val_fraction", "adversarial_weight", "seed")}
     flags.update(input_flags(args))
     cfg = command_config(args, "finetune", flags)
     config = cfg.finetune

@@ -77,6 +77,19 @@ def _optimizer(classifier: CellClassifier, config: FinetuneConfig) -> torch.opti
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
+def class_weights(y: torch.Tensor, n_classes: int, scheme: str) -> torch.Tensor | None:
+    """Cross-entropy weights of ``scheme`` from the training labels ``y``: None for "none";
+    for "balanced" ``n / (k * n_c)`` over the k classes present (a class absent from training
+    gets weight 0, since it contributes no loss anyway)."""
+    if scheme == "none":
+        return None
+    counts = torch.bincount(y, minlength=n_classes).double()
+    present = counts > 0
+    weights = torch.zeros(n_classes, dtype=torch.float64, device=y.device)
+    weights[present] = len(y) / (int(present.sum()) * counts[present])
+    return weights.float()
+
+
 def _check(adata, config: FinetuneConfig, where: str) -> None:
     require_obs_column(adata, config.label_key, "--label-key", where)
     require_obs_column(adata, config.split_key, "--split-key", where)
@@ -119,6 +132,7 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
         classifier.standardize.fit(torch.cat([encoder.pool(_batch(tokenizer, cells, rows, device))
                                               for rows in blocks]))
     optimizer = _optimizer(classifier, config)
+    weight = class_weights(y[torch.as_tensor(train_rows, device=device)], len(classes), config.class_weight)
     history = []
     per_epoch = -(-len(train_rows) // config.batch_cells)
     steps_left = config.max_steps if config.max_steps is not None else config.epochs * per_epoch
@@ -130,7 +144,7 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
         for lo in range(0, len(order), config.batch_cells):
             rows = np.sort(order[lo:lo + config.batch_cells])
             out = classifier(_batch(tokenizer, cells, rows, device))
-            loss = nn.functional.cross_entropy(out["logits"], y[rows])
+            loss = nn.functional.cross_entropy(out["logits"], y[rows], weight=weight)
             if b is not None:
                 adversary_loss = nn.functional.cross_entropy(out["batch_logits"], b[rows])
                 loss = loss + config.adversarial_weight * adversary_loss
