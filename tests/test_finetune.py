@@ -13,8 +13,9 @@ import torch
 from sc_fm.cli import main
 from sc_fm.config import InputSettings
 from sc_fm.errors import InputDataError
-from sc_fm.finetune import (PREDICTION_KEY, SPLIT_KEY, FinetuneConfig, class_weights, finetune, group_split,
-                            load_finetuned, predict, reverse_gradient)
+from sc_fm.config import TrainConfig
+from sc_fm.finetune import (PREDICTION_KEY, SPLIT_KEY, FinetuneConfig, class_weights, encoder_lr, finetune,
+                            group_split, load_finetuned, predict, reverse_gradient)
 from sc_fm.pretrained import Pretrained
 
 
@@ -86,6 +87,22 @@ def test_class_weighted_loss_changes_what_the_head_learns(tiny_checkpoint, tiny_
                                                    progress=False).directory)
         heads[scheme] = classifier.head.weight.detach().clone()
     assert not torch.equal(heads["none"], heads["balanced"])
+
+
+def test_encoder_lr_defaults_to_the_checkpoints_pretraining_rate(tiny_checkpoint, tiny_atlas, tmp_path):
+    import shutil
+
+    checkpoint = tmp_path / "final"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    (checkpoint / "config.yaml").write_text("train:\n  lr: 2.5e-4\n")
+    pretrained = Pretrained.load(checkpoint)
+    assert encoder_lr(pretrained, FinetuneConfig()) == 2.5e-4
+    assert encoder_lr(pretrained, FinetuneConfig(lr=3e-3)) == 3e-3  # the user's rate wins
+    assert encoder_lr(pretrained.same_start(), FinetuneConfig()) == TrainConfig().lr  # no run config: the default
+    config = FinetuneConfig(label_key="cell_type", max_steps=1)
+    result = finetune(pretrained, tiny_atlas[:100].copy(), tmp_path / "ft", config, progress=False)
+    assert result.config.lr == 2.5e-4 and config.lr is None  # the caller's config is not changed
+    assert json.loads((result.directory / "finetune.json").read_text())["config"]["lr"] == 2.5e-4
 
 
 def test_group_split_and_gradient_reversal(tiny_atlas):

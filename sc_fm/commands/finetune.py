@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["full", "linear"], default=None,
                         help="full fine-tune, or linear probe on the frozen encoder")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None, help="encoder learning rate (full mode)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="encoder learning rate (full mode; default: the checkpoint's pretraining rate)")
     parser.add_argument("--head-lr", type=float, default=None)
     parser.add_argument("--class-weight", choices=["none", "balanced"], default=None,
                         help="balanced: weight each class's loss by the inverse of its training cells "
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"LogReg (HVG) on the same split: accuracy {baseline[ACCURACY]:.3f}, macro-F1 {baseline[MACRO_F1]:.3f}")
     print(f"fine-tuned checkpoint: {result.directory}; "
           f"predictions in .obs['scfm_prediction'] of {predictions}")
-    info = track_finetune(result, config, cfg.tracking)
+    info = track_finetune(result, cfg.tracking)
     if info is not None:
         print(f"MLflow: {info['tracking_uri']} (run {info['run_id']})")
     return 0

@@ -116,15 +116,16 @@ class CheckpointMethods:
     def finetuned(self, seed: int, same_start: bool) -> np.ndarray:
         """``scfm finetune`` on the reference (its validation split drawn from the reference), then
         the fine-tuned classifier's label for every query cell."""
-        from sc_fm.finetune import finetune, load_finetuned, predict
+        from sc_fm.finetune import encoder_lr, finetune, load_finetuned, predict
         from sc_fm.pretrained import Pretrained
 
         split, label_key = self.split, self.config.label_key
-        start = Pretrained.load(self.path)
-        start = start.same_start() if same_start else start
+        checkpoint = Pretrained.load(self.path)
+        # the control trains at the checkpoint's rate too (its start has no run config of its own)
+        config = dataclasses.replace(self.config, seed=seed, lr=encoder_lr(checkpoint, self.config))
+        start = checkpoint.same_start() if same_start else checkpoint
         reference = split.cells[split.reference].copy()
         reference.obs[label_key] = split.reference_labels
-        config = dataclasses.replace(self.config, seed=seed)
         with tempfile.TemporaryDirectory(prefix="scfm_annotation_") as tmp:
             finetune(start, reference, tmp, config, progress=self.progress, where=self.where)
             classifier, tuned, classes = load_finetuned(tmp)

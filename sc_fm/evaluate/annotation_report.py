@@ -145,7 +145,7 @@ def write_annotation_report(result, split: AnnotationSplit, out_dir: str | Path,
         "- scANVI: from that scVI model (`from_scvi_model`), the query unlabelled, scvi-tools' default epochs.",
         "- `<model> (linear probe)`: logistic regression on the standardised frozen embedding.",
         f"- `<model> (fine-tuned)`: `scfm finetune` on the reference ({finetune_config.mode} mode, "
-        f"{_length(finetune_config)}, {finetune_config.batch_cells} cells a step, encoder lr {finetune_config.lr:g}, "
+        f"{_length(finetune_config)}, {finetune_config.batch_cells} cells a step, encoder lr {_encoder_lr(finetune_config)}, "
         f"head lr {finetune_config.head_lr:g}, a {finetune_config.val_fraction:g} validation split of the "
         "reference); `(untrained, same start, fine-tuned)`: the same from the checkpoint's own untrained "
         "start, the control that shows what pretraining buys.", "",
@@ -153,6 +153,10 @@ def write_annotation_report(result, split: AnnotationSplit, out_dir: str | Path,
     path = out / REPORT_MD
     path.write_text(text)
     return path
+
+
+def _encoder_lr(config: FinetuneConfig) -> str:
+    return f"{config.lr:g}" if config.lr is not None else "as the checkpoint was pretrained (train.lr)"
 
 
 def _length(config: FinetuneConfig) -> str:

@@ -21,7 +21,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
-from sc_fm.config import FinetuneConfig, TrackingConfig
+from sc_fm.config import FinetuneConfig, TrackingConfig, TrainConfig, read_yaml
 from sc_fm.errors import InputDataError
 from sc_fm.finetune.heads import CellClassifier
 from sc_fm.finetune.splits import group_split
@@ -29,6 +29,7 @@ from sc_fm.batch import to_device
 from sc_fm.pretrained import Pretrained, unmasked_batches
 from sc_fm.pretrained.batches import evaluating
 from sc_fm.pretrained.inputs import require_obs_column
+from sc_fm.rundir import run_config_of
 from sc_fm.tokenize import CellTokenizer, TokenizedCells
 
 HEAD_FILE, FINETUNE_FILE = "head.safetensors", "finetune.json"
@@ -43,6 +44,7 @@ class FinetuneResult:
     n_train: int
     n_val: int
     history: list[dict]
+    config: FinetuneConfig  # as trained: ``lr`` resolved (``encoder_lr``)
 
 
 def _batch(tokenizer: CellTokenizer, cells: TokenizedCells, rows: np.ndarray, device: torch.device) -> dict:
@@ -67,14 +69,33 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _optimizer(classifier: CellClassifier, config: FinetuneConfig) -> torch.optim.Optimizer:
+def encoder_lr(pretrained: Pretrained, config: FinetuneConfig) -> float:
+    """The encoder's fine-tuning rate: ``config.lr``, else the rate ``pretrained`` was pretrained at
+    (``train.lr`` in the config.yaml beside it), else pretraining's default. Each model size's
+    run config sets its own pretraining rate, so the default follows the size."""
+    if config.lr is not None:
+        return config.lr
+    settings = run_config_of(pretrained.path) if pretrained.path is not None else None
+    saved = read_yaml(settings).get("train", {}).get("lr") if settings is not None else None
+    return float(saved) if saved is not None else TrainConfig().lr
+
+
+def _optimizer(classifier: CellClassifier, config: FinetuneConfig,
+               total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the head (constant ``head_lr``) and, in full mode, the encoder, whose rate rises
+    linearly from 0 to ``lr`` over the first ``encoder_warmup`` of the steps: the new head's large
+    early gradients would otherwise reach the encoder while the head is still random."""
     heads = [p for name, p in classifier.named_parameters() if not name.startswith("encoder.")]
     groups = [{"params": heads, "lr": config.head_lr}]
+    schedules = [lambda step: 1.0]
     if config.mode == "full":
         groups.append({"params": list(classifier.encoder.parameters()), "lr": config.lr})
+        warmup = max(round(config.encoder_warmup * total_steps), 1)
+        schedules.append(lambda step: min((step + 1) / warmup, 1.0))
     else:
         classifier.encoder.requires_grad_(False)
-    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
 
 
 def class_weights(y: torch.Tensor, n_classes: int, scheme: str) -> torch.Tensor | None:
@@ -112,6 +133,7 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
     from sklearn.metrics import accuracy_score, f1_score
 
     _check(adata, config, where)
+    config = dataclasses.replace(config, lr=encoder_lr(pretrained, config))  # saved and tracked as used
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = pick_device(device)
@@ -131,11 +153,11 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
         blocks = np.array_split(train_rows, max(len(train_rows) // 64, 1))
         classifier.standardize.fit(torch.cat([encoder.pool(_batch(tokenizer, cells, rows, device))
                                               for rows in blocks]))
-    optimizer = _optimizer(classifier, config)
     weight = class_weights(y[torch.as_tensor(train_rows, device=device)], len(classes), config.class_weight)
     history = []
     per_epoch = -(-len(train_rows) // config.batch_cells)
     steps_left = config.max_steps if config.max_steps is not None else config.epochs * per_epoch
+    optimizer, schedule = _optimizer(classifier, config, steps_left)
     for epoch in tqdm(range(-(-steps_left // per_epoch)), desc="fine-tuning", disable=not progress):
         classifier.train()
         order = rng.permutation(train_rows)[:steps_left * config.batch_cells]
@@ -151,6 +173,7 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            schedule.step()
             total += float(loss.detach()) * len(rows)
         history.append({"epoch": epoch + 1, "train_loss": total / max(len(order), 1)})
     predicted = np.asarray(classes)[predict(classifier, tokenizer, cells, config.input.batch_cells).argmax(axis=1)]
@@ -159,7 +182,7 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
     accuracy = float(accuracy_score(labels[val], predicted[val]))
     macro_f1 = float(f1_score(labels[val], predicted[val], average="macro"))
     directory = save_finetuned(classifier.cpu(), pretrained, out_dir, config, classes, batches)
-    return FinetuneResult(directory, accuracy, macro_f1, len(train_rows), int(val.sum()), history)
+    return FinetuneResult(directory, accuracy, macro_f1, len(train_rows), int(val.sum()), history, config)
 
 
 def _heads(classifier: CellClassifier) -> nn.ModuleDict:
@@ -168,15 +191,14 @@ def _heads(classifier: CellClassifier) -> nn.ModuleDict:
     return nn.ModuleDict({"standardize": classifier.standardize, "head": classifier.head, **adversary})
 
 
-def track_finetune(result: "FinetuneResult", config: FinetuneConfig,
-                   tracking: TrackingConfig) -> dict[str, str] | None:
+def track_finetune(result: "FinetuneResult", tracking: TrackingConfig) -> dict[str, str] | None:
     """A new MLflow run (experiment ``<tracking.experiment>-finetune``) with the settings, the
     per-epoch losses and the held-out scores; None when ``tracking.enabled`` is off."""
     from sc_fm.tracking import flatten, log_report
 
     return log_report(tracking, "finetune", result.directory,
                       {"val_accuracy": result.accuracy, "val_macro_f1": result.macro_f1},
-                      params=flatten(dataclasses.asdict(config)),
+                      params=flatten(dataclasses.asdict(result.config)),
                       history=[(r["epoch"], {"train_loss": r["train_loss"]}) for r in result.history])
 
 
