@@ -389,6 +389,9 @@ class FinetuneConfig:
     # class_weight="balanced", so a rare type counts as much as a common one; "none": plain
     class_weight: Literal["none", "balanced"] = "none"
     val_fraction: float = 0.2
+    # keep the epoch whose classifier scores the best macro-F1 on the validation cells (then
+    # the printed validation scores are those it was selected on); false: the last epoch
+    select_epoch: bool = True
     adversarial_weight: float = 0.0  # > 0: batch-adversarial integration objective (needs adversary_key)
     seed: int = 0
 

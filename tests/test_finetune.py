@@ -3,6 +3,7 @@ donor-grouped splits, reloadable checkpoints, frozen encoder in linear-probe mod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import anndata
@@ -103,6 +104,20 @@ def test_encoder_lr_defaults_to_the_checkpoints_pretraining_rate(tiny_checkpoint
     result = finetune(pretrained, tiny_atlas[:100].copy(), tmp_path / "ft", config, progress=False)
     assert result.config.lr == 2.5e-4 and config.lr is None  # the caller's config is not changed
     assert json.loads((result.directory / "finetune.json").read_text())["config"]["lr"] == 2.5e-4
+
+
+def test_the_kept_epoch_is_the_best_on_validation(tiny_checkpoint, tiny_atlas, tmp_path):
+    pretrained = Pretrained.load(tiny_checkpoint)
+    adata = tiny_atlas[:200].copy()
+    config = FinetuneConfig(label_key="cell_type", epochs=4, lr=1e-2)  # a rate high enough to wander
+    result = finetune(pretrained, adata, tmp_path / "best", config, progress=False)
+    scores = [r["val_macro_f1"] for r in result.history]
+    assert len(scores) == 4 and result.epoch == max(i + 1 for i, f in enumerate(scores) if f == max(scores))
+    assert result.macro_f1 == pytest.approx(max(scores))  # the saved classifier is that epoch's
+    last = finetune(pretrained, adata, tmp_path / "last", dataclasses.replace(config, select_epoch=False),
+                    progress=False)
+    assert last.epoch == 4 and "val_macro_f1" not in last.history[0]
+    assert [r["train_loss"] for r in last.history] == [r["train_loss"] for r in result.history]
 
 
 def test_group_split_and_gradient_reversal(tiny_atlas):

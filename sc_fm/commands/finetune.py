@@ -63,7 +63,10 @@ def run(args: argparse.Namespace) -> int:
         adata.write_h5ad(work / "predictions.h5ad")
     result = dataclasses.replace(result, directory=output)
     predictions = output / "predictions.h5ad"
-    print(f"held-out cells: {result.n_val}; accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f}")
+    selected = (f" (epoch {result.epoch} of {len(result.history)}, kept for its validation macro-F1, so "
+                f"these scores are optimistic)" if config.select_epoch else "")
+    print(f"held-out cells: {result.n_val}; accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f}"
+          f"{selected}")
     baseline = validation_baseline(adata, config.label_key)
     print(f"LogReg (HVG) on the same split: accuracy {baseline[ACCURACY]:.3f}, macro-F1 {baseline[MACRO_F1]:.3f}")
     print(f"fine-tuned checkpoint: {result.directory}; "

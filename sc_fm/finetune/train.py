@@ -45,6 +45,7 @@ class FinetuneResult:
     n_val: int
     history: list[dict]
     config: FinetuneConfig  # as trained: ``lr`` resolved (``encoder_lr``)
+    epoch: int  # the epoch whose classifier was kept (``select_epoch``: the best on validation)
 
 
 def _batch(tokenizer: CellTokenizer, cells: TokenizedCells, rows: np.ndarray, device: torch.device) -> dict:
@@ -133,8 +134,8 @@ def _check(adata, config: FinetuneConfig, where: str) -> None:
 def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: FinetuneConfig,
              progress: bool = True, where: str = "input", device: str | torch.device | None = None) -> FinetuneResult:
     """Train a copy of ``pretrained``'s encoder (the caller's model stays as it was) with a head on
-    ``device`` (default: the GPU when there is one), evaluate on held-out groups, write
-    predictions into ``adata.obs`` and save to ``out_dir``."""
+    ``device`` (default: the GPU when there is one), keep the epoch that scores best on the
+    held-out groups (``select_epoch``), write predictions into ``adata.obs`` and save to ``out_dir``."""
     from sklearn.metrics import accuracy_score, f1_score
 
     _check(adata, config, where)
@@ -164,6 +165,8 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
     per_epoch = -(-len(train_rows) // config.batch_cells)
     steps_left = config.max_steps if config.max_steps is not None else config.epochs * per_epoch
     optimizer, schedule = _optimizer(classifier, config, steps_left)
+    val_cells = TokenizedCells.concat([cells[int(i)] for i in np.flatnonzero(val)])
+    best: tuple[float, int, dict] | None = None  # (validation macro-F1, epoch, the classifier's state)
     for epoch in tqdm(range(-(-steps_left // per_epoch)), desc="fine-tuning", disable=not progress):
         classifier.train()
         order = rng.permutation(train_rows)[:steps_left * config.batch_cells]
@@ -183,13 +186,21 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
             schedule.step()
             total += float(loss.detach()) * len(rows)
         history.append({"epoch": epoch + 1, "train_loss": total / max(len(order), 1)})
+        if config.select_epoch:
+            guess = np.asarray(classes)[predict(classifier, tokenizer, val_cells, config.input.batch_cells).argmax(1)]
+            history[-1]["val_macro_f1"] = float(f1_score(labels[val], guess, average="macro"))
+            if best is None or history[-1]["val_macro_f1"] >= best[0]:  # a tie keeps the later epoch
+                best = (history[-1]["val_macro_f1"], epoch + 1, copy.deepcopy(classifier.state_dict()))
+    if best is not None:
+        classifier.load_state_dict(best[2])
     predicted = np.asarray(classes)[predict(classifier, tokenizer, cells, config.input.batch_cells).argmax(axis=1)]
     adata.obs[PREDICTION_KEY] = predicted
     adata.obs[SPLIT_KEY] = np.where(val, "validation", "train")
     accuracy = float(accuracy_score(labels[val], predicted[val]))
     macro_f1 = float(f1_score(labels[val], predicted[val], average="macro"))
     directory = save_finetuned(classifier.cpu(), pretrained, out_dir, config, classes, batches)
-    return FinetuneResult(directory, accuracy, macro_f1, len(train_rows), int(val.sum()), history, config)
+    kept = best[1] if best is not None else len(history)
+    return FinetuneResult(directory, accuracy, macro_f1, len(train_rows), int(val.sum()), history, config, kept)
 
 
 def _heads(classifier: CellClassifier) -> nn.ModuleDict:
@@ -200,13 +211,13 @@ def _heads(classifier: CellClassifier) -> nn.ModuleDict:
 
 def track_finetune(result: "FinetuneResult", tracking: TrackingConfig) -> dict[str, str] | None:
     """A new MLflow run (experiment ``<tracking.experiment>-finetune``) with the settings, the
-    per-epoch losses and the held-out scores; None when ``tracking.enabled`` is off."""
+    per-epoch losses (and validation macro-F1) and the held-out scores; None when ``tracking.enabled`` is off."""
     from sc_fm.tracking import flatten, log_report
 
     return log_report(tracking, "finetune", result.directory,
                       {"val_accuracy": result.accuracy, "val_macro_f1": result.macro_f1},
                       params=flatten(dataclasses.asdict(result.config)),
-                      history=[(r["epoch"], {"train_loss": r["train_loss"]}) for r in result.history])
+                      history=[(r["epoch"], {k: v for k, v in r.items() if k != "epoch"}) for r in result.history])
 
 
 def save_finetuned(classifier: CellClassifier, pretrained: Pretrained, out_dir: str | Path,
