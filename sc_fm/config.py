@@ -381,9 +381,6 @@ class FinetuneConfig:
     lr: float | None = None
     head_lr: float = 1e-2
     encoder_warmup: float = 0.1  # the encoder's rate rises from 0 to lr over this fraction of the steps
-    # each step's cells are tokenised afresh with pretraining's depth down-sampling
-    # (tokenizer.downsample_prob of the checkpoint), so the head meets each cell at many depths
-    augment: bool = False
     weight_decay: float = 0.01
     # "balanced": each class's loss weighted by n / (k * its training cells), as scikit-learn's
     # class_weight="balanced", so a rare type counts as much as a common one; "none": plain

@@ -164,28 +164,3 @@ def test_bad_finetune_input(tiny_checkpoint, tiny_atlas, tmp_path, capsys):
     with pytest.raises(InputDataError, match="needs at least two"):  # not "accuracy 1.000" on one class
         finetune(pretrained, one_class, tmp_path / "c", FinetuneConfig(label_key="one"), progress=False)
 
-
-def test_rows_tokenised_afresh_match_the_whole_input_and_augment_only_with_an_rng(tiny_checkpoint, tiny_atlas):
-    pretrained = Pretrained.load(tiny_checkpoint)
-    inputs = pretrained.input_cells(tiny_atlas[:120].copy(), InputSettings(batch_key="dataset"))
-    whole = inputs.tokenize()
-    rows = np.array([3, 17, 40, 41, 99])
-    again = inputs.tokenize_rows(rows, None)
-    for i, row in enumerate(rows):
-        np.testing.assert_array_equal(again[i].gene_ids, whole[int(row)].gene_ids)
-        np.testing.assert_array_equal(again[i].values, whole[int(row)].values)
-    augmented = inputs.tokenize_rows(np.arange(120), np.random.default_rng(0))
-    changed = [not np.array_equal(augmented[i].values, whole[i].values) for i in range(120)]
-    # about downsample_prob of the cells are thinned; the others keep their tokens
-    assert 0.25 < np.mean(changed) < 0.75
-
-
-def test_augmented_finetune_trains_on_fresh_tokens(tiny_checkpoint, tiny_atlas, tmp_path):
-    pretrained = Pretrained.load(tiny_checkpoint)
-    adata = tiny_atlas[:200].copy()
-    losses = {}
-    for augment in (False, True):
-        config = FinetuneConfig(label_key="cell_type", max_steps=4, augment=augment)
-        result = finetune(pretrained, adata, tmp_path / str(augment), config, progress=False)
-        losses[augment] = result.history[0]["train_loss"]
-    assert losses[False] != losses[True]  # the same cells in the same order, but other tokens

@@ -26,7 +26,7 @@ from sc_fm.errors import InputDataError
 from sc_fm.finetune.heads import CellClassifier
 from sc_fm.finetune.splits import group_split
 from sc_fm.batch import to_device
-from sc_fm.pretrained import InputCells, Pretrained, unmasked_batches
+from sc_fm.pretrained import Pretrained, unmasked_batches
 from sc_fm.pretrained.batches import evaluating
 from sc_fm.pretrained.inputs import require_obs_column
 from sc_fm.rundir import run_config_of
@@ -52,12 +52,6 @@ def _batch(tokenizer: CellTokenizer, cells: TokenizedCells, rows: np.ndarray, de
     """The cells ``rows`` (any order) as one unmasked batch on ``device``, for training steps."""
     return to_device(tokenizer.mask_and_pack(TokenizedCells.concat([cells[int(i)] for i in rows]), None, rows),
                      device)
-
-
-def _augmented_batch(inputs: InputCells, rows: np.ndarray, rng: np.random.Generator, device: torch.device) -> dict:
-    """The cells ``rows`` (sorted) tokenised afresh with the tokenizer's training augmentation."""
-    return to_device(inputs.tokenizer.mask_and_pack(inputs.tokenize_rows(rows, rng), None, rows), device)
-
 
 def predict(classifier: CellClassifier, tokenizer: CellTokenizer, cells: TokenizedCells,
             batch_cells: int) -> np.ndarray:
@@ -142,7 +136,6 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
     config = dataclasses.replace(config, lr=encoder_lr(pretrained, config))  # saved and tracked as used
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    augment_rng = np.random.default_rng([config.seed, 1])  # its own stream: the cell order stays the seed's
     device = pick_device(device)
     inputs = pretrained.input_cells(adata, config.input, where)
     tokenizer, cells = inputs.tokenizer, inputs.tokenize()
@@ -174,8 +167,7 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
         total = 0.0
         for lo in range(0, len(order), config.batch_cells):
             rows = np.sort(order[lo:lo + config.batch_cells])
-            out = classifier(_augmented_batch(inputs, rows, augment_rng, device) if config.augment
-                             else _batch(tokenizer, cells, rows, device))
+            out = classifier(_batch(tokenizer, cells, rows, device))
             loss = nn.functional.cross_entropy(out["logits"], y[rows], weight=weight)
             if b is not None:
                 adversary_loss = nn.functional.cross_entropy(out["batch_logits"], b[rows])

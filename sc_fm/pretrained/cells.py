@@ -94,15 +94,6 @@ class InputCells:
                 rows.indptr, rows.indices, rows.data, {k: [v] * n for k, v in conditions.items()},
                 None if self.groups is None else self.groups[start:start + n])
 
-    def tokenize_rows(self, rows: np.ndarray, rng: np.random.Generator | None) -> TokenizedCells:
-        """The cells ``rows`` (sorted positions) tokenised afresh; ``rng`` draws the tokenizer's
-        training augmentation (depth down-sampling, condition dropout), None: as ``tokenize``."""
-        counts = self._mapped[rows] if self._mapped is not None else self.mapping.to_vocab(self._counts[rows])
-        n = counts.shape[0]
-        return self.tokenizer.encode_rows(
-            counts.indptr, counts.indices, counts.data, {k: [v] * n for k, v in self.conditions.items()},
-            None if self.groups is None else self.groups[rows], rng)
-
     def tokenize(self) -> TokenizedCells:
         """Every cell's tokens at once (for loops that revisit cells, such as fine-tuning)."""
         return TokenizedCells.concat([cells for _, cells in self.tokenized_blocks()])
