@@ -375,9 +375,9 @@ class FinetuneConfig:
     epochs: int = 10
     max_steps: int | None = None  # exactly this many optimiser steps (epochs then ignored); None: epochs
     batch_cells: int = 16  # cells per training step
-    # encoder; None: the rate the checkpoint was pretrained at (train.lr of its config.yaml). On the
-    # PBMC cross-chemistry set 1e-5 left the encoder where it was (macro F1 0.72, as the linear
-    # probe) and the pretraining rate gave 0.80 (docs/evaluate.md)
+    # encoder; None: a tenth of the rate the checkpoint was pretrained at (train.lr of its
+    # config.yaml), as adaptation. On the PBMC cross-chemistry set 1e-5 left the encoder where it
+    # was, and the full pretraining rate overfitted one direction (docs/evaluate.md)
     lr: float | None = None
     head_lr: float = 1e-2
     encoder_warmup: float = 0.1  # the encoder's rate rises from 0 to lr over this fraction of the steps
@@ -396,7 +396,7 @@ class FinetuneConfig:
         require([(self.epochs >= 1, "finetune.epochs must be at least 1"),
                  (self.max_steps is None or self.max_steps >= 1, "finetune.max_steps must be at least 1 or null"),
                  (self.batch_cells >= 2, "finetune.batch_cells must be at least 2"),
-                 (self.lr is None or self.lr > 0, "finetune.lr must be positive (or null: the pretraining rate)"),
+                 (self.lr is None or self.lr > 0, "finetune.lr must be positive (or null: a tenth of the pretraining rate)"),
                  (0.0 <= self.encoder_warmup <= 1.0, "finetune.encoder_warmup must be in [0, 1]"),
                  (0.0 < self.val_fraction < 1.0, "finetune.val_fraction must be in (0, 1)"),
                  (self.adversarial_weight >= 0, "finetune.adversarial_weight must be >= 0")])

@@ -97,13 +97,14 @@ def test_encoder_lr_defaults_to_the_checkpoints_pretraining_rate(tiny_checkpoint
     shutil.copytree(tiny_checkpoint, checkpoint)
     (checkpoint / "config.yaml").write_text("train:\n  lr: 2.5e-4\n")
     pretrained = Pretrained.load(checkpoint)
-    assert encoder_lr(pretrained, FinetuneConfig()) == 2.5e-4
+    assert encoder_lr(pretrained, FinetuneConfig()) == pytest.approx(2.5e-5)  # a tenth of it
     assert encoder_lr(pretrained, FinetuneConfig(lr=3e-3)) == 3e-3  # the user's rate wins
-    assert encoder_lr(pretrained.same_start(), FinetuneConfig()) == TrainConfig().lr  # no run config: the default
+    # no run config: a tenth of pretraining's default
+    assert encoder_lr(pretrained.same_start(), FinetuneConfig()) == pytest.approx(TrainConfig().lr / 10)
     config = FinetuneConfig(label_key="cell_type", max_steps=1)
     result = finetune(pretrained, tiny_atlas[:100].copy(), tmp_path / "ft", config, progress=False)
-    assert result.config.lr == 2.5e-4 and config.lr is None  # the caller's config is not changed
-    assert json.loads((result.directory / "finetune.json").read_text())["config"]["lr"] == 2.5e-4
+    assert result.config.lr == pytest.approx(2.5e-5) and config.lr is None  # the caller's config is unchanged
+    assert json.loads((result.directory / "finetune.json").read_text())["config"]["lr"] == result.config.lr
 
 
 def test_the_kept_epoch_is_the_best_on_validation(tiny_checkpoint, tiny_atlas, tmp_path):

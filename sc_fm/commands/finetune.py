@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="full fine-tune, or linear probe on the frozen encoder")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None,
-                        help="encoder learning rate (full mode; default: the checkpoint's pretraining rate)")
+                        help="encoder learning rate (full mode; default: a tenth of the checkpoint's pretraining rate)")
     parser.add_argument("--head-lr", type=float, default=None)
     parser.add_argument("--class-weight", choices=["none", "balanced"], default=None,
                         help="balanced: weight each class's loss by the inverse of its training cells "

@@ -156,7 +156,7 @@ def write_annotation_report(result, split: AnnotationSplit, out_dir: str | Path,
 
 
 def _encoder_lr(config: FinetuneConfig) -> str:
-    return f"{config.lr:g}" if config.lr is not None else "as the checkpoint was pretrained (train.lr)"
+    return f"{config.lr:g}" if config.lr is not None else "a tenth of the checkpoint's pretraining rate (train.lr)"
 
 
 def _length(config: FinetuneConfig) -> str:

@@ -69,15 +69,18 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+PRETRAINING_RATE_SHARE = 0.1  # the default encoder rate, as a share of the checkpoint's pretraining rate
+
+
 def encoder_lr(pretrained: Pretrained, config: FinetuneConfig) -> float:
-    """The encoder's fine-tuning rate: ``config.lr``, else the rate ``pretrained`` was pretrained at
-    (``train.lr`` in the config.yaml beside it), else pretraining's default. Each model size's
-    run config sets its own pretraining rate, so the default follows the size."""
+    """The encoder's fine-tuning rate: ``config.lr``, else a tenth of the rate ``pretrained`` was
+    pretrained at (``train.lr`` in the config.yaml beside it, else pretraining's default). Each
+    model size's run config sets its own pretraining rate, so the default follows the size."""
     if config.lr is not None:
         return config.lr
     settings = run_config_of(pretrained.path) if pretrained.path is not None else None
     saved = read_yaml(settings).get("train", {}).get("lr") if settings is not None else None
-    return float(saved) if saved is not None else TrainConfig().lr
+    return PRETRAINING_RATE_SHARE * (float(saved) if saved is not None else TrainConfig().lr)
 
 
 def _optimizer(classifier: CellClassifier, config: FinetuneConfig,
