@@ -396,7 +396,8 @@ class FinetuneConfig:
         require([(self.epochs >= 1, "finetune.epochs must be at least 1"),
                  (self.max_steps is None or self.max_steps >= 1, "finetune.max_steps must be at least 1 or null"),
                  (self.batch_cells >= 2, "finetune.batch_cells must be at least 2"),
-                 (self.lr is None or self.lr > 0, "finetune.lr must be positive (or null: a tenth of the pretraining rate)"),
+                 (self.lr is None or self.lr > 0,
+                  "finetune.lr must be positive (or null: a tenth of the pretraining rate)"),
                  (0.0 <= self.encoder_warmup <= 1.0, "finetune.encoder_warmup must be in [0, 1]"),
                  (0.0 < self.val_fraction < 1.0, "finetune.val_fraction must be in (0, 1)"),
                  (self.adversarial_weight >= 0, "finetune.adversarial_weight must be >= 0")])

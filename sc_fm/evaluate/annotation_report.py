@@ -145,10 +145,12 @@ def write_annotation_report(result, split: AnnotationSplit, out_dir: str | Path,
         "- scANVI: from that scVI model (`from_scvi_model`), the query unlabelled, scvi-tools' default epochs.",
         "- `<model> (linear probe)`: logistic regression on the standardised frozen embedding.",
         f"- `<model> (fine-tuned)`: `scfm finetune` on the reference ({finetune_config.mode} mode, "
-        f"{_length(finetune_config)}, {finetune_config.batch_cells} cells a step, encoder lr {_encoder_lr(finetune_config)}, "
-        f"head lr {finetune_config.head_lr:g}, a {finetune_config.val_fraction:g} validation split of the "
-        "reference); `(untrained, same start, fine-tuned)`: the same from the checkpoint's own untrained "
-        "start, the control that shows what pretraining buys.", "",
+        f"{_length(finetune_config)}, {finetune_config.batch_cells} cells a step, "
+        f"encoder lr {_encoder_lr(finetune_config)}, head lr {finetune_config.head_lr:g}, a "
+        f"{finetune_config.val_fraction:g} validation split of the reference"
+        f"{', the epoch best on it kept' if finetune_config.select_epoch else ''}); "
+        "`(untrained, same start, fine-tuned)`: the same from the checkpoint's own untrained start, the "
+        "control that shows what pretraining buys.", "",
     ])
     path = out / REPORT_MD
     path.write_text(text)
