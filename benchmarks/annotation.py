@@ -11,8 +11,8 @@ Ends with ``result: NAME ratio=X target=Y`` lines, each the worse of the two dir
 ``finetuned_vs_logreg`` (macro-F1 ratio), ``finetuned_vs_scanvi`` (read as "at most 0.01 below"),
 ``pretrained_vs_start_finetuned`` (fine-tuned from the checkpoint over fine-tuned from its own
 untrained start). ``--quick`` prints every line at smoke size (a cell sample, short scVI and
-fine-tuning). ``--ablation`` runs fine-tuning variants instead (linear head, learning rate, steps,
-a class-weighted loss, a class-balanced reference), the first chemistry as the reference.
+fine-tuning). ``--ablation`` runs fine-tuning variants instead (``ablation_variants``), both
+directions, ``--seeds`` seeds each.
 """
 
 from __future__ import annotations
@@ -52,9 +52,28 @@ def balanced(adata, batch_key: str, label_key: str, reference: str, seed: int = 
     return adata[keep].copy()
 
 
-def ablation(adata, checkpoint: Path, reference: str, finetune_config, steps: int, only: list[str]) -> None:
-    """Fine-tuning variants (one seed, reference ``reference``): macro-F1 and accuracy on the query;
-    ``only``: the variants whose names hold one of these words (empty: all)."""
+def ablation_variants(finetune_config, steps: int | None) -> dict[str, dict]:
+    """Name -> the FinetuneConfig fields each variant changes (``same_start``: from the checkpoint's
+    own untrained start; ``balanced``: a class-balanced reference)."""
+    longer = {"max_steps": 3 * steps} if steps else {"epochs": 3 * finetune_config.epochs}
+    return {
+        "default": {},
+        "default, from the untrained same start": {"same_start": True},
+        "linear head on the frozen encoder (--mode linear)": {"mode": "linear"},
+        "encoder lr 1e-5, no warmup, last epoch (the previous default)":
+            {"lr": 1e-5, "encoder_warmup": 0.0, "select_epoch": False},
+        "encoder lr 3e-4": {"lr": 3e-4}, "encoder lr 1e-3": {"lr": 1e-3},
+        "encoder lr 1e-3, no warmup": {"lr": 1e-3, "encoder_warmup": 0.0},
+        "last epoch (no selection)": {"select_epoch": False},
+        "three times the steps": longer,
+        "class-weighted loss (--class-weight balanced)": {"class_weight": "balanced"},
+        "class-balanced reference (each class cut to the smallest)": {"balanced": True},
+    }
+
+
+def ablation(adata, checkpoint: Path, finetune_config, steps: int | None, seeds: int, only: list[str]) -> None:
+    """Fine-tuning variants, each chemistry the reference in turn, seeds 0..``seeds``-1: macro-F1
+    and accuracy on the query; ``only``: the variants whose names hold one of these words (empty: all)."""
     import dataclasses
 
     from sc_fm.classify import ACCURACY, MACRO_F1, annotation_scores
@@ -63,21 +82,21 @@ def ablation(adata, checkpoint: Path, reference: str, finetune_config, steps: in
     from sc_fm.evaluate.annotation import CheckpointMethods
     from sc_fm.evaluate.annotation_split import split_reference
 
-    variants = {"default": {}, "linear head on the frozen encoder (--mode linear)": {"mode": "linear"},
-                "encoder lr 1e-4": {"lr": 1e-4}, "encoder lr 1e-3": {"lr": 1e-3},
-                f"{3 * steps} steps": {"max_steps": 3 * steps},
-                "class-weighted loss (--class-weight balanced)": {"class_weight": "balanced"}}
     base = dataclasses.replace(finetune_config, max_steps=steps)
-    runs = {name: (adata, dataclasses.replace(base, **change)) for name, change in variants.items()}
-    runs["class-balanced reference"] = (balanced(adata, PBMC_BATCH, PBMC_LABEL, reference), base)
-    for name, (cells, config) in runs.items():
+    for name, change in ablation_variants(base, steps).items():
         if only and not any(word in name for word in only):
             continue
-        split = split_reference(cells, PBMC_BATCH, PBMC_LABEL, [reference], "PBMC")
-        rows = CheckpointMethods(checkpoint, split, config, InputSettings(batch_key=PBMC_BATCH), False, "PBMC")
-        scores = annotation_scores(split.truth, rows.finetuned(config.seed, same_start=False), split.shared)
-        print(f"ablation [{reference} -> query] {name}: macro F1 {scores[MACRO_F1]:.3f}, "
-              f"accuracy {scores[ACCURACY]:.3f} ({int(split.reference.sum())} reference cells)")
+        change = dict(change)
+        same_start, is_balanced = change.pop("same_start", False), change.pop("balanced", False)
+        for reference in adata.obs[PBMC_BATCH].cat.categories:
+            cells = balanced(adata, PBMC_BATCH, PBMC_LABEL, reference) if is_balanced else adata
+            split = split_reference(cells, PBMC_BATCH, PBMC_LABEL, [reference], "PBMC")
+            rows = CheckpointMethods(checkpoint, split, dataclasses.replace(base, **change),
+                                     InputSettings(batch_key=PBMC_BATCH), False, "PBMC")
+            for seed in range(seeds):
+                scores = annotation_scores(split.truth, rows.finetuned(seed, same_start=same_start), split.shared)
+                print(f"ablation [{reference} -> query] seed {seed} {name}: macro F1 {scores[MACRO_F1]:.3f}, "
+                      f"accuracy {scores[ACCURACY]:.3f} ({int(split.reference.sum())} reference cells)", flush=True)
 
 
 def main() -> int:
@@ -91,8 +110,9 @@ def main() -> int:
     parser.add_argument("--finetune-steps", type=int, default=None,
                         help="optimiser steps per fine-tuning (default: scfm finetune's epochs)")
     parser.add_argument("--ablation", nargs="*", default=None, metavar="WORD",
-                        help="instead: fine-tuning variants (linear head, learning rate, steps, class weights, "
-                             "class balance), the first chemistry the reference, one seed; WORDs pick variants")
+                        help="instead: fine-tuning variants (same start, linear head, learning rate, warmup, "
+                             "epoch selection, steps, class weights, class balance), both directions, --seeds "
+                             "seeds; WORDs pick variants by name")
     args = parser.parse_args()
 
     from sc_fm import demo
@@ -116,8 +136,7 @@ def main() -> int:
         adata = sample(adata, PBMC_BATCH, QUICK_CELLS_PER_CHEMISTRY)
     seeds = args.seeds or (1 if args.quick else 3)
     if args.ablation is not None:
-        ablation(adata, checkpoint, adata.obs[PBMC_BATCH].cat.categories[0], finetune_config,
-                 steps or QUICK_FINETUNE_STEPS, args.ablation)
+        ablation(adata, checkpoint, finetune_config, steps, seeds, args.ablation)
         return 0
     name = Pretrained.load(checkpoint).name
     ratios: dict[str, list[float]] = {"finetuned_vs_logreg": [], "finetuned_vs_scanvi": [],
