@@ -125,9 +125,6 @@ class TokenizerConfig:
     stats_group: str = "dataset"
     # a group's median is used for a gene seen in at least this many of its cells, else global
     min_group_cells: int = 20
-    # what a gene is divided by: its nonzero median (Geneformer's), or "mean": its mean over all
-    # cells, zeros included, which also weighs genes by rarity (a marker found in few cells ranks high)
-    gene_scale: Literal["nonzero_median", "mean"] = "nonzero_median"
     condition_keys: list[str] = field(default_factory=lambda: ["assay", "dataset"])
     condition_dropout: float = 0.1  # training: each condition token is dropped (<unk>) this often
     context: Literal["top", "sample"] = "top"

@@ -321,25 +321,3 @@ def test_the_medians_scale_is_recorded_in_the_store_and_must_match_target_sum(ti
                                tokenizer.condition_vocabs)
     with pytest.raises(ConfigError, match="the input's own normalisers"):
         mismatched.with_group_normalisers(iter([]))
-
-
-def test_mean_gene_scale_is_each_genes_mean_over_all_cells_zeros_included():
-    from sc_fm.config import CP10K
-    from sc_fm.stats import GeneStatsAccumulator
-    from sc_fm.tokenize.normalisers import medians_by_group
-
-    x = random_counts(40, seed=3, density=0.1)
-    x[:, 7] = 0  # a gene no cell expresses
-    x.eliminate_zeros()
-    fallback = np.full(N_GENES, 2.0, dtype=np.float32)
-    groups = np.array(["a"] * 25 + ["b"] * 15)
-    scales = medians_by_group([(x, groups)], N_GENES, fallback, min_group_cells=0, kind="mean")
-    for name in ("a", "b"):
-        rows = x[groups == name].toarray().astype(np.float64)
-        normalised = rows / rows.sum(axis=1, keepdims=True) * CP10K
-        expected = np.where(rows.any(axis=0), normalised.mean(axis=0), 2.0)  # never seen: the fallback
-        np.testing.assert_allclose(scales[name], expected, rtol=1e-5)
-    acc = GeneStatsAccumulator(N_GENES)
-    acc.update(x.indptr, x.indices, x.data)
-    medians = medians_by_group([(x, np.zeros(40, dtype=str))], N_GENES, fallback, 0)  # the default kind
-    np.testing.assert_allclose(medians[""], np.nan_to_num(acc.finish().nonzero_median, nan=2.0), rtol=1e-6)

@@ -21,7 +21,6 @@ from sc_fm.store import GLOBAL_GROUP, CorpusStore
 
 GLOBAL_VALUE = "all"
 NO_NORMALISERS = "none"
-NONZERO_MEDIAN = "nonzero_median"
 
 
 def is_group_normalised(stats_group: str) -> bool:
@@ -29,31 +28,19 @@ def is_group_normalised(stats_group: str) -> bool:
     return stats_group not in (GLOBAL_GROUP, NO_NORMALISERS)
 
 
-def gene_scales(stats: GeneStats, kind: str = NONZERO_MEDIAN) -> np.ndarray:
-    """Each gene's scale in depth-normalised units (NaN where never expressed): its nonzero
-    median, or (``mean``) its mean over all cells, zeros included, which also divides by how
-    many cells express it, so that a gene specific to few cells ranks high where it is found."""
-    if kind == NONZERO_MEDIAN:
-        return stats.nonzero_median
-    mean = stats.sum_norm / max(stats.n_cells, 1)
-    return np.where(stats.n_expr > 0, mean, np.nan)
+def global_medians(stats: GeneStats) -> np.ndarray:
+    """Corpus-wide nonzero medians; a gene never expressed anywhere gets 1."""
+    return np.nan_to_num(stats.nonzero_median, nan=1.0).astype(np.float32)
 
 
-def global_medians(stats: GeneStats, kind: str = NONZERO_MEDIAN) -> np.ndarray:
-    """Corpus-wide gene scales (``gene_scales``); a gene never expressed anywhere gets 1."""
-    return np.nan_to_num(gene_scales(stats, kind), nan=1.0).astype(np.float32)
-
-
-def trusted_medians(stats: GeneStats, fallback: np.ndarray, min_group_cells: int,
-                    kind: str = NONZERO_MEDIAN) -> np.ndarray:
-    """A group's gene scales where it saw the gene in ``min_group_cells`` cells, else ``fallback``."""
-    scales = gene_scales(stats, kind)
-    trusted = (stats.n_expr >= min_group_cells) & np.isfinite(scales)
-    return np.where(trusted, scales, fallback).astype(np.float32)
+def trusted_medians(stats: GeneStats, fallback: np.ndarray, min_group_cells: int) -> np.ndarray:
+    """A group's nonzero medians where it saw the gene in ``min_group_cells`` cells, else ``fallback``."""
+    trusted = (stats.n_expr >= min_group_cells) & np.isfinite(stats.nonzero_median)
+    return np.where(trusted, stats.nonzero_median, fallback).astype(np.float32)
 
 
 def medians_by_group(blocks: Iterable[tuple[sp.csr_matrix, np.ndarray]], n_genes: int, fallback: np.ndarray,
-                     min_group_cells: int, kind: str = NONZERO_MEDIAN) -> dict[str, np.ndarray]:
+                     min_group_cells: int) -> dict[str, np.ndarray]:
     """Normalisers of new cells' own groups: ``blocks`` yields (count rows in vocabulary space,
     each row's group value); one pass, one accumulator per group value."""
     accumulators: dict[str, GeneStatsAccumulator] = {}
@@ -62,7 +49,7 @@ def medians_by_group(blocks: Iterable[tuple[sp.csr_matrix, np.ndarray]], n_genes
             part = rows[groups == value]
             acc = accumulators.setdefault(str(value), GeneStatsAccumulator(n_genes))
             acc.update(part.indptr, part.indices, part.data)
-    return {value: trusted_medians(acc.finish(), fallback, min_group_cells, kind)
+    return {value: trusted_medians(acc.finish(), fallback, min_group_cells)
             for value, acc in sorted(accumulators.items())}
 
 
@@ -87,22 +74,22 @@ class KeptStatistics(Protocol):
     categories: dict[str, list[str]]
 
 
-def build_normalisers(stores: Sequence[CorpusStore], group: str, min_group_cells: int,
-                      kind: str = NONZERO_MEDIAN) -> dict[str, dict[str, np.ndarray]]:
+def build_normalisers(stores: Sequence[CorpusStore], group: str,
+                      min_group_cells: int) -> dict[str, dict[str, np.ndarray]]:
     """``{"global": {"all": m}, group: {value: m_value}}`` float32 ``[n_genes]``, gaps filled."""
     by_value = merged_stats(stores, group) if is_group_normalised(group) else {}
     return normalisers_from_stats(merged_stats(stores, GLOBAL_GROUP)[GLOBAL_VALUE], by_value, group,
-                                  min_group_cells, kind)
+                                  min_group_cells)
 
 
 def normalisers_from_stats(global_stats: GeneStats, group_stats: dict[str, GeneStats], group: str,
-                           min_group_cells: int, kind: str = NONZERO_MEDIAN) -> dict[str, dict[str, np.ndarray]]:
+                           min_group_cells: int) -> dict[str, dict[str, np.ndarray]]:
     """The normaliser table of ``build_normalisers`` from statistics already merged."""
-    global_median = global_medians(global_stats, kind)
+    global_median = global_medians(global_stats)
     out = {GLOBAL_GROUP: {GLOBAL_VALUE: global_median}}
     if not is_group_normalised(group):
         return out
-    out[group] = {value: trusted_medians(stats, global_median, min_group_cells, kind)
+    out[group] = {value: trusted_medians(stats, global_median, min_group_cells)
                   for value, stats in sorted(group_stats.items())}
     return out
 

@@ -117,10 +117,10 @@ class CellTokenizer:
             check_vocabulary(store, vocab)
             check_median_scale(config, store.stats_target_sum, str(store.path))
         if kept is None:
-            normalisers = build_normalisers(stores, config.stats_group, config.min_group_cells, config.gene_scale)
+            normalisers = build_normalisers(stores, config.stats_group, config.min_group_cells)
         else:
             normalisers = normalisers_from_stats(kept.global_stats, kept.group_stats, config.stats_group,
-                                                 config.min_group_cells, config.gene_scale)
+                                                 config.min_group_cells)
         condition_vocabs = {}
         for key in config.condition_keys:
             if not any(key in s.categories for s in stores):
@@ -195,8 +195,7 @@ class CellTokenizer:
         keep the global median, by the same rule as at pretraining."""
         check_median_scale(self.config, CP10K, "the input's own normalisers")
         fallback = self.normalisers[GLOBAL_GROUP][GLOBAL_VALUE]
-        by_value = medians_by_group(blocks, self.vocab.n_genes, fallback, self.config.min_group_cells,
-                                    self.config.gene_scale)
+        by_value = medians_by_group(blocks, self.vocab.n_genes, fallback, self.config.min_group_cells)
         normalisers = {GLOBAL_GROUP: self.normalisers[GLOBAL_GROUP], self.config.stats_group: by_value}
         return CellTokenizer(self.config, self.vocab, normalisers, self.condition_vocabs)
 
