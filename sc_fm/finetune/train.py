@@ -53,6 +53,7 @@ def _batch(tokenizer: CellTokenizer, cells: TokenizedCells, rows: np.ndarray, de
     return to_device(tokenizer.mask_and_pack(TokenizedCells.concat([cells[int(i)] for i in rows]), None, rows),
                      device)
 
+
 def predict(classifier: CellClassifier, tokenizer: CellTokenizer, cells: TokenizedCells,
             batch_cells: int) -> np.ndarray:
     """Class probabilities ``[n, n_classes]`` for every cell."""
