@@ -20,7 +20,7 @@ from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.outputs import remove_stale_siblings, swap_in, work_dir
 from sc_fm.pretrained import Pretrained
 from sc_fm.pretrained.inputs import require_counts, require_obs_column, stored_values
-from sc_fm.rundir import METRICS_FILE, run_config_of
+from sc_fm.rundir import METRICS_FILE
 from sc_fm.store import CorpusStore
 from sc_fm.tokenize.normalisers import is_group_normalised
 
@@ -48,11 +48,6 @@ def check_input(pretrained: Pretrained, adata, config: AdaptConfig, where: str, 
                              f"(train.micro_batch_cells of the checkpoint)", where,
                              f"adapt on at least {minimum} cells, or pass train.micro_batch_cells=N "
                              f"and train.global_batch_cells=N with a smaller N")
-
-
-def settings_of(pretrained: Pretrained) -> Path | None:
-    """The run config saved beside a checkpoint (its ``config.yaml``), if any."""
-    return run_config_of(pretrained.path) if pretrained.path is not None else None
 
 
 def run_config(pretrained: Pretrained, config: AdaptConfig, stores: list[str], settings: Path | None,
@@ -102,7 +97,7 @@ def adapt(pretrained: Pretrained, adata, out_dir: str | Path, config: AdaptConfi
     a from-scratch control passes its pretrained sibling's, so both train alike)."""
     from sc_fm.train import pretrain
 
-    settings = settings or settings_of(pretrained)
+    settings = settings or pretrained.run_config
     check_input(pretrained, adata, config, where, settings)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:

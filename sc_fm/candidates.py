@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sc_fm.adapt import adapt, settings_of
+from sc_fm.adapt import adapt
 from sc_fm.config import AdaptConfig, BenchmarkConfig
 from sc_fm.evaluate.benchmark import checkpoint_names
 from sc_fm.pretrained import Pretrained
@@ -46,7 +46,7 @@ def seeded_rows(checkpoints: list[str | Path], adata, config: BenchmarkConfig, w
         if not config.adapt_steps:
             continue
         slug = name.replace(" ", "_").replace("(", "").replace(")", "")
-        settings = settings_of(pretrained)
+        settings = pretrained.run_config
 
         def adapted(seed: int, steps: int, scratch: bool, pretrained=pretrained, embed=embed,
                     slug=slug, settings=settings) -> np.ndarray:

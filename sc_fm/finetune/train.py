@@ -29,7 +29,6 @@ from sc_fm.batch import to_device
 from sc_fm.pretrained import Pretrained, unmasked_batches
 from sc_fm.pretrained.batches import evaluating
 from sc_fm.pretrained.inputs import require_obs_column
-from sc_fm.rundir import run_config_of
 from sc_fm.tokenize import CellTokenizer, TokenizedCells
 
 HEAD_FILE, FINETUNE_FILE = "head.safetensors", "finetune.json"
@@ -79,7 +78,7 @@ def encoder_lr(pretrained: Pretrained, config: FinetuneConfig) -> float:
     model size's run config sets its own pretraining rate, so the default follows the size."""
     if config.lr is not None:
         return config.lr
-    settings = run_config_of(pretrained.path) if pretrained.path is not None else None
+    settings = pretrained.run_config
     saved = read_yaml(settings).get("train", {}).get("lr") if settings is not None else None
     return PRETRAINING_RATE_SHARE * (float(saved) if saved is not None else TrainConfig().lr)
 
@@ -162,7 +161,7 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
     per_epoch = -(-len(train_rows) // config.batch_cells)
     steps_left = config.max_steps if config.max_steps is not None else config.epochs * per_epoch
     optimizer, schedule = _optimizer(classifier, config, steps_left)
-    val_cells = TokenizedCells.concat([cells[int(i)] for i in np.flatnonzero(val)])
+    val_cells = cells.take(np.flatnonzero(val))
     best: tuple[float, int, dict] | None = None  # (validation macro-F1, epoch, the classifier's state)
     for epoch in tqdm(range(-(-steps_left // per_epoch)), desc="fine-tuning", disable=not progress):
         classifier.train()
@@ -184,9 +183,9 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
         history.append({"epoch": epoch + 1, "train_loss": total / max(len(order), 1)})
         if config.select_epoch:
             guess = np.asarray(classes)[predict(classifier, tokenizer, val_cells, config.input.batch_cells).argmax(1)]
-            history[-1]["val_macro_f1"] = float(f1_score(labels[val], guess, average="macro"))
-            if best is None or history[-1]["val_macro_f1"] >= best[0]:  # a tie keeps the later epoch
-                best = (history[-1]["val_macro_f1"], epoch + 1, copy.deepcopy(classifier.state_dict()))
+            score = history[-1]["val_macro_f1"] = float(f1_score(labels[val], guess, average="macro"))
+            if best is None or score >= best[0]:  # a tie keeps the later epoch
+                best = (score, epoch + 1, copy.deepcopy(classifier.state_dict()))
     if best is not None:
         classifier.load_state_dict(best[2])
     predicted = np.asarray(classes)[predict(classifier, tokenizer, cells, config.input.batch_cells).argmax(axis=1)]

@@ -25,6 +25,7 @@ from sc_fm.pretrained.batches import embed_cells
 from sc_fm.pretrained.cells import InputCells
 from sc_fm.pretrained.genes import GeneMapping, map_genes
 from sc_fm.pretrained.inputs import require_obs_column
+from sc_fm.rundir import run_config_of
 from sc_fm.tokenize import CellTokenizer
 from sc_fm.vocab import GeneVocab
 
@@ -56,6 +57,12 @@ class Pretrained:
     def name(self) -> str:
         """Display name in reports: ``sc_fm-<size>``."""
         return f"sc_fm-{self.model.config.size}"
+
+    @property
+    def run_config(self) -> Path | None:
+        """The run config saved beside this checkpoint (its ``config.yaml``), if any: the settings
+        adaptation continues with and the pretraining rate fine-tuning starts from."""
+        return run_config_of(self.path) if self.path is not None else None
 
     @property
     def has_start(self) -> bool:
