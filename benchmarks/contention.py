@@ -4,7 +4,10 @@ sc_fm's thread policy (``sc_fm/threads.py``) and under the one before it.
 The tiny model's training step (two micro-batches of 32 packed cells, max_len 128, as
 ``configs/runs/tiny.yaml``; forward, backward, clipping, AdamW) and its embedding pass
 (``model.embed`` under inference mode, 64 cells a batch) run on simulated batches in a
-worker process per policy, since OpenMP reads its wait policy once, when torch loads:
+worker process per policy, since OpenMP reads its wait policy once, when torch loads. Every
+simulated cell fills the 128 tokens, as every shipped cell does at that length (PBMC and
+mixture pretraining cells, both evaluation sets); ``--short-cells`` draws log-normal lengths
+(median 64) instead, the shape of longer contexts, where cells differ in length:
 
 - ``new``: sc_fm imported first (its bounded OpenMP spin), threads from ``cpu_threads()``;
 - ``before``: torch imported first (``OMP_WAIT_POLICY`` and ``GOMP_SPINCOUNT`` unset: libgomp's
@@ -66,7 +69,7 @@ while True:
 
 
 def worker(mode: str, policy: str, seconds: float, windows: list[str], groups: dict[str, int],
-           started_beside: str | None = None) -> dict:
+           started_beside: str | None = None, full: bool = True) -> dict:
     """Run in its own process: tokens/s of ``mode`` in each window, competitors paused or running;
     the thread count is decided while ``started_beside`` runs (None: every competitor paused)."""
     if policy == "before":
@@ -92,7 +95,7 @@ def worker(mode: str, policy: str, seconds: float, windows: list[str], groups: d
     torch.manual_seed(0)
     model = MaskedGeneTransformer(ModelConfig(size="tiny"), n_tokens, "continuous", 51, CONDITIONS)
     cells = CELLS if mode == "train" else EMBED_CELLS
-    batches = [synthetic_batch(cells, MAX_LEN, n_tokens, len(CONDITIONS), cpu, seed) for seed in range(4)]
+    batches = [synthetic_batch(cells, MAX_LEN, n_tokens, len(CONDITIONS), cpu, seed, full) for seed in range(4)]
     optimizer = build_optimizer(model, TrainConfig(), cpu)
 
     def step(i: int) -> int:
@@ -170,11 +173,13 @@ def start_pretrain(workdir: Path) -> subprocess.Popen:
 
 
 def run_worker(mode: str, policy: str, seconds: float, windows: list[str], groups: dict[str, int],
-               started_beside: str | None = None) -> dict:
+               started_beside: str | None = None, short_cells: bool = False) -> dict:
     args = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--policy", policy,
             "--seconds", str(seconds), "--windows", ",".join(windows), "--groups", json.dumps(groups)]
     if started_beside:
         args += ["--started-beside", started_beside]
+    if short_cells:
+        args.append("--short-cells")
     out = subprocess.run(args, env=child_env(), capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(f"worker {mode}/{policy} failed:\n{out.stderr}")
@@ -192,6 +197,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 9, quick 5)")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per window (default 8, quick 3)")
     parser.add_argument("--no-pretrain", action="store_true", help="leave out the scfm pretrain competitor")
+    parser.add_argument("--short-cells", action="store_true",
+                        help="log-normal cell lengths (median 64) instead of every cell filling max_len 128")
     parser.add_argument("--worker", choices=("train", "embed"), help=argparse.SUPPRESS)
     parser.add_argument("--policy", choices=("new", "before"), help=argparse.SUPPRESS)
     parser.add_argument("--windows", help=argparse.SUPPRESS)
@@ -200,7 +207,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.policy, args.seconds, args.windows.split(","),
-                                json.loads(args.groups), args.started_beside)))
+                                json.loads(args.groups), args.started_beside, not args.short_cells)))
         return
     rounds = args.rounds or (5 if args.quick else 9)
     seconds = args.seconds or (3.0 if args.quick else 8.0)
@@ -221,13 +228,14 @@ def main() -> None:
                     for policy in (("new", "before") if r % 2 == 0 else ("before", "new")):
                         windows = ["alone", "matmul"] + (["pretrain"] if mode == "train" and "pretrain" in procs
                                                          else [])
-                        out = run_worker(mode, policy, seconds, windows, groups)
+                        out = run_worker(mode, policy, seconds, windows, groups, short_cells=args.short_cells)
                         results.setdefault((mode, policy), []).append(out)
                         rates = ", ".join(f"{w} {rate:,.0f}" for w, rate in out["rates"].items())
                         print(f"round {r + 1} {mode:<5} {policy:<6} ({out['threads']} thr): {rates} tokens/s",
                               flush=True)
                 if "pretrain" in procs:  # the other order: the measured run starts second, beside it
-                    out = run_worker("train", "new", seconds, ["alone", "pretrain"], groups, "pretrain")
+                    out = run_worker("train", "new", seconds, ["alone", "pretrain"], groups, "pretrain",
+                                     args.short_cells)
                     results.setdefault(SECOND, []).append(out)
                     rates = ", ".join(f"{w} {rate:,.0f}" for w, rate in out["rates"].items())
                     print(f"round {r + 1} train new, started beside pretrain ({out['threads']} thr): {rates} tokens/s",

@@ -116,9 +116,11 @@ def parity(device, dtype, max_len: int) -> dict[str, float]:
     return errors
 
 
-def synthetic_batch(n_cells: int, max_len: int, n_tokens: int, n_conditions: int, device, seed: int) -> dict:
-    """A packed training batch of the model contract: log-normal cell lengths (median ~ max_len / 2),
-    genes distinct within a cell, 15% masked, counts for the cell-level objective."""
+def synthetic_batch(n_cells: int, max_len: int, n_tokens: int, n_conditions: int, device, seed: int,
+                    full: bool = False) -> dict:
+    """A packed training batch of the model contract: log-normal cell lengths (median ~ max_len / 2)
+    or, ``full``, every cell ``max_len`` long, genes distinct within a cell, 15% masked, counts for
+    the cell-level objective."""
     import torch
 
     from sc_fm.batch import (EXPRESSION_COUNTS, EXPRESSION_GENES, EXPRESSION_OFFSETS, HIDDEN_VALUE,
@@ -127,7 +129,7 @@ def synthetic_batch(n_cells: int, max_len: int, n_tokens: int, n_conditions: int
 
     g = torch.Generator().manual_seed(seed)
     lengths = (torch.randn(n_cells, generator=g) * 0.5 + torch.log(torch.tensor(max_len / 2))).exp()
-    lengths = lengths.clamp(16, max_len).long()
+    lengths = torch.full_like(lengths, max_len).long() if full else lengths.clamp(16, max_len).long()
     genes = [torch.randperm(n_tokens - N_SPECIAL, generator=g)[: int(n) - 1] + N_SPECIAL for n in lengths]
     gene_ids = torch.cat([torch.cat([torch.tensor([CLS_ID]), x]) for x in genes])
     values = torch.rand(len(gene_ids), generator=g) * 4

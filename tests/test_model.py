@@ -87,6 +87,33 @@ def test_sdpa_matches_math_reference(value_encoding):
     torch.testing.assert_close(auto_out, sdpa_out, atol=0, rtol=0)
 
 
+def one_call_per_cell(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0) -> torch.Tensor:
+    """SDPA on each cell alone: what a run of equal-length cells in one call must equal."""
+    outputs = []
+    for cell in qkv.split(cells.split_sizes):
+        q, k, v = (t.unsqueeze(0).transpose(1, 2) for t in cell.unbind(1))
+        outputs.append(F.scaled_dot_product_attention(q, k, v)[0].transpose(0, 1))
+    return torch.cat(outputs)
+
+
+def test_equal_length_runs_are_one_call_and_bit_identical_per_cell(monkeypatch):
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *rest, **kw: calls.append(q.shape[0]) or
+                        sdpa(q, *rest, **kw))
+    lengths = [16, 16, 16, 5, 16, 16, 9, 9, 1]
+    cells = PackedCells(torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int32), 16)
+    assert cells.length_runs == [(16, 3), (5, 1), (16, 2), (9, 2), (1, 1)]
+    qkv = torch.randn(sum(lengths), 3, 4, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    grad = torch.randn(sum(lengths), 4, 8, generator=torch.Generator().manual_seed(1))
+    runs = BACKENDS["sdpa"](qkv, cells)
+    assert calls == [3, 1, 2, 2, 1]  # cells per call: one call per run
+    per_cell = one_call_per_cell(qkv, cells)
+    assert runs.shape == (sum(lengths), 4, 8) and runs.is_contiguous()
+    assert torch.equal(runs, per_cell)
+    assert torch.equal(torch.autograd.grad(runs, qkv, grad)[0], torch.autograd.grad(per_cell, qkv, grad)[0])
+
+
 def padded_attention(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0) -> torch.Tensor:
     """What a padded model (BERT) computes: ``[B, L_max]`` slots, padded keys masked out."""
     n_cells, width = len(cells.split_sizes), cells.max_seqlen

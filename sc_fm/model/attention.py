@@ -8,11 +8,14 @@ only to tokens of its own cell. The backends compute the same function and diffe
   dropout): FlashAttention speed with a stock PyTorch wheel and nothing to compile.
 - ``flash``: flash-attn 2 ``flash_attn_varlen_qkvpacked_func`` on the packed tokens (CUDA,
   fp16/bf16), for installations that have the ``flash-attn`` package.
-- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` once per cell, on 4-D
-  ``[1, H, L, D]`` views of the pack (4-D without a mask is what reaches PyTorch's fused CPU
-  kernel). Work is ``sum(L_i^2)``: on CPU this beats a padded ``[B, H, L_max, D]`` call with a
-  key-padding mask (``B * L_max^2``) and, by far, one call with a block-diagonal mask over the
-  whole pack (``T^2``); ``benchmarks/model.py`` measures all three.
+- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` once per run of neighbouring
+  cells of one length, on 4-D ``[n, H, L, D]`` views of the pack (4-D without a mask is what
+  reaches PyTorch's fused CPU kernel). Work is ``sum(L_i^2)``: on CPU this beats a padded
+  ``[B, H, L_max, D]`` call with a key-padding mask (``B * L_max^2``) and, by far, one call with
+  a block-diagonal mask over the whole pack (``T^2``); ``benchmarks/model.py`` measures all
+  three. Cells that fill the context (every shipped cell at ``max_len`` 128) come as one run:
+  one call instead of one per cell, bit-identical, since the kernel treats each (cell, head)
+  alone, and far fewer parallel regions for the CPU threads to meet in.
 - ``math``: the reference: ``softmax(q k^T / sqrt(d)) v`` written out, cell by cell.
 
 ``auto`` picks, for CUDA tensors in half precision, ``varlen`` when this PyTorch has it (and
@@ -57,6 +60,17 @@ class PackedCells:
         return torch.arange(len(self.cell_of_token), device=starts.device) - starts[self.cell_of_token]
 
     @functools.cached_property
+    def length_runs(self) -> list[tuple[int, int]]:
+        """``(length, cells)`` of each run of neighbouring cells of one length, in pack order."""
+        runs: list[tuple[int, int]] = []
+        for length in self.split_sizes:
+            if runs and runs[-1][0] == length:
+                runs[-1] = (length, runs[-1][1] + 1)
+            else:
+                runs.append((length, 1))
+        return runs
+
+    @functools.cached_property
     def split_sizes(self) -> list[int]:
         """Cell lengths as Python ints for ``torch.split`` (one device sync per batch).
 
@@ -82,16 +96,20 @@ def math_attention(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0
 
 
 def sdpa_attention(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0) -> torch.Tensor:
-    """PyTorch SDPA once per cell (module docstring says why) on strided views of the pack.
+    """PyTorch SDPA once per run of equal-length cells (module docstring says why) on strided
+    views of the pack.
 
-    ``[1, H, L, D]`` views straight into ``qkv`` (no head-major copy of the pack: the fused
-    kernel reads strides), and its output, laid out ``[1, L, H, D]``, concatenates into a
+    ``[n, H, L, D]`` views straight into ``qkv`` (no head-major copy of the pack: the fused
+    kernel reads strides), and its output, laid out ``[n, L, H, D]``, concatenates into a
     contiguous ``[T, H, D]``, so the output projection needs no copy either.
     """
+    runs = cells.length_runs
+    _, n_heads, head_dim = qkv.shape[1:]
     outputs = []
-    for cell in qkv.split(cells.split_sizes):
-        q, k, v = (t.unsqueeze(0).transpose(1, 2) for t in cell.unbind(1))  # each [1, H, L, D]
-        outputs.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)[0].transpose(0, 1))
+    for (length, n), run in zip(runs, qkv.split([length * n for length, n in runs])):
+        q, k, v = (t.transpose(1, 2) for t in run.view(n, length, 3, n_heads, head_dim).unbind(2))
+        mixed = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # [n, H, L, D]
+        outputs.append(mixed.transpose(1, 2).reshape(n * length, n_heads, head_dim))
     return torch.cat(outputs)
 
 
