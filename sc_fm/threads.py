@@ -10,8 +10,8 @@ the others:
   mid-region, and every region then waits for it: beside one other CPU-bound process the
   tiny model's step fell 10-40x. A thread that sleeps at once (``OMP_WAIT_POLICY=PASSIVE``)
   survives contention, but pays a wake-up per region: alone, the tiny step ran 0.6-0.7x as
-  fast. ``GOMP_SPINCOUNT=3000`` spins through the short gaps between the regions of one step
-  and sleeps through longer ones: alone 0.82-0.99x the default's speed, beside a CPU-bound
+  fast. ``GOMP_SPINCOUNT=6000`` spins through the short gaps between the regions of one step
+  and sleeps through longer ones: alone 0.88-1.04x the default's speed, beside a CPU-bound
   process 0.42-0.49x its own speed alone (docs/train.md, *CPU threads*). libgomp reads it
   once, when torch loads: ``sc_fm`` sets it on import (``bound_openmp_spin``), unless the
   user set ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``, or torch came first.
@@ -49,7 +49,7 @@ from pathlib import Path
 
 from sc_fm.errors import ConfigError
 
-SPIN_COUNT = "3000"  # libgomp's spins before a waiting thread sleeps (its default: 300,000)
+SPIN_COUNT = "6000"  # libgomp's spins before a waiting thread sleeps (its default: 300,000)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_STAT = Path("/proc/stat")
 BUSY_SAMPLE_S = 0.2  # long enough for 20 scheduler ticks per core at Linux's 100 Hz accounting

@@ -212,7 +212,7 @@ PLAN = ("import os, sc_fm, torch\nfrom sc_fm.threads import cpu_threads\n"
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
 def test_a_users_omp_settings_win():
-    assert run_python(PLAN).split()[1:] == ["True", "policy", "3000", "None"]  # sc_fm's import bounded the spin
+    assert run_python(PLAN).split()[1:] == ["True", "policy", "6000", "None"]  # sc_fm's import bounded the spin
     assert run_python(PLAN, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="ACTIVE") == "1 True OMP_NUM_THREADS None ACTIVE"
     assert run_python(PLAN, GOMP_SPINCOUNT="0").split()[3:] == ["0", "None"]  # the user's spin count stands
     # torch loaded first has read its environment already: sc_fm then leaves it unset
