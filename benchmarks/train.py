@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import sc_fm  # noqa: F401  (before torch: its OpenMP wait policy, docs/train.md "CPU threads")
 import torch
 
 from sc_fm.config import CONFIGS_DIR, PrepareConfig, QCConfig, RunConfig, load_config
