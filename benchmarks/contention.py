@@ -69,7 +69,7 @@ while True:
 
 
 def worker(mode: str, policy: str, seconds: float, windows: list[str], groups: dict[str, int],
-           started_beside: str | None = None, full: bool = True) -> dict:
+           started_beside: str | None = None, short_cells: bool = False) -> dict:
     """Run in its own process: tokens/s of ``mode`` in each window, competitors paused or running;
     the thread count is decided while ``started_beside`` runs (None: every competitor paused)."""
     if policy == "before":
@@ -95,7 +95,8 @@ def worker(mode: str, policy: str, seconds: float, windows: list[str], groups: d
     torch.manual_seed(0)
     model = MaskedGeneTransformer(ModelConfig(size="tiny"), n_tokens, "continuous", 51, CONDITIONS)
     cells = CELLS if mode == "train" else EMBED_CELLS
-    batches = [synthetic_batch(cells, MAX_LEN, n_tokens, len(CONDITIONS), cpu, seed, full) for seed in range(4)]
+    batches = [synthetic_batch(cells, MAX_LEN, n_tokens, len(CONDITIONS), cpu, seed, not short_cells)
+               for seed in range(4)]
     optimizer = build_optimizer(model, TrainConfig(), cpu)
 
     def step(i: int) -> int:
@@ -207,7 +208,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.policy, args.seconds, args.windows.split(","),
-                                json.loads(args.groups), args.started_beside, not args.short_cells)))
+                                json.loads(args.groups), args.started_beside, args.short_cells)))
         return
     rounds = args.rounds or (5 if args.quick else 9)
     seconds = args.seconds or (3.0 if args.quick else 8.0)
