@@ -87,7 +87,7 @@ def test_sdpa_matches_math_reference(value_encoding):
     torch.testing.assert_close(auto_out, sdpa_out, atol=0, rtol=0)
 
 
-def one_call_per_cell(qkv: torch.Tensor, cells: PackedCells, dropout_p: float = 0.0) -> torch.Tensor:
+def one_call_per_cell(qkv: torch.Tensor, cells: PackedCells) -> torch.Tensor:
     """SDPA on each cell alone: what a run of equal-length cells in one call must equal."""
     outputs = []
     for cell in qkv.split(cells.split_sizes):
