@@ -49,8 +49,7 @@ class FinetuneResult:
 
 def _batch(tokenizer: CellTokenizer, cells: TokenizedCells, rows: np.ndarray, device: torch.device) -> dict:
     """The cells ``rows`` (any order) as one unmasked batch on ``device``, for training steps."""
-    return to_device(tokenizer.mask_and_pack(TokenizedCells.concat([cells[int(i)] for i in rows]), None, rows),
-                     device)
+    return to_device(tokenizer.mask_and_pack(cells.take(rows), None, rows), device)
 
 
 def predict(classifier: CellClassifier, tokenizer: CellTokenizer, cells: TokenizedCells,
