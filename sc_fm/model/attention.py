@@ -25,6 +25,7 @@ attention dropout is off), else ``flash`` when flash-attn imports; everything el
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,13 +63,7 @@ class PackedCells:
     @functools.cached_property
     def length_runs(self) -> list[tuple[int, int]]:
         """``(length, cells)`` of each run of neighbouring cells of one length, in pack order."""
-        runs: list[tuple[int, int]] = []
-        for length in self.split_sizes:
-            if runs and runs[-1][0] == length:
-                runs[-1] = (length, runs[-1][1] + 1)
-            else:
-                runs.append((length, 1))
-        return runs
+        return [(length, len(list(run))) for length, run in itertools.groupby(self.split_sizes)]
 
     @functools.cached_property
     def split_sizes(self) -> list[int]:
