@@ -11,9 +11,9 @@ the others:
   tiny model's step fell 10-40x. A thread that sleeps at once (``OMP_WAIT_POLICY=PASSIVE``)
   survives contention, but pays a wake-up per region: alone, the tiny step ran 0.6-0.7x as
   fast. ``GOMP_SPINCOUNT=6000`` spins through the short gaps between the regions of one step
-  and sleeps through longer ones: the tiny step on full-length cells ran at 0.97-0.98x the
+  and sleeps through longer ones: the tiny step on full-length cells ran at 0.96-0.98x the
   default's speed alone, and kept 0.42-0.48x its own speed beside a CPU-bound process (medians
-  of two runs, docs/train.md, *CPU threads*). libgomp reads it once, when torch loads:
+  of three runs, docs/train.md, *CPU threads*). libgomp reads it once, when torch loads:
   ``sc_fm`` sets it on import (``bound_openmp_spin``), unless the user set ``GOMP_SPINCOUNT``
   or ``OMP_WAIT_POLICY``, or torch came first.
 - **How many: this process's share of the cores it may use.** The cores of its affinity mask
