@@ -8,7 +8,8 @@ the local default); a ``tracking.json`` found in a checkpoint is only followed w
 that same destination or a local database inside the checkpoint's own run directory, so a
 downloaded checkpoint cannot send a report to a server of its choosing.
 Metrics are buffered and sent in batches, so per-step logging costs one request per
-``train.log_every`` steps instead of one per step.
+``train.log_every`` steps instead of one per step. Every write holds Ctrl-C and SIGTERM until it
+returns (``sc_fm.signals.deferred_interrupts``), so a stopped command can still mark its run.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from sc_fm.config import TrackingConfig
 from sc_fm.errors import ConfigError
+from sc_fm.signals import deferred_interrupts
 
 TRACKING_FILE = "tracking.json"
 _PARAMS_PER_REQUEST = 100  # MLflow's log_batch limit
@@ -134,15 +136,16 @@ class RunTracker:
         client = MlflowClient(tracking_uri=uri)
         recorded = run_dir / TRACKING_FILE
         try:
-            if resume and recorded.is_file():
-                info = json.loads(recorded.read_text())
-                if info.get("tracking_uri") == uri:
-                    client.update_run(info["run_id"], status="RUNNING")
-                    return cls(uri, info["experiment_id"], info["run_id"])
-            experiment = client.get_experiment_by_name(config.experiment)
-            experiment_id = (experiment.experiment_id if experiment is not None else
-                             client.create_experiment(config.experiment, _artifact_location(uri)))
-            run = client.create_run(experiment_id, tags=tags, run_name=config.run_name or run_dir.name)
+            with deferred_interrupts():
+                if resume and recorded.is_file():
+                    info = json.loads(recorded.read_text())
+                    if info.get("tracking_uri") == uri:
+                        client.update_run(info["run_id"], status="RUNNING")
+                        return cls(uri, info["experiment_id"], info["run_id"])
+                experiment = client.get_experiment_by_name(config.experiment)
+                experiment_id = (experiment.experiment_id if experiment is not None else
+                                 client.create_experiment(config.experiment, _artifact_location(uri)))
+                run = client.create_run(experiment_id, tags=tags, run_name=config.run_name or run_dir.name)
         except MlflowException as err:
             raise ConfigError(f"cannot open an MLflow run at {uri} ({err.message})", "tracking.uri",
                               "start the tracking server, point tracking.uri at a reachable one, or set "
@@ -156,8 +159,9 @@ class RunTracker:
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in params.items()]
-        for lo in range(0, len(items), _PARAMS_PER_REQUEST):
-            self.client.log_batch(self.run_id, params=items[lo:lo + _PARAMS_PER_REQUEST])
+        with deferred_interrupts():
+            for lo in range(0, len(items), _PARAMS_PER_REQUEST):
+                self.client.log_batch(self.run_id, params=items[lo:lo + _PARAMS_PER_REQUEST])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Queue ``metrics`` at ``step``; sent by ``flush``."""
@@ -167,12 +171,14 @@ class RunTracker:
         self._pending += [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
 
     def flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:1000], self._pending[1000:]
-            self.client.log_batch(self.run_id, metrics=batch)
+        with deferred_interrupts():
+            while self._pending:
+                batch, self._pending = self._pending[:1000], self._pending[1000:]
+                self.client.log_batch(self.run_id, metrics=batch)
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str) -> None:
-        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        with deferred_interrupts():
+            self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
     def write_info(self, directory: str | Path) -> None:
         """``DIRECTORY/tracking.json``: lets later stages (evaluation) log under this run."""
@@ -181,7 +187,8 @@ class RunTracker:
     def finish(self, status: str) -> None:
         """Flush and close the run as ``FINISHED``, ``FAILED`` or ``KILLED``."""
         self.flush()
-        self.client.set_terminated(self.run_id, status=status)
+        with deferred_interrupts():
+            self.client.set_terminated(self.run_id, status=status)
 
 
 def log_report(tracking: TrackingConfig, kind: str, run_dir: str | Path, metrics: dict[str, float], *,
