@@ -57,7 +57,8 @@ def deferred_interrupts() -> Iterator[None]:
             raise KeyboardInterrupt()
         held.append(signum)
 
-    previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(signum) is not signal.SIG_IGN}  # an ignored signal stays ignored
     try:
         yield
     finally:

@@ -19,6 +19,7 @@ def restore_handlers():
 
 def test_a_sigterm_inside_the_block_is_raised_when_the_block_ends():
     install_sigterm_handler()
+    sigint = signal.getsignal(signal.SIGINT)
     done = []
     with pytest.raises(Terminated):
         with deferred_interrupts():
@@ -27,10 +28,11 @@ def test_a_sigterm_inside_the_block_is_raised_when_the_block_ends():
         done.append("not reached")
     assert done == ["the write went on"]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # the command's handler ran, as without the block
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is sigint
 
 
 def test_a_second_ctrl_c_inside_the_block_raises_at_once():
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job ignores it)
     done = []
     with pytest.raises(KeyboardInterrupt):
         with deferred_interrupts():
@@ -40,6 +42,13 @@ def test_a_second_ctrl_c_inside_the_block_raises_at_once():
             done.append("not reached")
     assert done == ["held"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_signal_stays_ignored_inside_the_block():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a job started in the background with &
+    with deferred_interrupts():
+        signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_a_block_with_no_signal_changes_nothing():
