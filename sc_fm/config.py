@@ -183,6 +183,10 @@ class ModelConfig:
     # a batch adversary on the cell embedding (model/adversary.py): each condition key predicted
     # from the bottleneck through gradient reversal; 0: off (needs the cell objective to be on)
     cell_adversary_weight: float = 0.0
+    # how the encoder is trained against it: "reversal" (gradient reversal) or "confusion"
+    # (towards the batch's category frequencies; model/adversary.py says why)
+    cell_adversary: Literal["reversal", "confusion"] = "reversal"
+    cell_adversary_lr_scale: float = 1.0  # the adversary's learning rate over train.lr
     token_loss_weight: float = 1.0  # weight of the masked gene and value losses
     activation_checkpointing: bool = False
     tie_embeddings: bool = True
@@ -203,6 +207,7 @@ class ModelConfig:
                       self.token_loss_weight) >= 0,
                   "model.cell_loss_weight, cell_kl_weight, cell_adversary_weight and token_loss_weight "
                   "must be >= 0"),
+                 (self.cell_adversary_lr_scale > 0, "model.cell_adversary_lr_scale must be > 0"),
                  (self.gene_init_cells >= 2, "model.gene_init_cells must be at least 2")])
 
 

@@ -164,17 +164,56 @@ def test_adversary_gradient_is_reversed_for_the_encoder_and_unknown_conditions_a
     adversary = ConditionAdversary(4, [3])
     embedding = torch.randn(6, 4, requires_grad=True)
     ids = torch.tensor([[1], [2], [0], [1], [0], [2]])
-    loss = adversary.loss(embedding, ids)
+    readable, added = adversary.loss(embedding, ids, 0.5)
     known = ids[:, 0] > 0
     logits = adversary.classifiers[0](embedding[known])
-    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits, ids[known, 0]))
-    loss.backward()
+    assert torch.allclose(readable, torch.nn.functional.cross_entropy(logits, ids[known, 0]))
+    assert torch.allclose(added, 0.5 * readable)
+    readable.backward()
     reversed_grad = embedding.grad.clone()
     embedding.grad = None
     torch.nn.functional.cross_entropy(adversary.classifiers[0](embedding[known]), ids[known, 0]).backward()
     assert torch.allclose(reversed_grad, -embedding.grad)  # the encoder is pushed to confuse it
     assert torch.equal(reversed_grad[~known], torch.zeros(2, 4))
-    assert float(adversary.loss(embedding, torch.zeros(6, 1, dtype=torch.long))) == 0.0  # nothing known
+    nothing_known = torch.zeros(6, 1, dtype=torch.long)
+    assert float(adversary.loss(embedding, nothing_known, 1.0)[0].detach()) == 0.0
+
+
+def test_confusion_trains_the_classifier_on_the_detached_embedding_and_the_encoder_towards_the_prior():
+    """The classifier's gradient is plain cross-entropy; the encoder's is that of the cross-entropy
+    between the (frozen) classifier's prediction and the batch's category frequencies."""
+    torch.manual_seed(0)
+    adversary = ConditionAdversary(4, [3])
+    embedding = torch.randn(6, 4, requires_grad=True)
+    ids = torch.tensor([[1], [2], [0], [1], [1], [2]])
+    known = ids[:, 0] > 0
+    readable, added = adversary.loss(embedding, ids, 2.0, "confusion")
+    added.backward()
+    encoder_grad = embedding.grad.clone()
+    classifier_grads = [p.grad.clone() for p in adversary.parameters()]
+    adversary.zero_grad()
+    embedding.grad = None
+    plain = torch.nn.functional.cross_entropy(adversary.classifiers[0](embedding[known].detach()), ids[known, 0])
+    plain.backward()
+    assert torch.allclose(readable, plain)
+    for got, want in zip(classifier_grads, [p.grad for p in adversary.parameters()]):
+        torch.testing.assert_close(got, want)  # the confusion term leaves the classifier alone
+    prior = torch.tensor([0.0, 3 / 5, 2 / 5])
+    log_p = torch.log_softmax(adversary.classifiers[0](embedding[known]), dim=-1)
+    (2.0 * -(log_p * prior).sum(-1).mean()).backward()
+    torch.testing.assert_close(encoder_grad, embedding.grad)
+    assert torch.equal(encoder_grad[~known], torch.zeros(1, 4))
+
+
+def test_the_adversary_learns_at_its_own_rate():
+    from sc_fm.train.engines import param_groups
+
+    model = torch.nn.ModuleDict({"encoder": torch.nn.Linear(4, 4), "adversary": ConditionAdversary(4, [2], 10.0)})
+    groups = param_groups(model, 0.01, 1e-3)
+    assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in groups] == [
+        (1e-3, 0.01, 1), (1e-3, 0.0, 1), (1e-2, 0.01, 2), (1e-2, 0.0, 2)]
+    model["adversary"].grow([5])
+    assert all(p.lr_scale == 10.0 for p in model["adversary"].parameters())  # new rows too
 
 
 def test_adversary_joins_the_loss_grows_and_may_be_switched_on_for_adaptation(tokenizer, tiny_store):

@@ -70,7 +70,7 @@ class MaskedGeneTransformer(nn.Module):
         self.decoder = (None if config.cell_objective == "none" else
                         ExpressionDecoder(d, n_tokens, list(condition_sizes), config.cell_objective,
                                           config.cell_latent))
-        self.adversary = (ConditionAdversary(self.embedding_dim, list(condition_sizes))
+        self.adversary = (ConditionAdversary(self.embedding_dim, list(condition_sizes), config.cell_adversary_lr_scale)
                           if self.decoder is not None and config.cell_adversary_weight > 0 else None)
         self._init_weights()
         if self.decoder is not None:
@@ -158,8 +158,10 @@ class MaskedGeneTransformer(nn.Module):
             expression_loss = self.decoder.loss(pooled, batch[CONDITION_IDS], counts, self.config.cell_kl_weight)
             loss = loss + self.config.cell_loss_weight * expression_loss
         if self.adversary is not None:
-            adversary_loss = self.adversary.loss(embedding, batch[CONDITION_IDS])
-            loss = loss + self.config.cell_adversary_weight * adversary_loss
+            adversary_loss, added = self.adversary.loss(embedding, batch[CONDITION_IDS],
+                                                        self.config.cell_adversary_weight,
+                                                        self.config.cell_adversary)
+            loss = loss + added
         return {LOSS: loss, GENE_LOSS: gene_loss, VALUE_LOSS: value_loss, EXPRESSION_LOSS: expression_loss,
                 ADVERSARY_LOSS: adversary_loss, "cell_embedding": embedding}
 
