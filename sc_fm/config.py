@@ -395,10 +395,16 @@ class FinetuneConfig:
     # the printed validation scores are those it was selected on); false: the last epoch
     select_epoch: bool = True
     adversarial_weight: float = 0.0  # > 0: batch-adversarial integration objective (needs adversary_key)
+    # the context of every cell drawn from the training cells' N most variable genes (seurat_v3,
+    # as the LogReg (HVG) baseline picks them), kept with the classifier for its predictions;
+    # null: from all genes, as pretraining. At 128 tokens most of a cell's context is otherwise
+    # one-count genes that say little about its type (docs/evaluate.md)
+    context_hvg: int | None = 2000
     seed: int = 0
 
     def __post_init__(self) -> None:
         require([(self.epochs >= 1, "finetune.epochs must be at least 1"),
+                 (self.context_hvg is None or self.context_hvg >= 1, "finetune.context_hvg must be at least 1 or null"),
                  (self.max_steps is None or self.max_steps >= 1, "finetune.max_steps must be at least 1 or null"),
                  (self.batch_cells >= 2, "finetune.batch_cells must be at least 2"),
                  (self.lr is None or self.lr > 0,

@@ -16,7 +16,7 @@ from sc_fm.config import InputSettings
 from sc_fm.errors import InputDataError
 from sc_fm.config import TrainConfig
 from sc_fm.finetune import (PREDICTION_KEY, SPLIT_KEY, FinetuneConfig, class_weights, encoder_lr, finetune,
-                            group_split, load_finetuned, predict, reverse_gradient)
+                            group_split, load_finetuned, reverse_gradient)
 from sc_fm.pretrained import Pretrained
 
 
@@ -47,11 +47,35 @@ def test_full_finetune_reaches_high_held_out_accuracy(finetuned):
 
 def test_finetuned_directory_reloads_to_the_same_predictions(finetuned):
     result, adata, config = finetuned
-    classifier, pretrained, classes = load_finetuned(result.directory)
-    inputs = pretrained.input_cells(adata, config.input)
-    predicted = np.asarray(classes)[predict(classifier, inputs.tokenizer, inputs.tokenize(), 64).argmax(axis=1)]
+    tuned = load_finetuned(result.directory)
+    predicted = np.asarray(tuned.classes)[tuned.probabilities(adata, config.input).argmax(axis=1)]
     np.testing.assert_array_equal(predicted, adata.obs[PREDICTION_KEY].to_numpy())
     assert Pretrained.load(result.directory).name == "sc_fm-tiny"  # usable by embed / benchmark
+
+
+def test_contexts_are_read_on_the_training_cells_most_variable_genes(tiny_checkpoint, tiny_atlas, tmp_path):
+    """The panel is the training cells' HVGs in vocabulary space, saved and reloaded; reading cells
+    on it tokenises them exactly as an input that measured only those genes."""
+    from sc_fm.classify import hvg_genes
+
+    pretrained = Pretrained.load(tiny_checkpoint)
+    adata = tiny_atlas[:200].copy()
+    config = FinetuneConfig(label_key="cell_type", max_steps=2, context_hvg=60)
+    result = finetune(pretrained, adata, tmp_path / "ft", config, progress=False)
+    train = np.flatnonzero(adata.obs[SPLIT_KEY].to_numpy() == "train")
+    variable = hvg_genes(adata.X[train], 60)
+    expected = np.sort(pretrained.vocab.lookup(list(adata.var_names[variable])))
+    tuned = load_finetuned(result.directory)
+    np.testing.assert_array_equal(tuned.panel, expected[expected >= 0])
+    assert 0 < len(tuned.panel) <= 60
+    on_panel = pretrained.input_cells(adata, config.input, panel=tuned.panel).tokenize()
+    measured = adata[:, variable].copy()
+    subset = pretrained.input_cells(measured, dataclasses.replace(config.input, min_genes_mapped=1)).tokenize()
+    for key, value in on_panel.to_arrays().items():
+        np.testing.assert_array_equal(value, subset.to_arrays()[key], err_msg=key)
+    every_gene = load_finetuned(finetune(pretrained, adata, tmp_path / "all", dataclasses.replace(
+        config, context_hvg=None), progress=False).directory)
+    assert every_gene.panel is None
 
 
 def test_linear_probe_keeps_the_encoder_frozen(tiny_checkpoint, tiny_atlas, tmp_path):
@@ -84,9 +108,8 @@ def test_class_weighted_loss_changes_what_the_head_learns(tiny_checkpoint, tiny_
     heads = {}
     for scheme in ("none", "balanced"):
         config = FinetuneConfig(label_key="cell_type", mode="linear", max_steps=3, class_weight=scheme)
-        classifier, _, _ = load_finetuned(finetune(pretrained, adata, tmp_path / scheme, config,
-                                                   progress=False).directory)
-        heads[scheme] = classifier.head.weight.detach().clone()
+        tuned = load_finetuned(finetune(pretrained, adata, tmp_path / scheme, config, progress=False).directory)
+        heads[scheme] = tuned.classifier.head.weight.detach().clone()
     assert not torch.equal(heads["none"], heads["balanced"])
 
 

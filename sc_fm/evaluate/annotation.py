@@ -116,7 +116,7 @@ class CheckpointMethods:
     def finetuned(self, seed: int, same_start: bool) -> np.ndarray:
         """``scfm finetune`` on the reference (its validation split drawn from the reference), then
         the fine-tuned classifier's label for every query cell."""
-        from sc_fm.finetune import encoder_lr, finetune, load_finetuned, predict
+        from sc_fm.finetune import encoder_lr, finetune, load_finetuned
         from sc_fm.pretrained import Pretrained
 
         split, label_key = self.split, self.config.label_key
@@ -128,10 +128,9 @@ class CheckpointMethods:
         reference.obs[label_key] = split.reference_labels
         with tempfile.TemporaryDirectory(prefix="scfm_annotation_") as tmp:
             finetune(start, reference, tmp, config, progress=self.progress, where=self.where)
-            classifier, tuned, classes = load_finetuned(tmp)
-        inputs = tuned.input_cells(split.cells[split.query].copy(), self.inputs, where=self.where)
-        probabilities = predict(classifier, inputs.tokenizer, inputs.tokenize(), self.inputs.batch_cells)
-        return np.asarray(classes)[probabilities.argmax(axis=1)]
+            tuned = load_finetuned(tmp)
+        probabilities = tuned.probabilities(split.cells[split.query].copy(), self.inputs, self.where)
+        return np.asarray(tuned.classes)[probabilities.argmax(axis=1)]
 
 
 def checkpoint_row_names(paths: list[str | Path]) -> list[str]:

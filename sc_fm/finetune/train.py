@@ -5,6 +5,11 @@ and the classifier is trained with AdamW (encoder and head at their own learning
 the head alone for a linear probe). Held-out accuracy and macro-F1 are measured on the
 validation cells; predictions for every cell go into ``.obs``; the fine-tuned encoder is
 saved as a pretrained directory (so ``scfm embed``/``benchmark`` accept it) plus the head.
+
+Each cell's context is drawn from the training cells' most variable genes (``context_hvg``),
+not from all its genes: at 128 tokens a cell's context is otherwise mostly one-count genes that
+tie on count, and the markers that tell T-cell types apart are among the ones left out. The
+panel is saved with the classifier, and its predictions on new cells read the same genes.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
-from sc_fm.config import FinetuneConfig, TrackingConfig, TrainConfig, read_yaml
+from sc_fm.config import FinetuneConfig, InputSettings, TrackingConfig, TrainConfig, read_yaml
 from sc_fm.errors import InputDataError
 from sc_fm.finetune.heads import CellClassifier
 from sc_fm.finetune.splits import group_split
@@ -139,7 +144,10 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = pick_device(device)
-    inputs = pretrained.input_cells(adata, config.input, where)
+    val = group_split(adata.obs, config.split_key, config.label_key, config.val_fraction, config.seed)
+    train_rows = np.flatnonzero(~val)
+    panel = context_panel(pretrained, adata, train_rows, config, where)
+    inputs = pretrained.input_cells(adata, config.input, where, panel)
     tokenizer, cells = inputs.tokenizer, inputs.tokenize()
     labels = adata.obs[config.label_key].astype(str).to_numpy()
     classes = sorted(set(labels))
@@ -147,8 +155,6 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
     batches = sorted(set(adata.obs[config.adversary_key].astype(str))) if config.adversarial_weight > 0 else []
     b = (torch.as_tensor(np.searchsorted(batches, adata.obs[config.adversary_key].astype(str))).to(device)
          if batches else None)
-    val = group_split(adata.obs, config.split_key, config.label_key, config.val_fraction, config.seed)
-    train_rows = np.flatnonzero(~val)
     encoder = copy.deepcopy(pretrained.model).to(device)
     classifier = CellClassifier(encoder, len(classes), len(batches)).to(device)
     with torch.no_grad():
@@ -192,9 +198,22 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
     adata.obs[SPLIT_KEY] = np.where(val, "validation", "train")
     accuracy = float(accuracy_score(labels[val], predicted[val]))
     macro_f1 = float(f1_score(labels[val], predicted[val], average="macro"))
-    directory = save_finetuned(classifier.cpu(), pretrained, out_dir, config, classes, batches)
+    directory = save_finetuned(classifier.cpu(), pretrained, out_dir, config, classes, batches, panel)
     kept = best[1] if best is not None else len(history)
     return FinetuneResult(directory, accuracy, macro_f1, len(train_rows), int(val.sum()), history, config, kept)
+
+
+def context_panel(pretrained: Pretrained, adata, train_rows: np.ndarray, config: FinetuneConfig,
+                  where: str) -> np.ndarray | None:
+    """Vocabulary indices of the training cells' ``config.context_hvg`` most variable genes
+    (``classify.hvg_genes``, as the LogReg (HVG) baseline picks them); None: every gene."""
+    if config.context_hvg is None:
+        return None
+    from sc_fm.classify import hvg_genes
+
+    variable = hvg_genes(adata.X[train_rows], config.context_hvg)
+    projection = pretrained.gene_mapping(adata, config.input, where).projection
+    return np.unique(projection[np.flatnonzero(variable)].indices)
 
 
 def _heads(classifier: CellClassifier) -> nn.ModuleDict:
@@ -215,19 +234,38 @@ def track_finetune(result: "FinetuneResult", tracking: TrackingConfig) -> dict[s
 
 
 def save_finetuned(classifier: CellClassifier, pretrained: Pretrained, out_dir: str | Path,
-                   config: FinetuneConfig, classes: list[str], batches: list[str]) -> Path:
-    """The encoder as a pretrained directory, plus ``head.safetensors`` and ``finetune.json``."""
+                   config: FinetuneConfig, classes: list[str], batches: list[str],
+                   panel: np.ndarray | None = None) -> Path:
+    """The encoder as a pretrained directory, plus ``head.safetensors`` and ``finetune.json`` (with
+    the context panel as vocabulary gene IDs, null for every gene)."""
     out = Path(out_dir)
     Pretrained(classifier.encoder, pretrained.tokenizer).save(out)
     save_model(_heads(classifier), str(out / HEAD_FILE))
+    genes = None if panel is None else [pretrained.vocab.gene_ids[i] for i in panel]
     meta = {"config": dataclasses.asdict(config), "classes": classes, "batches": batches,
-            "base_checkpoint": str(pretrained.path)}
+            "base_checkpoint": str(pretrained.path), "context_genes": genes}
     (out / FINETUNE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
 
-def load_finetuned(directory: str | Path) -> tuple[CellClassifier, Pretrained, list[str]]:
-    """``(classifier, its encoder as Pretrained, classes)`` from a directory written by ``finetune``."""
+@dataclass
+class Finetuned:
+    """A directory written by ``finetune``: the classifier, its encoder, its classes and the
+    vocabulary indices its contexts are read on (None: every gene)."""
+
+    classifier: CellClassifier
+    pretrained: Pretrained
+    classes: list[str]
+    panel: np.ndarray | None
+
+    def probabilities(self, adata, inputs: InputSettings, where: str = "input") -> np.ndarray:
+        """Class probabilities ``[n_obs, n_classes]`` of new cells, read on the classifier's panel."""
+        cells = self.pretrained.input_cells(adata, inputs, where, self.panel)
+        return predict(self.classifier, cells.tokenizer, cells.tokenize(), inputs.batch_cells)
+
+
+def load_finetuned(directory: str | Path) -> Finetuned:
+    """A directory written by ``finetune``, ready to classify new cells."""
     directory = Path(directory)
     meta_path = directory / FINETUNE_FILE
     if not meta_path.is_file():
@@ -237,4 +275,9 @@ def load_finetuned(directory: str | Path) -> tuple[CellClassifier, Pretrained, l
     pretrained = Pretrained.load(directory)
     classifier = CellClassifier(pretrained.model, len(meta["classes"]), len(meta["batches"]))
     load_model(_heads(classifier), str(directory / HEAD_FILE), strict=True)
-    return classifier.eval(), pretrained, meta["classes"]
+    genes = meta.get("context_genes")  # absent in directories written before panels
+    panel = None if genes is None else pretrained.vocab.lookup(genes)
+    if panel is not None and (panel < 0).any():
+        raise InputDataError(f"{meta_path}: context_genes holds genes outside the checkpoint's vocabulary",
+                             str(meta_path), "pass the directory scfm finetune wrote, unchanged")
+    return Finetuned(classifier.eval(), pretrained, meta["classes"], panel)

@@ -128,12 +128,17 @@ class Pretrained:
         inputs = inputs or InputSettings()
         return map_genes(adata.var_names, self.vocab, inputs.min_gene_overlap, inputs.min_genes_mapped, where)
 
-    def input_cells(self, adata, inputs: InputSettings | None = None, where: str = "input") -> InputCells:
+    def input_cells(self, adata, inputs: InputSettings | None = None, where: str = "input",
+                    panel: np.ndarray | None = None) -> InputCells:
         """``adata``'s cells as this checkpoint tokenises them under ``inputs`` (its batch column,
-        fixed conditions, gene floors and block size), every setting checked before any work."""
+        fixed conditions, gene floors and block size), every setting checked before any work;
+        ``panel``: vocabulary indices, the only genes the cells are read on (``GeneMapping.keeping``)."""
         inputs = inputs or InputSettings()
         require_obs_column(adata, inputs.batch_key, "batch_key", where)
-        return InputCells.build(adata, self.gene_mapping(adata, inputs, where), self.tokenizer, inputs, where)
+        mapping = self.gene_mapping(adata, inputs, where)
+        if panel is not None:
+            mapping = mapping.keeping(panel)
+        return InputCells.build(adata, mapping, self.tokenizer, inputs, where)
 
     def embed(self, adata, inputs: InputSettings | str | None = None, key_added: str | None = EMBEDDING_KEY,
               progress: bool = True, where: str = "input") -> np.ndarray:

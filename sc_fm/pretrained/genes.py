@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,16 @@ class GeneMapping:
         rows.sum_duplicates()
         rows.sort_indices()
         return rows
+
+    def keeping(self, vocab_genes: np.ndarray) -> "GeneMapping":
+        """The same mapping with every vocabulary gene outside ``vocab_genes`` (indices) dropped, as
+        if the input had not measured it: such a gene neither enters a context nor counts towards
+        its cell's depth (a fine-tuned classifier's gene panel)."""
+        keep = np.zeros(self.projection.shape[1], np.float32)
+        keep[np.asarray(vocab_genes, dtype=np.int64)] = 1.0
+        projection = sp.csr_matrix(self.projection @ sp.diags(keep))
+        projection.eliminate_zeros()
+        return dataclasses.replace(self, projection=projection)
 
     def summary(self) -> str:
         shown = ", ".join(self.missing[:5]) + (" ..." if len(self.missing) > 5 else "")
