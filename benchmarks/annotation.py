@@ -59,6 +59,7 @@ def ablation_variants(finetune_config, steps: int | None) -> dict[str, dict]:
     return {
         "default": {},
         "default, from the untrained same start": {"same_start": True},
+        "contexts from every gene (finetune.context_hvg: null, the previous default)": {"context_hvg": None},
         "linear head on the frozen encoder (--mode linear)": {"mode": "linear"},
         "encoder lr 1e-5, no warmup, last epoch (the previous default)":
             {"lr": 1e-5, "encoder_warmup": 0.0, "select_epoch": False},

@@ -148,13 +148,20 @@ def write_annotation_report(result, split: AnnotationSplit, out_dir: str | Path,
         f"{_length(finetune_config)}, {finetune_config.batch_cells} cells a step, "
         f"encoder lr {_encoder_lr(finetune_config)}, head lr {finetune_config.head_lr:g}, a "
         f"{finetune_config.val_fraction:g} validation split of the reference"
-        f"{', the epoch best on it kept' if finetune_config.select_epoch else ''}); "
+        f"{', the epoch best on it kept' if finetune_config.select_epoch else ''}"
+        f"{_panel(finetune_config)}); "
         "`(untrained, same start, fine-tuned)`: the same from the checkpoint's own untrained start, the "
         "control that shows what pretraining buys.", "",
     ])
     path = out / REPORT_MD
     path.write_text(text)
     return path
+
+
+def _panel(config: FinetuneConfig) -> str:
+    if config.context_hvg is None:
+        return ", each cell's context drawn from all its genes"
+    return f", each cell's context drawn from the training cells' {config.context_hvg:,} most variable genes"
 
 
 def _encoder_lr(config: FinetuneConfig) -> str:
