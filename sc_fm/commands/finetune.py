@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     predictions = output / "predictions.h5ad"
     selected = (f" (epoch {result.epoch} of {len(result.history)}, kept for its validation macro-F1, so "
                 f"these scores are optimistic)" if config.select_epoch else "")
+    if result.panel_genes is not None:
+        print(f"contexts read on {result.panel_genes:,} genes: the training cells' {config.context_hvg:,} most "
+              f"variable that the vocabulary holds (finetune.context_hvg; null reads every gene)")
     print(f"held-out cells: {result.n_val}; accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f}"
           f"{selected}")
     baseline = validation_baseline(adata, config.label_key)

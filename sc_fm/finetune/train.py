@@ -50,6 +50,7 @@ class FinetuneResult:
     history: list[dict]
     config: FinetuneConfig  # as trained: ``lr`` resolved (``encoder_lr``)
     epoch: int  # the epoch whose classifier was kept (``select_epoch``: the best on validation)
+    panel_genes: int | None = None  # genes every context was drawn from (``context_hvg``); None: all
 
 
 def _batch(tokenizer: CellTokenizer, cells: TokenizedCells, rows: np.ndarray, device: torch.device) -> dict:
@@ -200,7 +201,8 @@ def finetune(pretrained: Pretrained, adata, out_dir: str | Path, config: Finetun
     macro_f1 = float(f1_score(labels[val], predicted[val], average="macro"))
     directory = save_finetuned(classifier.cpu(), pretrained, out_dir, config, classes, batches, panel)
     kept = best[1] if best is not None else len(history)
-    return FinetuneResult(directory, accuracy, macro_f1, len(train_rows), int(val.sum()), history, config, kept)
+    return FinetuneResult(directory, accuracy, macro_f1, len(train_rows), int(val.sum()), history, config, kept,
+                          None if panel is None else len(panel))
 
 
 def context_panel(pretrained: Pretrained, adata, train_rows: np.ndarray, config: FinetuneConfig,
