@@ -164,7 +164,7 @@ def test_cli_finetune_writes_predictions_and_tracks(tiny_checkpoint, tiny_atlas,
                  "--epochs", "1", "--mode", "linear"]) == 0
     printed = capsys.readouterr().out
     assert "accuracy" in printed and "MLflow:" in printed and "LogReg (HVG) on the same split: accuracy" in printed
-    assert "contexts read on 300 genes: the training cells' 2,000 most variable" in printed  # all 300 are fewer
+    assert "contexts read on 300 genes: the training cells' 1,000 most variable" in printed  # all 300 are fewer
     predictions = anndata.read_h5ad(out / "predictions.h5ad")
     assert PREDICTION_KEY in predictions.obs and predictions.n_obs == 240
     info = json.loads((out / "tracking.json").read_text())
