@@ -398,8 +398,8 @@ class FinetuneConfig:
     # the context of every cell drawn from the training cells' N most variable genes (seurat_v3,
     # as the LogReg (HVG) baseline picks them), kept with the classifier for its predictions;
     # null: from all genes, as pretraining. At 128 tokens most of a cell's context is otherwise
-    # one-count genes that say little about its type; 1,000 beat 2,000 and 4,000 in both PBMC
-    # directions over three seeds (docs/evaluate.md)
+    # one-count genes that say little about its type; 1,000 beat 2,000 in both PBMC directions
+    # over three seeds, and 4,000 on one (docs/evaluate.md)
     context_hvg: int | None = 1000
     seed: int = 0
 
