@@ -76,6 +76,12 @@ def test_contexts_are_read_on_the_training_cells_most_variable_genes(tiny_checkp
     every_gene = load_finetuned(finetune(pretrained, adata, tmp_path / "all", dataclasses.replace(
         config, context_hvg=None), progress=False).directory)
     assert every_gene.panel is None
+    meta_path = result.directory / "finetune.json"
+    meta = json.loads(meta_path.read_text())
+    for bad, message in (("ENSG1", "must be a list"), (["NOT_A_GENE"], "outside the checkpoint's vocabulary")):
+        meta_path.write_text(json.dumps({**meta, "context_genes": bad}))
+        with pytest.raises(InputDataError, match=message):
+            load_finetuned(result.directory)
 
 
 def test_linear_probe_keeps_the_encoder_frozen(tiny_checkpoint, tiny_atlas, tmp_path):

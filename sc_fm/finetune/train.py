@@ -278,8 +278,11 @@ def load_finetuned(directory: str | Path) -> Finetuned:
     classifier = CellClassifier(pretrained.model, len(meta["classes"]), len(meta["batches"]))
     load_model(_heads(classifier), str(directory / HEAD_FILE), strict=True)
     genes = meta.get("context_genes")  # absent in directories written before panels
+    if genes is not None and not (isinstance(genes, list) and all(isinstance(g, str) for g in genes)):
+        raise InputDataError("context_genes must be a list of gene IDs or null", str(meta_path),
+                             "pass the directory scfm finetune wrote, unchanged")
     panel = None if genes is None else pretrained.vocab.lookup(genes)
     if panel is not None and (panel < 0).any():
-        raise InputDataError(f"{meta_path}: context_genes holds genes outside the checkpoint's vocabulary",
-                             str(meta_path), "pass the directory scfm finetune wrote, unchanged")
+        raise InputDataError("context_genes holds genes outside the checkpoint's vocabulary", str(meta_path),
+                             "pass the directory scfm finetune wrote, unchanged")
     return Finetuned(classifier.eval(), pretrained, meta["classes"], panel)
