@@ -4,8 +4,10 @@ On the real PBMC cross-chemistry set (``sc_fm.datasets.load_pbmc_cross_chemistry
 10x v2, with the FACS-sorted 2,140, 10x v1), the reference is one chemistry with its labels and
 the query is the other, its labels hidden from every method; both directions are run
 (``scfm benchmark --task annotation``'s code path). The checkpoint is ``--checkpoint DIR`` or,
-by default, one pretrained here on the demo corpus, which never holds these cells
-(``sc_fm.demo``; ``--quick``: its smoke size).
+by default, one demo-sized pretraining here per seed on the demo corpus, which never holds these
+cells (``sc_fm.demo``; ``--quick``: its smoke size). Seed ``s`` fine-tunes (and embeds) with the
+checkpoint of seed ``s``: how well a checkpoint fine-tunes varies with its pretraining seed more
+than with the fine-tuning's own seed (docs/evaluate.md), so the spread must hold both.
 
 Ends with ``result: NAME ratio=X target=Y`` lines, each the worse of the two directions:
 ``finetuned_vs_logreg`` (macro-F1 ratio), ``finetuned_vs_scanvi`` (read as "at most 0.01 below"),
@@ -100,6 +102,33 @@ def ablation(adata, checkpoint: Path, finetune_config, steps: int | None, seeds:
                       f"accuracy {scores[ACCURACY]:.3f} ({int(split.reference.sum())} reference cells)", flush=True)
 
 
+def annotation_over_seeds(split, checkpoints: dict, name: str, out: Path, eval_config, finetune_config):
+    """``run_annotation`` once per seed, seed ``s`` with the checkpoint of seed ``s`` (a report in
+    ``out/seed_<s>``); returns the summary over seeds (means, sds) and every seed's scores. A
+    method without a seed scores the same every time and counts once, unless it reads the
+    checkpoint (``name``'s rows) and the seeds have checkpoints of their own."""
+    import dataclasses
+
+    import pandas as pd
+
+    from sc_fm.classify import ACCURACY, MACRO_F1
+    from sc_fm.evaluate.annotation import run_annotation
+    from sc_fm.evaluate.seeds import METHOD, SEED, summarise
+
+    frames = []
+    for seed, checkpoint in checkpoints.items():
+        result = run_annotation(split, [checkpoint], out / f"seed_{seed}", dataclasses.replace(eval_config, seed=seed),
+                                finetune_config, n_seeds=1, progress=False, where="PBMC")
+        frames.append(result.per_seed.assign(**{SEED: seed, "seeded": result.per_seed[SEED].notna()}))
+    per_seed = pd.concat(frames, ignore_index=True)
+    own_checkpoints = len(set(checkpoints.values())) > 1
+    seeded = set(per_seed.loc[per_seed["seeded"], METHOD])
+    if own_checkpoints:
+        seeded |= {m for m in per_seed[METHOD] if m.startswith(name)}
+    first = per_seed[SEED] == next(iter(checkpoints))
+    per_seed = per_seed[per_seed[METHOD].isin(seeded) | first].drop(columns="seeded")
+    return summarise(per_seed, seeded, (ACCURACY, MACRO_F1)), per_seed
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -120,43 +149,47 @@ def main() -> int:
     from sc_fm.classify import MACRO_F1
     from sc_fm.config import EvalConfig, FinetuneConfig
     from sc_fm.datasets import PBMC_BATCH, PBMC_LABEL, load_pbmc_cross_chemistry
-    from sc_fm.evaluate.annotation import run_annotation
-    from sc_fm.evaluate.annotation_report import FINETUNED, LOGREG, SCANVI, START_FINETUNED
+    from sc_fm.evaluate.annotation import VERDICT_REFERENCES
+    from sc_fm.evaluate.annotation_report import FINETUNED, LOGREG, SCANVI, START_FINETUNED, verdict_lines
     from sc_fm.evaluate.annotation_split import split_reference
+    from sc_fm.evaluate.seeds import METHOD, SEED, seed_list
     from sc_fm.pretrained import Pretrained
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="scfm_annotation_"))
     size = demo.QUICK if args.quick else demo.FULL
+    seeds = seed_list(EvalConfig().seed, args.seeds or (1 if args.quick else 3), "--seeds")
     began = time.perf_counter()
-    checkpoint, pretrain_s = demo.checkpoint_or_pretrain(args.checkpoint, work, size)
+    checkpoints, _, pretrain_s = demo.checkpoints_per_seed(args.checkpoint, work, size, seeds)
     adata = load_pbmc_cross_chemistry()
     steps = args.finetune_steps or (QUICK_FINETUNE_STEPS if args.quick else None)
     eval_config = EvalConfig(scvi_epochs=QUICK_SCVI_EPOCHS) if args.quick else EvalConfig()
     finetune_config = FinetuneConfig(label_key=PBMC_LABEL, max_steps=steps)
     if args.quick:
         adata = sample(adata, PBMC_BATCH, QUICK_CELLS_PER_CHEMISTRY)
-    seeds = args.seeds or (1 if args.quick else 3)
     if args.ablation is not None:
-        ablation(adata, checkpoint, finetune_config, steps, seeds, args.ablation)
+        ablation(adata, checkpoints[seeds[0]], finetune_config, steps, len(seeds), args.ablation)
         return 0
-    name = Pretrained.load(checkpoint).name
+    name = Pretrained.load(checkpoints[seeds[0]]).name
     ratios: dict[str, list[float]] = {"finetuned_vs_logreg": [], "finetuned_vs_scanvi": [],
                                       "pretrained_vs_start_finetuned": []}
     for reference in adata.obs[PBMC_BATCH].cat.categories:
         split = split_reference(adata, PBMC_BATCH, PBMC_LABEL, [reference], "PBMC")
         out = work / f"report_{reference.replace(' ', '_')}"
-        result = run_annotation(split, [checkpoint], out, eval_config, finetune_config, n_seeds=seeds,
-                                progress=False, where="PBMC")
-        f1 = result.table[MACRO_F1]
+        table, per_seed = annotation_over_seeds(split, checkpoints, name, out, eval_config, finetune_config)
+        f1 = table[MACRO_F1]
         tuned = f1[FINETUNED.format(name)]
         ratios["finetuned_vs_logreg"].append(tuned / f1[LOGREG])
         ratios["finetuned_vs_scanvi"].append(tuned / f1[SCANVI])
         ratios["pretrained_vs_start_finetuned"].append(tuned / f1[START_FINETUNED.format(name)])
         print(f"## reference {reference} ({int(split.reference.sum())} cells) -> query "
-              f"({int(split.query.sum())} cells); report {result.report}")
-        print(result.table.round(3).to_string())
-        print("\n".join(result.verdict))
-    print(f"checkpoint {checkpoint}; pretraining {pretrain_s:.0f} s, annotation "
+              f"({int(split.query.sum())} cells); reports {out}/seed_*")
+        print(table.round(3).to_string())
+        print("macro F1, every seed:")
+        print(per_seed.pivot(index=METHOD, columns=SEED, values=MACRO_F1).reindex(table.index).round(3).to_string())
+        candidates = [m for m in table.index if m.startswith(name)]
+        print("\n".join(verdict_lines(table, candidates, VERDICT_REFERENCES)))
+    where = args.checkpoint or ", ".join(str(path) for path in checkpoints.values())
+    print(f"checkpoints {where}; pretraining {pretrain_s:.0f} s, annotation "
           f"{time.perf_counter() - began - pretrain_s:.0f} s; seeds {seeds}; fine-tuning "
           f"{f'{steps} steps' if steps else f'{finetune_config.epochs} epochs'}")
     targets = {"finetuned_vs_logreg": 1.0, "finetuned_vs_scanvi": 0.99, "pretrained_vs_start_finetuned": 1.0}

@@ -49,16 +49,6 @@ def evaluation_set(args) -> tuple:
     return load_sc_mixology(), "batch", "cell_type"
 
 
-def pretrained_once(out: Path, store: Path, size, seed: int) -> Path:
-    """The demo-sized pretraining of ``seed`` in ``out``; one finished by an earlier run of this
-    benchmark in the same ``--workdir`` is reused."""
-    from sc_fm import demo
-    from sc_fm.rundir import FINAL_DIR
-
-    final = out / "run" / FINAL_DIR
-    return final if final.is_dir() else demo.pretrain(out, store, size, [f"train.seed={seed}"])
-
-
 def reference_start(checkpoint: Path) -> bool:
     """Whether ``checkpoint`` started from the reference start (its same start is then that row)."""
     from sc_fm.config import load_config
@@ -132,14 +122,7 @@ def main() -> int:
     adapt_steps = args.adapt_steps if args.adapt_steps is not None else size.adapt_steps
     config = BenchmarkConfig(input=InputSettings(batch_key=batch_key), adapt_steps=adapt_steps)
     began = time.perf_counter()
-    if args.checkpoint is None:
-        store = work / "corpus.zarr"
-        if not store.exists():
-            demo.build_corpus(work, size, progress=False)
-        checkpoints = {seed: pretrained_once(work / f"pretrain_seed{seed}", store, size, seed) for seed in seeds}
-    else:
-        store, checkpoints = None, {seed: Path(args.checkpoint) for seed in seeds}
-    pretrain_s = time.perf_counter() - began
+    checkpoints, store, pretrain_s = demo.checkpoints_per_seed(args.checkpoint, work, size, seeds)
     rows = pretrained_rows(checkpoints, adata, batch_key, config, work, store, size)
     result = run_benchmark(adata, batch_key, label_key, work / "report", [], EvalConfig(),
                            progress=False, n_seeds=len(seeds), seeded_candidates=rows)

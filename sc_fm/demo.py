@@ -102,13 +102,25 @@ def pretrain(out: Path, store: Path, size: DemoSize, overrides: list[str] = ()) 
     return run_dir / FINAL_DIR
 
 
-def checkpoint_or_pretrain(checkpoint: str | Path | None, out: Path, size: DemoSize) -> tuple[Path, float]:
-    """``checkpoint``, or one pretrained on the demo corpus in ``out``; and the seconds pretraining took
-    (the benchmarks' default checkpoint, which never saw their evaluation cells)."""
+def checkpoints_per_seed(checkpoint: str | Path | None, out: Path, size: DemoSize,
+                         seeds: list[int]) -> tuple[dict[int, Path], Path | None, float]:
+    """``{seed: checkpoint}``: ``checkpoint`` for every seed or, by default, one pretraining per
+    seed (``train.seed`` = the seed) on the demo corpus in ``out``, which never saw the benchmarks'
+    evaluation cells; a seed finished by an earlier run in ``out`` is reused. Then the corpus store
+    (None with ``checkpoint``) and the seconds pretraining took. One pretraining per seed lets a
+    benchmark's spread hold the pretraining's own randomness, not only its evaluation's."""
     began = time.perf_counter()
-    if checkpoint is None:
-        checkpoint = pretrain(out, build_corpus(out, size, progress=False), size)
-    return Path(checkpoint), time.perf_counter() - began
+    if checkpoint is not None:
+        return {seed: Path(checkpoint) for seed in seeds}, None, 0.0
+    store = out / "corpus.zarr"
+    if not store.exists():
+        build_corpus(out, size, progress=False)
+    checkpoints = {}
+    for seed in seeds:
+        final = out / f"pretrain_seed{seed}" / "run" / FINAL_DIR
+        checkpoints[seed] = final if final.is_dir() else pretrain(final.parent.parent, store, size,
+                                                                    [f"train.seed={seed}"])
+    return checkpoints, store, time.perf_counter() - began
 
 
 def pretraining_time(run_dir: Path, stage_s: float) -> str:
