@@ -14,7 +14,8 @@ Ends with ``result: NAME ratio=X target=Y`` lines, each the worse of the two dir
 ``pretrained_vs_start_finetuned`` (fine-tuned from the checkpoint over fine-tuned from its own
 untrained start). ``--quick`` prints every line at smoke size (a cell sample, short scVI and
 fine-tuning). ``--ablation`` runs fine-tuning variants instead (``ablation_variants``), both
-directions, ``--seeds`` seeds each.
+directions, ``--seeds`` fine-tuning seeds each, on one checkpoint (``--checkpoint``, or the
+pretraining of the first seed).
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def annotation_over_seeds(split, checkpoints: dict, name: str, out: Path, eval_c
     per_seed = per_seed[per_seed[METHOD].isin(seeded) | first].drop(columns="seeded")
     return summarise(per_seed, seeded, (ACCURACY, MACRO_F1)), per_seed
 
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -159,7 +161,8 @@ def main() -> int:
     size = demo.QUICK if args.quick else demo.FULL
     seeds = seed_list(EvalConfig().seed, args.seeds or (1 if args.quick else 3), "--seeds")
     began = time.perf_counter()
-    checkpoints, _, pretrain_s = demo.checkpoints_per_seed(args.checkpoint, work, size, seeds)
+    pretrained_seeds = seeds[:1] if args.ablation is not None else seeds  # the ablation reads one checkpoint
+    checkpoints, _, pretrain_s = demo.checkpoints_per_seed(args.checkpoint, work, size, pretrained_seeds)
     adata = load_pbmc_cross_chemistry()
     steps = args.finetune_steps or (QUICK_FINETUNE_STEPS if args.quick else None)
     eval_config = EvalConfig(scvi_epochs=QUICK_SCVI_EPOCHS) if args.quick else EvalConfig()
