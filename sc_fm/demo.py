@@ -117,9 +117,9 @@ def checkpoints_per_seed(checkpoint: str | Path | None, out: Path, size: DemoSiz
         build_corpus(out, size, progress=False)
     checkpoints = {}
     for seed in seeds:
-        final = out / f"pretrain_seed{seed}" / "run" / FINAL_DIR
-        checkpoints[seed] = final if final.is_dir() else pretrain(final.parent.parent, store, size,
-                                                                    [f"train.seed={seed}"])
+        seed_dir = out / f"pretrain_seed{seed}"
+        final = seed_dir / "run" / FINAL_DIR  # where ``pretrain`` writes it
+        checkpoints[seed] = final if final.is_dir() else pretrain(seed_dir, store, size, [f"train.seed={seed}"])
     return checkpoints, store, time.perf_counter() - began
 
 
