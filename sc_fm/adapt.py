@@ -15,7 +15,8 @@ import json
 import shutil
 from pathlib import Path
 
-from sc_fm.config import AdaptConfig, PrepareConfig, QCConfig, RunConfig, load_config, read_yaml, to_dict
+from sc_fm.config import (AdaptConfig, ModelConfig, PrepareConfig, QCConfig, RunConfig, load_config, read_yaml,
+                          to_dict)
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.outputs import remove_stale_siblings, swap_in, work_dir
 from sc_fm.pretrained import Pretrained
@@ -40,7 +41,7 @@ def check_input(pretrained: Pretrained, adata, config: AdaptConfig, where: str, 
     from sc_fm.train.distributed import accumulation_steps
     from sc_fm.train.plan import check_step_memory
 
-    inherited = run_config(pretrained, config, [], settings)
+    inherited = run_config(pretrained, config, [], settings, n_cells=adata.n_obs)
     check_step_memory(inherited, accumulation_steps(inherited.train, 1))
     minimum = inherited.train.micro_batch_cells
     if adata.n_obs < minimum:
@@ -50,12 +51,27 @@ def check_input(pretrained: Pretrained, adata, config: AdaptConfig, where: str, 
                              f"and train.global_batch_cells=N with a smaller N")
 
 
+MIXING_BANK = 4096  # cells remembered for the neighbour search: the input's, up to this many
+ADVERSARY_LR_SCALE = 10  # a classifier slower than the encoder is fooled, not confused (docs/evaluate.md)
+
+
+def batch_objectives(config: AdaptConfig, n_cells: int) -> list[str]:
+    """The model settings that make adaptation mix the input's batches (``AdaptConfig``)."""
+    settings = [f"model.cell_mixing_weight={config.mixing_weight}",
+                f"model.cell_mixing_bank={max(min(MIXING_BANK, n_cells), ModelConfig.cell_mixing_k)}"]
+    if config.adversary_weight > 0:
+        settings += [f"model.cell_adversary_weight={config.adversary_weight}", "model.cell_adversary=confusion",
+                     f"model.cell_adversary_lr_scale={ADVERSARY_LR_SCALE}"]
+    return settings
+
+
 def run_config(pretrained: Pretrained, config: AdaptConfig, stores: list[str], settings: Path | None,
-               overrides: list[str] = ()) -> RunConfig:
+               overrides: list[str] = (), *, n_cells: int) -> RunConfig:
     """The run settings (``settings``: a checkpoint's config.yaml; None: defaults), pointed at the
-    input's store for ``config.steps`` steps, with the checkpoint's tokenizer and model."""
+    input's store (``n_cells`` cells) for ``config.steps`` steps, with the checkpoint's tokenizer
+    and model and the batch objectives."""
     base = ["tracking.enabled=false", "train.eval_every=0", "data.include={}", "data.exclude={}",
-            "data.num_workers=0", "train.engine=plain"]
+            "data.num_workers=0", "train.engine=plain", *batch_objectives(config, n_cells)]
     fixed = [f"data.stores=[{','.join(stores)}]", f"train.max_steps={config.steps}",
                 f"train.checkpoint_every={config.steps}", "train.keep_last=1", f"train.seed={config.seed}"]
     if config.lr is not None:  # before the user's overrides, so a train.lr=... among them wins
@@ -115,7 +131,7 @@ def adapt(pretrained: Pretrained, adata, out_dir: str | Path, config: AdaptConfi
         if pretrained.has_start:
             start = copy.deepcopy(pretrained.start_model())
             start.grow_conditions(tokenizer.model_inputs["condition_sizes"])
-        cfg = run_config(pretrained, config, [str(store)], settings, overrides)
+        cfg = run_config(pretrained, config, [str(store)], settings, overrides, n_cells=adata.n_obs)
         final = pretrain(cfg, work / "run", initial=Pretrained(model, tokenizer, start=start))
         (final / ADAPT_FILE).write_text(json.dumps({
             "base_checkpoint": str(pretrained.path) if pretrained.path else None, "n_cells": int(adata.n_obs),

@@ -41,7 +41,8 @@ GENE_LOSS = "gene_loss"
 VALUE_LOSS = "value_loss"
 EXPRESSION_LOSS = "expression_loss"  # the cell-level objective (reconstruction + KL), weighted into LOSS
 ADVERSARY_LOSS = "adversary_loss"  # the condition adversary's cross-entropy (its gradient is reversed)
-LOSS_NAMES = (LOSS, GENE_LOSS, VALUE_LOSS, EXPRESSION_LOSS, ADVERSARY_LOSS)
+MIXING_LOSS = "mixing_loss"  # distance to mutual nearest neighbours in other batches (model/mixing.py)
+LOSS_NAMES = (LOSS, GENE_LOSS, VALUE_LOSS, EXPRESSION_LOSS, ADVERSARY_LOSS, MIXING_LOSS)
 
 
 def to_device(batch: dict[str, Any], device, non_blocking: bool = False) -> dict[str, Any]:

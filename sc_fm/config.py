@@ -187,6 +187,13 @@ class ModelConfig:
     # (towards the batch's category frequencies; model/adversary.py says why)
     cell_adversary: Literal["reversal", "confusion"] = "reversal"
     cell_adversary_lr_scale: float = 1.0  # the adversary's learning rate over train.lr
+    # cross-batch neighbour attraction on the cell embedding (model/mixing.py): each cell moved by
+    # the mean offset of its own batch's neighbours to their mutual nearest neighbours in other
+    # batches (conditions), found among the last cell_mixing_bank cells; 0: off (scfm adapt
+    # switches it on: AdaptConfig.mixing_weight)
+    cell_mixing_weight: float = 0.0
+    cell_mixing_k: int = 10
+    cell_mixing_bank: int = 2048
     token_loss_weight: float = 1.0  # weight of the masked gene and value losses
     activation_checkpointing: bool = False
     tie_embeddings: bool = True
@@ -204,9 +211,12 @@ class ModelConfig:
                  (self.init_std > 0, f"model.init_std must be > 0 (got {self.init_std})"),
                  (self.cell_latent >= 1, f"model.cell_latent must be at least 1 (got {self.cell_latent})"),
                  (min(self.cell_loss_weight, self.cell_kl_weight, self.cell_adversary_weight,
-                      self.token_loss_weight) >= 0,
-                  "model.cell_loss_weight, cell_kl_weight, cell_adversary_weight and token_loss_weight "
-                  "must be >= 0"),
+                      self.cell_mixing_weight, self.token_loss_weight) >= 0,
+                  "model.cell_loss_weight, cell_kl_weight, cell_adversary_weight, cell_mixing_weight "
+                  "and token_loss_weight must be >= 0"),
+                 (self.cell_mixing_k >= 1 and self.cell_mixing_bank >= self.cell_mixing_k,
+                  "model.cell_mixing_k must be at least 1 and model.cell_mixing_bank at least "
+                  f"cell_mixing_k (got {self.cell_mixing_k} and {self.cell_mixing_bank})"),
                  (self.cell_adversary_lr_scale > 0, "model.cell_adversary_lr_scale must be > 0"),
                  (self.gene_init_cells >= 2, "model.gene_init_cells must be at least 2")])
 
@@ -315,10 +325,18 @@ class AdaptConfig:
     # the encoder the protocols apart (batch 0.45 vs 0.80 here; docs/evaluate.md); None: train.lr
     lr: float | None = 1e-4
     seed: int = 0
+    # the batch objectives adaptation adds on the cell embedding (docs/evaluate.md, "Adaptation
+    # that mixes the batches"): cross-batch neighbour attraction (model.cell_mixing_weight, its
+    # bank the input's cells up to 4,096) and the confusion adversary (model.cell_adversary_weight,
+    # its classifier at 10x the rate); 0 switches either off, KEY=VALUE overrides win
+    mixing_weight: float = 3.0
+    adversary_weight: float = 1.0
 
     def __post_init__(self) -> None:
         require([(self.steps >= 1, f"adapt.steps={self.steps} must be at least 1"),
-                 (self.lr is None or self.lr > 0, "adapt.lr must be positive")])
+                 (self.lr is None or self.lr > 0, "adapt.lr must be positive"),
+                 (min(self.mixing_weight, self.adversary_weight) >= 0,
+                  "adapt.mixing_weight and adapt.adversary_weight must be >= 0")])
 
 
 @dataclass

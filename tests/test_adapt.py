@@ -41,8 +41,9 @@ def test_adapted_directory_is_a_checkpoint_with_new_batches_as_conditions(adapte
     assert moved  # the weights were trained
     for key, value in base.model.state_dict().items():
         assert torch.equal(value, before[key]), key  # the caller's model is untouched
-    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(losses) == 3 and all(np.isfinite(losses))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(np.isfinite(row["loss"]) for row in rows)
+    assert rows[-1]["mixing_loss"] > 0  # the plates were pulled together (the batch objectives)
     embedding = result.embed(adata, "plate", progress=False)
     assert embedding.shape == (adata.n_obs, base.model.embedding_dim) and np.isfinite(embedding).all()
 
@@ -69,6 +70,21 @@ def test_adapt_refuses_bad_input_before_any_work(tiny_checkpoint, tiny_atlas, tm
 
 def test_adaptation_rate_is_adapt_lr_unless_an_override_names_train_lr(tiny_checkpoint):
     pretrained = Pretrained.load(tiny_checkpoint)
-    assert run_config(pretrained, AdaptConfig(), ["s.zarr"], None).train.lr == 1e-4
-    assert run_config(pretrained, AdaptConfig(lr=3e-4), ["s.zarr"], None, ["train.lr=5e-4"]).train.lr == 5e-4
-    assert run_config(pretrained, AdaptConfig(lr=None), ["s.zarr"], None).train.lr == 1e-3  # the run's own
+    assert run_config(pretrained, AdaptConfig(), ["s.zarr"], None, n_cells=600).train.lr == 1e-4
+    assert run_config(pretrained, AdaptConfig(lr=3e-4), ["s.zarr"], None, ["train.lr=5e-4"],
+                      n_cells=600).train.lr == 5e-4
+    assert run_config(pretrained, AdaptConfig(lr=None), ["s.zarr"], None, n_cells=600).train.lr == 1e-3  # the run's own
+
+
+def test_adaptation_adds_the_batch_objectives_unless_switched_off_or_overridden(tiny_checkpoint):
+    pretrained = Pretrained.load(tiny_checkpoint)
+    assert pretrained.model.config.cell_mixing_weight == 0.0  # pretraining leaves them off
+    model = run_config(pretrained, AdaptConfig(), ["s.zarr"], None, n_cells=600).model
+    assert (model.cell_mixing_weight, model.cell_mixing_bank) == (3.0, 600)  # the bank: the input's cells
+    assert (model.cell_adversary_weight, model.cell_adversary, model.cell_adversary_lr_scale) == (1.0, "confusion", 10)
+    assert run_config(pretrained, AdaptConfig(), ["s.zarr"], None, n_cells=10 ** 6).model.cell_mixing_bank == 4096
+    off = run_config(pretrained, AdaptConfig(mixing_weight=0, adversary_weight=0), ["s.zarr"], None, n_cells=600).model
+    assert (off.cell_mixing_weight, off.cell_adversary_weight) == (0.0, 0.0)
+    overridden = run_config(pretrained, AdaptConfig(), ["s.zarr"], None, ["model.cell_mixing_weight=7"],
+                            n_cells=600).model
+    assert overridden.cell_mixing_weight == 7.0

@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sc_fm.batch import (ADVERSARY_LOSS, CONDITION_IDS, CU_SEQLENS, EXPRESSION_COUNTS, EXPRESSION_GENES, EXPRESSION_KEYS,
                          EXPRESSION_LOSS, EXPRESSION_OFFSETS, GENE_IDS, GENE_LOSS, INPUT_KEYS, LABELS, LOSS, MAX_SEQLEN,
-                         TARGET_KEYS, TARGET_VALUES, VALUE_LOSS, VALUES)
+                         MIXING_LOSS, TARGET_KEYS, TARGET_VALUES, VALUE_LOSS, VALUES)
 from sc_fm.config import ModelConfig, resolve_model
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.model.adversary import ConditionAdversary
@@ -29,6 +29,7 @@ from sc_fm.model.conditions import ConditionEmbedding, ConditionedPack, prepend_
 from sc_fm.model.decoder import ExpressionDecoder, dense_counts
 from sc_fm.model.embeddings import TokenEmbedding
 from sc_fm.model.heads import GeneHead, ValueHead, pool_cells
+from sc_fm.model.mixing import CrossBatchNeighbours
 from sc_fm.model.io import load_weights, read_model_config, write_model
 
 VALUE_ENCODINGS = ("bin", "continuous")
@@ -72,6 +73,8 @@ class MaskedGeneTransformer(nn.Module):
                                           config.cell_latent))
         self.adversary = (ConditionAdversary(self.embedding_dim, list(condition_sizes), config.cell_adversary_lr_scale)
                           if self.decoder is not None and config.cell_adversary_weight > 0 else None)
+        self.mixing = (CrossBatchNeighbours(self.embedding_dim, list(condition_sizes), config.cell_mixing_bank,
+                                            config.cell_mixing_k) if config.cell_mixing_weight > 0 else None)
         self._init_weights()
         if self.decoder is not None:
             self.decoder.reset_parameters()
@@ -149,7 +152,7 @@ class MaskedGeneTransformer(nn.Module):
         value_loss = self.value_head.loss(hidden, batch[TARGET_VALUES])
         pooled = pool_cells(hidden, cells.cu_seqlens, cells.cell_of_token, self.config.pooling)
         loss = self.config.token_loss_weight * (gene_loss + value_loss)
-        expression_loss = adversary_loss = gene_loss.new_zeros(())
+        expression_loss = adversary_loss = mixing_loss = gene_loss.new_zeros(())
         embedding = self._cell_embedding(pooled)
         if self.decoder is not None:
             _require(batch, EXPRESSION_KEYS)
@@ -162,8 +165,11 @@ class MaskedGeneTransformer(nn.Module):
                                                         self.config.cell_adversary_weight,
                                                         self.config.cell_adversary)
             loss = loss + added
+        if self.mixing is not None and self.training:
+            mixing_loss = self.mixing.loss(embedding, batch[CONDITION_IDS])
+            loss = loss + self.config.cell_mixing_weight * mixing_loss
         return {LOSS: loss, GENE_LOSS: gene_loss, VALUE_LOSS: value_loss, EXPRESSION_LOSS: expression_loss,
-                ADVERSARY_LOSS: adversary_loss, "cell_embedding": embedding}
+                ADVERSARY_LOSS: adversary_loss, MIXING_LOSS: mixing_loss, "cell_embedding": embedding}
 
     def grow_conditions(self, condition_sizes: list[int]) -> None:
         """More categories per condition key (new batches of an adaptation); known rows keep."""
@@ -173,6 +179,8 @@ class MaskedGeneTransformer(nn.Module):
             self.decoder.grow(list(condition_sizes))
         if self.adversary is not None:
             self.adversary.grow(list(condition_sizes))
+        if self.mixing is not None:
+            self.mixing.condition_sizes = list(condition_sizes)
         self.init_args["condition_sizes"] = list(condition_sizes)
 
     def start_from(self, other: "MaskedGeneTransformer") -> None:
