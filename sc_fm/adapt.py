@@ -4,8 +4,10 @@ The fair fight with scVI, which is trained on the evaluation cells themselves. T
 cells become a small corpus store in the checkpoint's vocabulary (no QC: every cell stays);
 its batches (``batch_key``) become the normaliser groups and new condition categories, whose
 embedding rows start as ``<unk>``; pretraining then continues from the checkpoint's weights
-for ``adapt.steps`` steps with the checkpoint's own settings. The result is a normal
-checkpoint directory (``Pretrained.load``), written beside and swapped in when complete.
+for ``adapt.steps`` steps with the checkpoint's own settings, plus two objectives that mix the
+input's batches in the cell embedding (``batch_objectives``): without them adaptation learnt
+the cells but kept their batches apart (docs/evaluate.md). The result is a normal checkpoint
+directory (``Pretrained.load``), written beside and swapped in when complete.
 """
 
 from __future__ import annotations
