@@ -88,3 +88,11 @@ def test_adaptation_adds_the_batch_objectives_unless_switched_off_or_overridden(
     overridden = run_config(pretrained, AdaptConfig(), ["s.zarr"], None, ["model.cell_mixing_weight=7"],
                             n_cells=600).model
     assert overridden.cell_mixing_weight == 7.0
+
+
+def test_without_a_batch_column_the_batch_objectives_have_nothing_to_mix(tiny_checkpoint, tiny_atlas, tmp_path):
+    adata = tiny_atlas[:100].copy()
+    adapt(Pretrained.load(tiny_checkpoint), adata, tmp_path / "a", AdaptConfig(steps=2), ["train.warmup_steps=1"])
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["mixing_loss"] for row in rows] == [0.0, 0.0]
+    assert all(np.isfinite(row["loss"]) for row in rows)
