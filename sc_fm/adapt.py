@@ -17,8 +17,8 @@ import json
 import shutil
 from pathlib import Path
 
-from sc_fm.config import (AdaptConfig, ModelConfig, PrepareConfig, QCConfig, RunConfig, load_config, read_yaml,
-                          to_dict)
+from sc_fm.config import (AdaptConfig, ModelConfig, PrepareConfig, QCConfig, RunConfig, load_config,
+                          read_yaml, to_dict)
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.outputs import remove_stale_siblings, swap_in, work_dir
 from sc_fm.pretrained import Pretrained
@@ -62,8 +62,8 @@ def batch_objectives(config: AdaptConfig, n_cells: int) -> list[str]:
     settings = [f"model.cell_mixing_weight={config.mixing_weight}",
                 f"model.cell_mixing_bank={max(min(MIXING_BANK, n_cells), ModelConfig.cell_mixing_k)}"]
     if config.adversary_weight > 0:
-        settings += [f"model.cell_adversary_weight={config.adversary_weight}", "model.cell_adversary=confusion",
-                     f"model.cell_adversary_lr_scale={ADVERSARY_LR_SCALE}"]
+        settings += [f"model.cell_adversary_weight={config.adversary_weight}",
+                     "model.cell_adversary=confusion", f"model.cell_adversary_lr_scale={ADVERSARY_LR_SCALE}"]
     return settings
 
 

@@ -73,7 +73,8 @@ def test_adaptation_rate_is_adapt_lr_unless_an_override_names_train_lr(tiny_chec
     assert run_config(pretrained, AdaptConfig(), ["s.zarr"], None, n_cells=600).train.lr == 1e-4
     assert run_config(pretrained, AdaptConfig(lr=3e-4), ["s.zarr"], None, ["train.lr=5e-4"],
                       n_cells=600).train.lr == 5e-4
-    assert run_config(pretrained, AdaptConfig(lr=None), ["s.zarr"], None, n_cells=600).train.lr == 1e-3  # the run's own
+    own = run_config(pretrained, AdaptConfig(lr=None), ["s.zarr"], None, n_cells=600)
+    assert own.train.lr == 1e-3  # the run's own
 
 
 def test_adaptation_adds_the_batch_objectives_unless_switched_off_or_overridden(tiny_checkpoint):
@@ -81,18 +82,23 @@ def test_adaptation_adds_the_batch_objectives_unless_switched_off_or_overridden(
     assert pretrained.model.config.cell_mixing_weight == 0.0  # pretraining leaves them off
     model = run_config(pretrained, AdaptConfig(), ["s.zarr"], None, n_cells=600).model
     assert (model.cell_mixing_weight, model.cell_mixing_bank) == (3.0, 600)  # the bank: the input's cells
-    assert (model.cell_adversary_weight, model.cell_adversary, model.cell_adversary_lr_scale) == (1.0, "confusion", 10)
-    assert run_config(pretrained, AdaptConfig(), ["s.zarr"], None, n_cells=10 ** 6).model.cell_mixing_bank == 4096
-    off = run_config(pretrained, AdaptConfig(mixing_weight=0, adversary_weight=0), ["s.zarr"], None, n_cells=600).model
+    adversary = (model.cell_adversary_weight, model.cell_adversary, model.cell_adversary_lr_scale)
+    assert adversary == (1.0, "confusion", 10)
+    large = run_config(pretrained, AdaptConfig(), ["s.zarr"], None, n_cells=10 ** 6)
+    assert large.model.cell_mixing_bank == 4096
+    off = run_config(pretrained, AdaptConfig(mixing_weight=0, adversary_weight=0), ["s.zarr"], None,
+                     n_cells=600).model
     assert (off.cell_mixing_weight, off.cell_adversary_weight) == (0.0, 0.0)
     overridden = run_config(pretrained, AdaptConfig(), ["s.zarr"], None, ["model.cell_mixing_weight=7"],
                             n_cells=600).model
     assert overridden.cell_mixing_weight == 7.0
 
 
-def test_without_a_batch_column_the_batch_objectives_have_nothing_to_mix(tiny_checkpoint, tiny_atlas, tmp_path):
+def test_without_a_batch_column_the_batch_objectives_have_nothing_to_mix(tiny_checkpoint, tiny_atlas,
+                                                                          tmp_path):
     adata = tiny_atlas[:100].copy()
-    adapt(Pretrained.load(tiny_checkpoint), adata, tmp_path / "a", AdaptConfig(steps=2), ["train.warmup_steps=1"])
+    adapt(Pretrained.load(tiny_checkpoint), adata, tmp_path / "a", AdaptConfig(steps=2),
+          ["train.warmup_steps=1"])
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [row["mixing_loss"] for row in rows] == [0.0, 0.0]
     assert all(np.isfinite(row["loss"]) for row in rows)

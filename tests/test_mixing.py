@@ -12,7 +12,7 @@ from sc_fm.batch import LOSS, MIXING_LOSS
 from sc_fm.config import ModelConfig, TokenizerConfig
 from sc_fm.errors import ConfigError
 from sc_fm.model import MaskedGeneTransformer
-from sc_fm.model.mixing import CrossBatchNeighbours, batch_identity
+from sc_fm.model.mixing import CrossBatchNeighbours, same_batch
 from sc_fm.tokenize import CellTokenizer
 
 SMALL = ModelConfig(n_layers=1, d_model=32, n_heads=2, d_ff=64, attention="math", cell_latent=8)
@@ -20,14 +20,15 @@ A, B = 1, 2  # condition ids of two batches (0 is <unk>)
 
 
 def _bank(points: list[tuple[float, float]], batches: list[int], k: int = 1) -> CrossBatchNeighbours:
-    mixing = CrossBatchNeighbours(2, [3], bank=2 * len(points), k=k)
+    mixing = CrossBatchNeighbours(2, 1, bank=2 * len(points), k=k)
     mixing.loss(torch.tensor(points), torch.tensor(batches)[:, None])
     return mixing
 
 
-def test_batch_identity_combines_the_keys_and_leaves_unknown_cells_out():
-    ids = torch.tensor([[1, 2], [2, 1], [1, 0], [0, 3], [2, 1]])
-    assert batch_identity(ids, [3, 4]).tolist() == [1 * 4 + 2, 2 * 4 + 1, -1, -1, 2 * 4 + 1]
+def test_a_batch_is_every_condition_key_together():
+    ids = torch.tensor([[1, 2], [2, 1], [1, 1], [2, 1]])
+    assert same_batch(ids, ids).tolist() == [[True, False, False, False], [False, True, False, True],
+                                             [False, False, True, False], [False, True, False, True]]
 
 
 def test_only_mutual_pairs_across_batches_are_pulled_by_their_offset():
@@ -45,12 +46,13 @@ def test_only_mutual_pairs_across_batches_are_pulled_by_their_offset():
 
 
 def test_a_cell_moves_by_the_mean_shift_of_its_own_batch_neighbours():
-    mixing = CrossBatchNeighbours(2, [3], bank=4, k=2)
+    mixing = CrossBatchNeighbours(2, 1, bank=4, k=2)
     mixing.bank[:] = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [0.5, 0.0]])
     mixing.bank_shift[:] = torch.tensor([[1.0, 0.0], [0.0, 0.0], [5.0, 5.0], [9.0, 9.0]])
-    mixing.bank_batch[:] = torch.tensor([A, A, A, B])
+    mixing.bank_conditions[:] = torch.tensor([[A], [A], [A], [B]])
+    mixing.written = 4
     # the two nearest of batch A are x=0 and x=1 (batch B's x=0.5 is nearer, but another batch)
-    torch.testing.assert_close(mixing._smoothed(torch.tensor([[0.4, 0.0]]), torch.tensor([A])),
+    torch.testing.assert_close(mixing._smoothed(torch.tensor([[0.4, 0.0]]), torch.tensor([[A]])),
                                torch.tensor([[0.5, 0.0]]))
 
 
@@ -64,7 +66,7 @@ def test_a_bank_of_one_batch_or_unknown_cells_adds_exactly_nothing():
 
 
 def test_the_bank_keeps_the_latest_cells_first_in_first_out():
-    mixing = CrossBatchNeighbours(1, [3], bank=4, k=1)
+    mixing = CrossBatchNeighbours(1, 1, bank=4, k=1)
     for start in (0, 3, 6):
         mixing.loss(torch.arange(start, start + 3, dtype=torch.float32)[:, None], torch.full((3, 1), A))
     assert sorted(mixing.bank[:, 0].tolist()) == [5.0, 6.0, 7.0, 8.0]
@@ -85,8 +87,8 @@ def test_mixing_joins_the_training_loss_only_and_is_not_a_weight(tiny_store):
         for key in tokenizer.config.condition_keys:
             codes, categories = tiny_store.shard_obs(shard, key, 0, 12)
             conditions[key] = np.asarray(categories, dtype=object)[codes]
-        parts.append(tokenizer.encode_rows(indptr, indices, data, conditions, rng=np.random.default_rng(shard),
-                                           with_expression=True))
+        parts.append(tokenizer.encode_rows(indptr, indices, data, conditions,
+                                           rng=np.random.default_rng(shard), with_expression=True))
     assert len({tuple(p.condition_ids[0].tolist()) for p in parts}) == 2  # two batches
     batch = tokenizer.mask_and_pack(parts, np.random.default_rng(0), range(24))
     with torch.no_grad():

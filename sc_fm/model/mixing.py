@@ -18,7 +18,9 @@ its gradient moves each cell's embedding along its shift.
 
 Neighbours are searched in a first-in first-out bank of the last ``bank`` cells' embeddings and
 shifts (detached), so that a batch of a few dozen cells still meets every cell type of every
-batch. The bank is working memory, not a weight: it is not saved, and a resumed run refills it.
+batch. A batch is a combination of condition categories, compared key by key, so categories
+that an adaptation adds (``grow_conditions``) need nothing here. The bank is working memory,
+not a weight: it is not saved, and a resumed run refills it.
 Cells whose condition is ``<unk>`` (id 0 in any key) take no part.
 """
 
@@ -28,81 +30,79 @@ import torch
 from torch import nn
 
 
-def batch_identity(condition_ids: torch.Tensor, condition_sizes: list[int]) -> torch.Tensor:
-    """One id per cell for its combination of conditions (``-1``: some key unknown)."""
-    ids = condition_ids.long()
-    combined = ids.new_zeros(len(ids))
-    for column, size in zip(ids.T, condition_sizes):
-        combined = combined * size + column
-    return torch.where((ids > 0).all(dim=1), combined, combined.new_full((), -1))
+def same_batch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[n, m]``: whether cell ``i`` of ``a`` and cell ``j`` of ``b`` (condition ids ``[n, C]``,
+    ``[m, C]``) share every condition, i.e. are of one batch."""
+    return (a[:, None, :] == b[None, :, :]).all(dim=2)
 
 
-def _nearest(distance: torch.Tensor, allowed: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _nearest(distance: torch.Tensor, allowed: torch.Tensor,
+             k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Distances, columns and validity of each row's ``k`` nearest allowed entries (a row with
     fewer than ``k`` allowed has invalid entries at its end)."""
-    distance, columns = distance.masked_fill(~allowed, float("inf")).topk(min(k, distance.shape[1]), dim=1,
-                                                                           largest=False)
+    k = min(k, distance.shape[1])
+    distance, columns = distance.masked_fill(~allowed, float("inf")).topk(k, dim=1, largest=False)
     return distance, columns, distance.isfinite()
 
 
 class CrossBatchNeighbours(nn.Module):
-    """``[B, d]`` cell embeddings and their batches -> the mean squared smoothed shift per
+    """``[B, d]`` cell embeddings and their condition ids -> the mean squared smoothed shift per
     dimension (0 while the bank holds one batch only)."""
 
-    def __init__(self, dim: int, condition_sizes: list[int], bank: int, k: int):
+    def __init__(self, dim: int, n_condition_keys: int, bank: int, k: int):
         super().__init__()
-        self.condition_sizes = list(condition_sizes)
         self.k = k
         self.register_buffer("bank", torch.zeros(bank, dim), persistent=False)
         self.register_buffer("bank_shift", torch.zeros(bank, dim), persistent=False)
-        self.register_buffer("bank_batch", torch.full((bank,), -1, dtype=torch.long), persistent=False)
-        self.written = 0
+        self.register_buffer("bank_conditions", torch.zeros(bank, n_condition_keys, dtype=torch.long),
+                             persistent=False)
+        self.written = 0  # cells ever remembered: the bank's first min(written, bank) slots are filled
 
     def loss(self, embedding: torch.Tensor, condition_ids: torch.Tensor) -> torch.Tensor:
-        batches = batch_identity(condition_ids, self.condition_sizes)
-        known = batches >= 0
-        z, batch = embedding[known].float(), batches[known]
-        shift = self._shifts(z.detach(), batch)
-        self._remember(z.detach(), batch, shift)
+        known = (condition_ids > 0).all(dim=1)
+        z, conditions = embedding[known].float(), condition_ids[known].long()
+        shift = self._shifts(z.detach(), conditions)
+        self._remember(z.detach(), conditions, shift)
         if len(z) == 0:
             return embedding.new_zeros((), dtype=torch.float32)
-        return ((z - (z.detach() + self._smoothed(z.detach(), batch))) ** 2).mean(dim=1).sum() / len(z)
+        return ((z - (z.detach() + self._smoothed(z.detach(), conditions))) ** 2).mean(dim=1).sum() / len(z)
 
     def _filled(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        filled = self.bank_batch >= 0
-        return self.bank[filled].float(), self.bank_shift[filled].float(), self.bank_batch[filled]
+        n = min(self.written, len(self.bank))
+        return self.bank[:n].float(), self.bank_shift[:n].float(), self.bank_conditions[:n]
 
-    def _shifts(self, z: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    def _shifts(self, z: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         """Each new cell's mean offset to its mutual nearest neighbours in other batches."""
-        bank, _, bank_batch = self._filled()
+        bank, _, bank_conditions = self._filled()
         if len(z) == 0 or len(bank) == 0:
             return z.new_zeros(z.shape)
-        near_distance, near, valid = _nearest(torch.cdist(z, bank), batch[:, None] != bank_batch[None, :], self.k)
+        near_distance, near, valid = _nearest(torch.cdist(z, bank), ~same_batch(conditions, bank_conditions),
+                                              self.k)
         partners = bank[near]  # [n, k, d]
         # mutual: the cell is among its partner's k nearest of the cell's own batch (bank and new
         # cells together, so the cell itself is always a candidate)
-        pool, pool_batch = torch.cat([bank, z]), torch.cat([bank_batch, batch])
+        pool, pool_conditions = torch.cat([bank, z]), torch.cat([bank_conditions, conditions])
         to_pool = torch.cdist(partners.reshape(-1, z.shape[1]), pool)
-        own = pool_batch[None, :] == batch.repeat_interleave(near.shape[1])[:, None]
+        own = same_batch(conditions.repeat_interleave(near.shape[1], dim=0), pool_conditions)
         own_distance, _, own_valid = _nearest(to_pool, own, self.k)
         kth = own_distance.masked_fill(~own_valid, -float("inf")).max(dim=1).values.reshape(near.shape)
         mutual = (valid & (near_distance <= kth)).to(z.dtype)
         offsets = torch.where(valid[..., None], partners - z[:, None, :], 0.0)
         return (offsets * mutual[..., None]).sum(dim=1) / mutual.sum(dim=1, keepdim=True).clamp(min=1)
 
-    def _smoothed(self, z: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    def _smoothed(self, z: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         """The mean shift of each cell's ``k`` nearest cells of its own batch (the bank, which
         now holds the cell itself)."""
-        bank, bank_shift, bank_batch = self._filled()
-        _, nearest, valid = _nearest(torch.cdist(z, bank), batch[:, None] == bank_batch[None, :], self.k)
+        bank, bank_shift, bank_conditions = self._filled()
+        _, nearest, valid = _nearest(torch.cdist(z, bank), same_batch(conditions, bank_conditions), self.k)
         weights = valid.to(z.dtype)[..., None]
         return (bank_shift[nearest] * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
     @torch.no_grad()
-    def _remember(self, z: torch.Tensor, batch: torch.Tensor, shift: torch.Tensor) -> None:
+    def _remember(self, z: torch.Tensor, conditions: torch.Tensor, shift: torch.Tensor) -> None:
         keep = slice(max(len(z) - len(self.bank), 0), None)
         slots = (self.written + torch.arange(len(z[keep]), device=z.device)) % len(self.bank)
         self.bank[slots] = z[keep].to(self.bank.dtype)
         self.bank_shift[slots] = shift[keep].to(self.bank.dtype)
-        self.bank_batch[slots] = batch[keep]
+        self.bank_conditions[slots] = conditions[keep]
         self.written += len(z[keep])

@@ -73,7 +73,7 @@ class MaskedGeneTransformer(nn.Module):
                                           config.cell_latent))
         self.adversary = (ConditionAdversary(self.embedding_dim, list(condition_sizes), config.cell_adversary_lr_scale)
                           if self.decoder is not None and config.cell_adversary_weight > 0 else None)
-        self.mixing = (CrossBatchNeighbours(self.embedding_dim, list(condition_sizes), config.cell_mixing_bank,
+        self.mixing = (CrossBatchNeighbours(self.embedding_dim, len(condition_sizes), config.cell_mixing_bank,
                                             config.cell_mixing_k) if config.cell_mixing_weight > 0 else None)
         self._init_weights()
         if self.decoder is not None:
@@ -179,8 +179,6 @@ class MaskedGeneTransformer(nn.Module):
             self.decoder.grow(list(condition_sizes))
         if self.adversary is not None:
             self.adversary.grow(list(condition_sizes))
-        if self.mixing is not None:
-            self.mixing.condition_sizes = list(condition_sizes)
         self.init_args["condition_sizes"] = list(condition_sizes)
 
     def start_from(self, other: "MaskedGeneTransformer") -> None:
