@@ -22,6 +22,7 @@ from sc_fm.config import (AdaptConfig, ModelConfig, PrepareConfig, QCConfig, Run
 from sc_fm.errors import ConfigError, InputDataError
 from sc_fm.outputs import remove_stale_siblings, swap_in, work_dir
 from sc_fm.pretrained import Pretrained
+from sc_fm.pretrained.axes import EmbeddingAxes
 from sc_fm.pretrained.inputs import require_counts, require_obs_column, stored_values
 from sc_fm.rundir import METRICS_FILE
 from sc_fm.store import CorpusStore
@@ -107,6 +108,13 @@ def write_input_store(pretrained: Pretrained, adata, batch_key: str | None, path
     return path
 
 
+def fit_embedding_axes(checkpoint: Path, adata, config: AdaptConfig) -> None:
+    """Save the top ``config.embedding_axes`` principal axes of ``adata``'s pooled states under the
+    adapted weights in ``checkpoint`` (the input's cells, as the adaptation saw them)."""
+    pooled = Pretrained.load(checkpoint).embed(adata, config.input, key_added=None, progress=False)
+    EmbeddingAxes.fit(pooled, config.embedding_axes).save(checkpoint)
+
+
 def adapt(pretrained: Pretrained, adata, out_dir: str | Path, config: AdaptConfig, overrides: list[str] = (),
           where: str = "input", settings: Path | None = None, overwrite: bool = False) -> Pretrained:
     """Adapt ``pretrained`` to ``adata``'s cells; the checkpoint is written to ``out_dir``.
@@ -135,6 +143,8 @@ def adapt(pretrained: Pretrained, adata, out_dir: str | Path, config: AdaptConfi
             start.grow_conditions(tokenizer.model_inputs["condition_sizes"])
         cfg = run_config(pretrained, config, [str(store)], settings, overrides, n_cells=adata.n_obs)
         final = pretrain(cfg, work / "run", initial=Pretrained(model, tokenizer, start=start))
+        if config.embedding_axes:
+            fit_embedding_axes(final, adata, config)
         (final / ADAPT_FILE).write_text(json.dumps({
             "base_checkpoint": str(pretrained.path) if pretrained.path else None, "n_cells": int(adata.n_obs),
             "settings": str(settings) if settings else None, "config": to_dict(config)}, indent=2) + "\n")

@@ -331,9 +331,14 @@ class AdaptConfig:
     # its classifier at 10x the rate); 0 switches either off, KEY=VALUE overrides win
     mixing_weight: float = 3.0
     adversary_weight: float = 1.0
+    # the adapted checkpoint embeds on the top N principal axes of the input cells' pooled states
+    # (sc_fm/pretrained/axes.py; N = 10, scVI's latent size): the low-variance axes kept the
+    # batches apart (docs/evaluate.md); 0: the full pooled state
+    embedding_axes: int = 10
 
     def __post_init__(self) -> None:
         require([(self.steps >= 1, f"adapt.steps={self.steps} must be at least 1"),
+                 (self.embedding_axes >= 0, f"adapt.embedding_axes={self.embedding_axes} must be >= 0"),
                  (self.lr is None or self.lr > 0, "adapt.lr must be positive"),
                  (min(self.mixing_weight, self.adversary_weight) >= 0,
                   "adapt.mixing_weight and adapt.adversary_weight must be >= 0")])

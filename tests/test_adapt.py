@@ -7,12 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from sklearn.decomposition import PCA
 
 from sc_fm.adapt import ADAPT_FILE, adapt, run_config
 from sc_fm.cli import main
 from sc_fm.config import AdaptConfig, InputSettings
 from sc_fm.errors import InputDataError
 from sc_fm.pretrained import Pretrained
+from sc_fm.pretrained.axes import AXES_FILE
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,31 @@ def test_adapted_directory_is_a_checkpoint_with_new_batches_as_conditions(adapte
     assert len(rows) == 3 and all(np.isfinite(row["loss"]) for row in rows)
     assert rows[-1]["mixing_loss"] > 0  # the plates were pulled together (the batch objectives)
     embedding = result.embed(adata, "plate", progress=False)
-    assert embedding.shape == (adata.n_obs, base.model.embedding_dim) and np.isfinite(embedding).all()
+    assert embedding.shape == (adata.n_obs, 10) and np.isfinite(embedding).all()
+
+
+def test_adapted_checkpoint_embeds_on_the_input_cells_principal_axes(adapted):
+    _, _, adata, out, result = adapted
+    assert (out / AXES_FILE).is_file() and result.embedding_dim == 10
+    pooled = Pretrained(result.model, result.tokenizer).embed(adata, "plate", key_added=None, progress=False)
+    assert pooled.shape[1] == result.model.embedding_dim > 10
+    reference = PCA(10, svd_solver="full").fit(pooled.astype(np.float64))
+    embedding = Pretrained.load(out).embed(adata, "plate", key_added=None, progress=False)
+    signs = np.sign((embedding * reference.transform(pooled)).sum(axis=0))
+    np.testing.assert_allclose(embedding, signs * reference.transform(pooled), atol=1e-4)
+    np.testing.assert_allclose(embedding.var(axis=0, ddof=1), reference.explained_variance_, rtol=1e-4)
+
+
+def test_embedding_axes_zero_keeps_the_full_pooled_state(tiny_checkpoint, tiny_atlas, tmp_path, capsys):
+    adata = tiny_atlas[:100].copy()
+    adata.write_h5ad(tmp_path / "in.h5ad")
+    out = tmp_path / "a"
+    assert main(["adapt", str(tiny_checkpoint), str(tmp_path / "in.h5ad"), "-o", str(out), "--steps", "1",
+                 "adapt.embedding_axes=0", "train.warmup_steps=1"]) == 0
+    result = Pretrained.load(out)
+    assert not (out / AXES_FILE).exists() and result.axes is None
+    assert f"embeds on the {result.model.embedding_dim}-wide pooled state" in capsys.readouterr().out
+    assert result.embed(adata, key_added=None, progress=False).shape == (100, result.model.embedding_dim)
 
 
 def test_adapt_refuses_bad_input_before_any_work(tiny_checkpoint, tiny_atlas, tmp_path, capsys):

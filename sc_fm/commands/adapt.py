@@ -38,5 +38,8 @@ def run(args: argparse.Namespace) -> int:
     with full_disk_as_error(args.output, "its work folder was removed"):
         adapted = adapt(pretrained, adata, args.output, config, train_overrides, where=args.input,
                         overwrite=args.overwrite)
-    print(f"adapted {adapted.name} on {adata.n_obs} cells for {config.steps} steps: {args.output}")
+    readout = (f"embeds on the cells' top {adapted.embedding_dim} principal axes" if adapted.axes is not None
+               else f"embeds on the {adapted.embedding_dim}-wide pooled state")
+    print(f"adapted {adapted.name} on {adata.n_obs} cells for {config.steps} steps ({readout}): "
+          f"{args.output}")
     return 0

@@ -6,7 +6,8 @@ reaches a checkpoint, with one input contract (``InputSettings``); the verbs (``
 ``explain``, ``finetune``) are free functions that take it. ``embed`` follows scanpy's
 habit: the result goes into ``adata.obsm`` in place and is also returned. The directory holds
 the model's own files (``model.safetensors``, ``model_config.json``) and ``tokenizer/``
-(config, normalisers, ``vocab.tsv``).
+(config, normalisers, ``vocab.tsv``), and after ``scfm adapt`` the embedding's axes
+(``axes.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sc_fm.config import InputSettings
 from sc_fm.errors import InputDataError
 from sc_fm.model import MaskedGeneTransformer
 from sc_fm.model.io import START_FILE, load_weights, recorded_vocab_hash, required_file, write_weights
+from sc_fm.pretrained.axes import EmbeddingAxes
 from sc_fm.pretrained.batches import embed_cells
 from sc_fm.pretrained.cells import InputCells
 from sc_fm.pretrained.genes import GeneMapping, map_genes
@@ -35,16 +37,22 @@ TOKENIZER_DIR = "tokenizer"
 
 class Pretrained:
     """``model`` (a ``MaskedGeneTransformer``) + ``tokenizer``; ``path`` where it was loaded from;
-    ``start``: the untrained model its training began from (read from ``path`` when not given)."""
+    ``start``: the untrained model its training began from (read from ``path`` when not given);
+    ``axes``: the principal axes every embedding is read on (adapted checkpoints; ``axes.py``)."""
 
     def __init__(self, model: MaskedGeneTransformer, tokenizer: CellTokenizer, path: Path | None = None,
-                 start: MaskedGeneTransformer | None = None):
+                 start: MaskedGeneTransformer | None = None, axes: EmbeddingAxes | None = None):
         n_tokens = model.init_args["n_tokens"]
         if tokenizer.vocab.n_tokens != n_tokens or tokenizer.model_inputs != model.init_args:
             raise InputDataError(f"the tokenizer ({tokenizer.vocab.n_tokens} tokens, {tokenizer.model_inputs}) "
                                  f"does not fit the model ({model.init_args})", str(path or "Pretrained"),
                                  "use a directory written by one pretraining run (RUN_DIR/final)")
+        if axes is not None and len(axes.mean) != model.embedding_dim:
+            raise InputDataError(f"the embedding's axes were fitted on {len(axes.mean)}-wide embeddings, the "
+                                 f"model's are {model.embedding_dim} wide", str(path or "Pretrained"),
+                                 "keep the embedding_axes.safetensors that scfm adapt saved with the weights")
         self.model = model
+        self.axes = axes
         self.tokenizer = tokenizer
         self.path = path
         self._start = start
@@ -57,6 +65,11 @@ class Pretrained:
     def name(self) -> str:
         """Display name in reports: ``sc_fm-<size>``."""
         return f"sc_fm-{self.model.config.size}"
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of what ``embed`` returns: the axes' count where the checkpoint has them."""
+        return self.axes.n_axes if self.axes is not None else self.model.embedding_dim
 
     @property
     def run_config(self) -> Path | None:
@@ -111,12 +124,14 @@ class Pretrained:
             raise InputDataError(f"the model was trained on vocabulary {recorded[:12]}, its tokenizer/ holds "
                                  f"{tokenizer.vocab.hash[:12]}: the gene rows would mean other genes",
                                  str(directory), "restore the tokenizer/ folder saved with this model")
-        return cls(model, tokenizer, directory)
+        return cls(model, tokenizer, directory, axes=EmbeddingAxes.load(directory))
 
     def save(self, directory: str | Path) -> None:
-        """Weights, model config, the start where known, and the tokenizer (with its vocabulary)
-        into ``directory``."""
+        """Weights, model config, the start where known, the embedding's axes where fitted, and the
+        tokenizer (with its vocabulary) into ``directory``."""
         self.model.save_pretrained(directory, self.tokenizer.vocab.hash)
+        if self.axes is not None:
+            self.axes.save(directory)
         if self.has_start:
             write_weights(self.start_model(), Path(directory) / START_FILE)
         self.tokenizer.save(Path(directory) / TOKENIZER_DIR)
@@ -142,12 +157,15 @@ class Pretrained:
 
     def embed(self, adata, inputs: InputSettings | str | None = None, key_added: str | None = EMBEDDING_KEY,
               progress: bool = True, where: str = "input") -> np.ndarray:
-        """``[n_obs, d]`` float32 cell embeddings, rows in order, deterministic; written to
+        """``[n_obs, embedding_dim]`` float32 cell embeddings (on the axes where the checkpoint has
+        them), rows in order, deterministic; written to
         ``adata.obsm[key_added]`` unless ``key_added`` is None. ``inputs``: the ``InputSettings``
         (a string is the batch column alone); its ``conditions`` fix condition tokens for every
         cell (``{"assay": "10x"}``), keys left out are dropped."""
         inputs = InputSettings(batch_key=inputs) if isinstance(inputs, str) else inputs or InputSettings()
         embedding = embed_cells(self.model, self.input_cells(adata, inputs, where), inputs.batch_cells, progress)
+        if self.axes is not None:
+            embedding = self.axes.apply(embedding)
         if key_added is not None:
             adata.obsm[key_added] = embedding
         return embedding
