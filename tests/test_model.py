@@ -104,12 +104,14 @@ def test_equal_length_runs_are_one_call_and_bit_identical_per_cell(monkeypatch):
     lengths = [16, 16, 16, 5, 16, 16, 9, 9, 1]
     cells = PackedCells(torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int32), 16)
     assert cells.length_runs == [(16, 3), (5, 1), (16, 2), (9, 2), (1, 1)]
-    qkv = torch.randn(sum(lengths), 3, 4, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    grad = torch.randn(sum(lengths), 4, 8, generator=torch.Generator().manual_seed(1))
+    # the tiny model's heads (4 of 32): at a head width of 8 the fused CPU kernel on 2 threads
+    # rounds the last place of 9- and 17-token cells by how the run is split (docs/model.md)
+    qkv = torch.randn(sum(lengths), 3, 4, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    grad = torch.randn(sum(lengths), 4, 32, generator=torch.Generator().manual_seed(1))
     runs = BACKENDS["sdpa"](qkv, cells)
     assert calls == [3, 1, 2, 2, 1]  # cells per call: one call per run
     per_cell = one_call_per_cell(qkv, cells)
-    assert runs.shape == (sum(lengths), 4, 8) and runs.is_contiguous()
+    assert runs.shape == (sum(lengths), 4, 32) and runs.is_contiguous()
     assert torch.equal(runs, per_cell)
     assert torch.equal(torch.autograd.grad(runs, qkv, grad)[0], torch.autograd.grad(per_cell, qkv, grad)[0])
 
