@@ -6,7 +6,8 @@ For each checkpoint ``sc_fm-<size>``:
   (a random gene table, not the checkpoint's own start, which is the fixed
   ``(untrained, same start)`` row), zero-shot;
 - ``(adapted)``: the checkpoint after ``scfm adapt`` on the benchmark's own cells (no labels),
-  embedded through ``Pretrained.embed`` like any checkpoint;
+  embedded through ``Pretrained.embed`` like any checkpoint (so on the principal axes that
+  adaptation fitted on those cells, ``adapt.embedding_axes``);
 - ``(scratch, adapted)``: the same adaptation from random initialisation, at the same number of
   steps and at multiples of it, so a short schedule cannot flatter pretraining.
 Every row depends on a seed, so the benchmark repeats each over its seeds.
