@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 AXES_FILE = "embedding_axes.safetensors"
+REFIT = "adapt the checkpoint again, or delete the file to embed on the full pooled state"
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,10 @@ class EmbeddingAxes:
             axes = cls(tensors["mean"], tensors["axes"], tensors["variance"])
         except (SafetensorError, OSError, KeyError) as err:
             raise InputDataError(f"the adapted embedding's axes cannot be read ({err})", str(path),
-                                 "adapt the checkpoint again, or delete the file to embed on the full "
-                                 "pooled state") from err
+                                 REFIT) from err
         d, k = axes.axes.shape if axes.axes.ndim == 2 else (-1, -1)
         if axes.mean.shape != (d,) or axes.variance.shape != (k,) or not np.isfinite(axes.axes).all():
             raise InputDataError(f"the adapted embedding's axes are damaged (mean {axes.mean.shape}, axes "
                                  f"{axes.axes.shape}, variance {axes.variance.shape})", str(path),
-                                 "adapt the checkpoint again, or delete the file to embed on the full "
-                                 "pooled state")
+                                 REFIT)
         return axes
