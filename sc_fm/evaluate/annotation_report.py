@@ -13,7 +13,7 @@ from sc_fm.classify import ACCURACY, MACRO_F1, per_class_f1
 from sc_fm.config import FinetuneConfig
 from sc_fm.evaluate.annotation_split import AnnotationSplit
 from sc_fm.evaluate.report import PER_SEED_CSV, REPORT_MD, RESULTS_CSV, markdown_table
-from sc_fm.evaluate.seeds import compare, spread_note
+from sc_fm.evaluate.seeds import BEATS, compare, spread_note
 
 LOGREG, KNN_PCA, KNN_SCVI, SCANVI = "LogReg (HVG)", "kNN (PCA)", "kNN (scVI)", "scANVI"
 ZERO_SHOT, PROBE = "{} (kNN zero-shot)", "{} (linear probe)"
@@ -180,8 +180,19 @@ def _unseen_lines(split: AnnotationSplit) -> list[str]:
 
 
 def _finding_lines(result) -> list[str]:
-    """Say it in words when fine-tuned sc_fm trails the logistic regression."""
+    """Say it in words when fine-tuned sc_fm trails the logistic regression, and when it does not
+    beat its own untrained start fine-tuned the same way: then pretraining bought the classifier
+    nothing these seeds can measure."""
     table = result.table
-    return [f"Finding: {name} trails {LOGREG} on macro F1 ({table.loc[name, MACRO_F1]:.3f} vs "
-            f"{table.loc[LOGREG, MACRO_F1]:.3f})." for name in table.index
-            if name.endswith(FINETUNED.format("")) and compare(table, name, LOGREG, MACRO_F1)[0] == "trails"]
+    lines = []
+    for name in (n for n in table.index if n.endswith(FINETUNED.format(""))):
+        if compare(table, name, LOGREG, MACRO_F1)[0] == "trails":
+            lines.append(f"Finding: {name} trails {LOGREG} on macro F1 ({table.loc[name, MACRO_F1]:.3f} vs "
+                         f"{table.loc[LOGREG, MACRO_F1]:.3f}).")
+        start = START_FINETUNED.format(name[:-len(FINETUNED.format(""))])
+        word, spread = compare(table, name, start, MACRO_F1) if start in table.index else (BEATS, 0.0)
+        if word != BEATS:
+            lines.append(f"Finding: {name} {word} {start} on macro F1 ({table.loc[name, MACRO_F1]:.3f} vs "
+                         f"{table.loc[start, MACRO_F1]:.3f}, {spread_note(table, name, start, spread, MACRO_F1)}): "
+                         f"pretraining bought this classifier nothing measurable.")
+    return lines
