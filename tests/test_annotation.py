@@ -190,15 +190,15 @@ def test_the_report_says_when_pretraining_bought_the_classifier_nothing(tuned, s
     from sc_fm.evaluate.annotation_report import FINETUNED, LOGREG, START_FINETUNED, _finding_lines
 
     rows = [LOGREG, FINETUNED.format("sc_fm-tiny"), START_FINETUNED.format("sc_fm-tiny")]
-    table = pd.DataFrame({"Macro F1": [0.800, tuned, 0.869], "Macro F1 sd": [0.0, sd, 0.007], "Seeds": [1, 3, 3]},
-                         index=rows)
+    table = pd.DataFrame({"Macro F1": [0.800, tuned, 0.869], "Macro F1 sd": [0.0, sd, 0.007],
+                          "Seeds": [1, 3, 3]}, index=rows)
     lines = _finding_lines(SimpleNamespace(table=table))
     if expected is None:
         assert lines == []
         return
-    assert lines == [f"Finding: sc_fm-tiny (fine-tuned) {expected} sc_fm-tiny (untrained, same start, fine-tuned) "
-                     f"on macro F1 ({tuned:.3f} vs 0.869, spread {sd:.3f} over 3 seeds): pretraining bought this "
-                     f"classifier nothing measurable."]
+    assert lines == [f"Finding: sc_fm-tiny (fine-tuned) {expected} sc_fm-tiny (untrained, same start, "
+                     f"fine-tuned) on macro F1 ({tuned:.3f} vs 0.869, spread {sd:.3f} over 3 seeds): "
+                     f"pretraining bought this classifier nothing measurable."]
 
 
 def test_an_all_unseen_query_is_refused_by_the_library_too(cells):

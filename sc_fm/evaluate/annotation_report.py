@@ -192,7 +192,8 @@ def _finding_lines(result) -> list[str]:
         start = START_FINETUNED.format(name[:-len(FINETUNED.format(""))])
         word, spread = compare(table, name, start, MACRO_F1) if start in table.index else (BEATS, 0.0)
         if word != BEATS:
+            note = spread_note(table, name, start, spread, MACRO_F1)
             lines.append(f"Finding: {name} {word} {start} on macro F1 ({table.loc[name, MACRO_F1]:.3f} vs "
-                         f"{table.loc[start, MACRO_F1]:.3f}, {spread_note(table, name, start, spread, MACRO_F1)}): "
-                         f"pretraining bought this classifier nothing measurable.")
+                         f"{table.loc[start, MACRO_F1]:.3f}, {note}): pretraining bought this classifier "
+                         f"nothing measurable.")
     return lines
