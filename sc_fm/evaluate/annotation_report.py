@@ -13,7 +13,7 @@ from sc_fm.classify import ACCURACY, MACRO_F1, per_class_f1
 from sc_fm.config import FinetuneConfig
 from sc_fm.evaluate.annotation_split import AnnotationSplit
 from sc_fm.evaluate.report import PER_SEED_CSV, REPORT_MD, RESULTS_CSV, markdown_table
-from sc_fm.evaluate.seeds import BEATS, compare, spread_note
+from sc_fm.evaluate.seeds import BEATS, MATCHES, compare, spread_note
 
 LOGREG, KNN_PCA, KNN_SCVI, SCANVI = "LogReg (HVG)", "kNN (PCA)", "kNN (scVI)", "scANVI"
 ZERO_SHOT, PROBE = "{} (kNN zero-shot)", "{} (linear probe)"
@@ -193,7 +193,8 @@ def _finding_lines(result) -> list[str]:
         word, spread = compare(table, name, start, MACRO_F1) if start in table.index else (BEATS, 0.0)
         if word != BEATS:
             note = spread_note(table, name, start, spread, MACRO_F1)
+            meaning = ("pretraining bought this classifier nothing measurable" if word == MATCHES else
+                       "the untrained start fine-tunes better than the pretrained checkpoint")
             lines.append(f"Finding: {name} {word} {start} on macro F1 ({table.loc[name, MACRO_F1]:.3f} vs "
-                         f"{table.loc[start, MACRO_F1]:.3f}, {note}): pretraining bought this classifier "
-                         f"nothing measurable.")
+                         f"{table.loc[start, MACRO_F1]:.3f}, {note}): {meaning}.")
     return lines
