@@ -199,7 +199,8 @@ def test_the_report_says_when_pretraining_bought_the_classifier_nothing(tuned, s
     meaning = {"matches": "pretraining bought this classifier nothing measurable",
                "trails": "the untrained start fine-tunes better than the pretrained checkpoint"}[expected]
     assert lines == [f"Finding: sc_fm-tiny (fine-tuned) {expected} sc_fm-tiny (untrained, same start, "
-                     f"fine-tuned) on macro F1 ({tuned:.3f} vs 0.869, spread {sd:.3f} over 3 seeds): {meaning}."]
+                     f"fine-tuned) on macro F1 ({tuned:.3f} vs 0.869, spread {sd:.3f} over 3 seeds): "
+                     f"{meaning}."]
 
 
 def test_an_all_unseen_query_is_refused_by_the_library_too(cells):
