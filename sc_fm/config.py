@@ -424,6 +424,9 @@ class FinetuneConfig:
     # one-count genes that say little about its type; 1,000 beat 2,000 in both PBMC directions
     # over three seeds, and 4,000 on one (docs/evaluate.md)
     context_hvg: int | None = 1000
+    # the classifier scored, kept and saved is an exponential moving average of its weights,
+    # this decay per step (0: the weights as trained); docs/evaluate.md, "Averaged weights"
+    weight_average: float = 0.99
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -434,6 +437,7 @@ class FinetuneConfig:
                  (self.lr is None or self.lr > 0,
                   "finetune.lr must be positive (or null: a tenth of the pretraining rate)"),
                  (0.0 <= self.encoder_warmup <= 1.0, "finetune.encoder_warmup must be in [0, 1]"),
+                 (0.0 <= self.weight_average < 1.0, "finetune.weight_average must be in [0, 1) (0: off)"),
                  (0.0 < self.val_fraction < 1.0, "finetune.val_fraction must be in (0, 1)"),
                  (self.adversarial_weight >= 0, "finetune.adversarial_weight must be >= 0")])
 

@@ -97,6 +97,37 @@ def test_linear_probe_keeps_the_encoder_frozen(tiny_checkpoint, tiny_atlas, tmp_
     assert all(p.requires_grad for p in pretrained.model.parameters())  # the caller's model is not frozen
 
 
+def test_weight_average_is_an_exponential_moving_average_of_every_step(tiny_checkpoint):
+    """After the first step the average is those weights; after each later one, d * average +
+    (1 - d) * weights; 0 switches it off."""
+    from sc_fm.finetune import CellClassifier
+    from sc_fm.finetune.train import weight_average
+
+    classifier = CellClassifier(Pretrained.load(tiny_checkpoint).model, 3)
+    assert weight_average(classifier, 0.0) is None
+    averaged = weight_average(classifier, 0.9)
+    expected = None
+    for value in (1.0, 3.0, -2.0):
+        with torch.no_grad():
+            classifier.head.weight.fill_(value)
+        averaged.update_parameters(classifier)
+        expected = value if expected is None else 0.9 * expected + 0.1 * value
+        torch.testing.assert_close(averaged.module.head.weight, torch.full_like(classifier.head.weight, expected))
+
+
+def test_the_saved_classifier_is_the_averaged_one(tiny_checkpoint, tiny_atlas, tmp_path):
+    """The head as trained (no average) and the averaged head differ, on the same steps and seed."""
+    pretrained = Pretrained.load(tiny_checkpoint)
+    adata = tiny_atlas[:160].copy()
+    heads = {}
+    for decay in (0.0, 0.5):
+        config = FinetuneConfig(label_key="cell_type", mode="linear", max_steps=6, select_epoch=False,
+                                weight_average=decay)
+        heads[decay] = load_finetuned(finetune(pretrained, adata, tmp_path / str(decay), config,
+                                               progress=False).directory).classifier.head.weight
+    assert not torch.allclose(heads[0.0], heads[0.5])
+
+
 def test_balanced_class_weights_match_scikit_learn():
     from sklearn.utils.class_weight import compute_class_weight
 
