@@ -149,6 +149,7 @@ def write_annotation_report(result, split: AnnotationSplit, out_dir: str | Path,
         f"encoder lr {_encoder_lr(finetune_config)}, head lr {finetune_config.head_lr:g}, a "
         f"{finetune_config.val_fraction:g} validation split of the reference"
         f"{', the epoch best on it kept' if finetune_config.select_epoch else ''}"
+        f"{_averaging(finetune_config)}"
         f"{_panel(finetune_config)}); "
         "`(untrained, same start, fine-tuned)`: the same from the checkpoint's own untrained start, the "
         "control that shows what pretraining buys.", "",
@@ -156,6 +157,12 @@ def write_annotation_report(result, split: AnnotationSplit, out_dir: str | Path,
     path = out / REPORT_MD
     path.write_text(text)
     return path
+
+
+def _averaging(config: FinetuneConfig) -> str:
+    if not config.weight_average:
+        return ""
+    return f", the classifier an exponential moving average of its weights (decay {config.weight_average:g} a step)"
 
 
 def _panel(config: FinetuneConfig) -> str:
