@@ -162,7 +162,8 @@ def write_annotation_report(result, split: AnnotationSplit, out_dir: str | Path,
 def _averaging(config: FinetuneConfig) -> str:
     if not config.weight_average:
         return ""
-    return f", the classifier an exponential moving average of its weights (decay {config.weight_average:g} a step)"
+    return (f", the classifier an exponential moving average of its weights "
+            f"(decay {config.weight_average:g} a step)")
 
 
 def _panel(config: FinetuneConfig) -> str:
