@@ -62,6 +62,7 @@ def ablation_variants(finetune_config, steps: int | None) -> dict[str, dict]:
     return {
         "default": {},
         "default, from the untrained same start": {"same_start": True},
+        "weights as trained (finetune.weight_average: 0, the previous default)": {"weight_average": 0.0},
         "contexts from every gene (finetune.context_hvg: null, the previous default)": {"context_hvg": None},
         "linear head on the frozen encoder (--mode linear)": {"mode": "linear"},
         "encoder lr 1e-5, no warmup, last epoch (the previous default)":
