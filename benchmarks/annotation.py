@@ -108,8 +108,9 @@ def gap_and_spread(table, row: str, control: str) -> str:
     """``row``'s macro-F1 lead over ``control`` beside the larger of their seed sds: a lead inside
     the spread is a tie, whichever side of 1.0 the ratio falls."""
     from sc_fm.classify import MACRO_F1
+    from sc_fm.evaluate.seeds import compare
 
-    spread = float(table.loc[[row, control], MACRO_F1 + " sd"].fillna(0).max())
+    spread = compare(table, row, control, MACRO_F1)[1]
     return f"gap {table.loc[row, MACRO_F1] - table.loc[control, MACRO_F1]:+.3f} against seed sd {spread:.3f}"
 
 

@@ -13,7 +13,7 @@ from sc_fm.classify import ACCURACY, MACRO_F1, per_class_f1
 from sc_fm.config import FinetuneConfig
 from sc_fm.evaluate.annotation_split import AnnotationSplit
 from sc_fm.evaluate.report import PER_SEED_CSV, REPORT_MD, RESULTS_CSV, markdown_table
-from sc_fm.evaluate.seeds import BEATS, MATCHES, compare, spread_note
+from sc_fm.evaluate.seeds import BEATS, MATCHES, TRAILS, compare, spread_note
 
 LOGREG, KNN_PCA, KNN_SCVI, SCANVI = "LogReg (HVG)", "kNN (PCA)", "kNN (scVI)", "scANVI"
 ZERO_SHOT, PROBE = "{} (kNN zero-shot)", "{} (linear probe)"
@@ -194,7 +194,7 @@ def _finding_lines(result) -> list[str]:
     table = result.table
     lines = []
     for name in (n for n in table.index if n.endswith(FINETUNED.format(""))):
-        if compare(table, name, LOGREG, MACRO_F1)[0] == "trails":
+        if compare(table, name, LOGREG, MACRO_F1)[0] == TRAILS:
             lines.append(f"Finding: {name} trails {LOGREG} on macro F1 ({table.loc[name, MACRO_F1]:.3f} vs "
                          f"{table.loc[LOGREG, MACRO_F1]:.3f}).")
         start = START_FINETUNED.format(name[:-len(FINETUNED.format(""))])
