@@ -13,7 +13,9 @@ Ends with ``result: NAME ratio=X target=Y`` lines, each the worse of the two dir
 ``finetuned_vs_logreg`` (macro-F1 ratio), ``finetuned_vs_scanvi`` (read as "at most 0.01 below"),
 ``pretrained_vs_start_finetuned`` (fine-tuned from the checkpoint over fine-tuned from its own
 untrained start). ``--quick`` prints every line at smoke size (a cell sample, short scVI and
-fine-tuning). ``--ablation`` runs fine-tuning variants instead (``ablation_variants``), both
+fine-tuning). ``--stimulate-query`` adds a simulated interferon response to the query's counts
+(``sc_fm.stimulation``): a resting reference labels stimulated cells, and the lines are named
+``stimulated_...``. ``--ablation`` runs fine-tuning variants instead (``ablation_variants``), both
 directions, ``--seeds`` fine-tuning seeds each, on one checkpoint (``--checkpoint``, or the
 pretraining of the first seed).
 """
@@ -156,6 +158,8 @@ def main() -> int:
                         help="instead: fine-tuning variants (same start, linear head, learning rate, warmup, "
                              "epoch selection, steps, class weights, class balance), both directions, --seeds "
                              "seeds; WORDs pick variants by name")
+    parser.add_argument("--stimulate-query", action="store_true",
+                        help="add a simulated interferon response to the query's counts (sc_fm.stimulation)")
     args = parser.parse_args()
 
     from sc_fm import demo
@@ -167,6 +171,7 @@ def main() -> int:
     from sc_fm.evaluate.annotation_split import split_reference
     from sc_fm.evaluate.seeds import METHOD, SEED, seed_list
     from sc_fm.pretrained import Pretrained
+    from sc_fm.stimulation import stimulate
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="scfm_annotation_"))
     size = demo.QUICK if args.quick else demo.FULL
@@ -188,8 +193,10 @@ def main() -> int:
                                       "pretrained_vs_start_finetuned": []}
     start_gaps: list[str] = []
     for reference in adata.obs[PBMC_BATCH].cat.categories:
-        split = split_reference(adata, PBMC_BATCH, PBMC_LABEL, [reference], "PBMC")
-        out = work / f"report_{reference.replace(' ', '_')}"
+        is_query = (adata.obs[PBMC_BATCH] != reference).to_numpy()
+        cells = stimulate(adata, is_query, PBMC_LABEL) if args.stimulate_query else adata
+        split = split_reference(cells, PBMC_BATCH, PBMC_LABEL, [reference], "PBMC")
+        out = work / f"report_{reference.replace(' ', '_')}{'_stimulated' if args.stimulate_query else ''}"
         table, per_seed = annotation_over_seeds(split, checkpoints, name, out, eval_config, finetune_config)
         f1 = table[MACRO_F1]
         tuned = f1[FINETUNED.format(name)]
@@ -208,10 +215,11 @@ def main() -> int:
     print(f"checkpoints {where}; pretraining {pretrain_s:.0f} s, annotation "
           f"{time.perf_counter() - began - pretrain_s:.0f} s; seeds {seeds}; fine-tuning "
           f"{f'{steps} steps' if steps else f'{finetune_config.epochs} epochs'}")
+    prefix = "stimulated_" if args.stimulate_query else ""
     targets = {"finetuned_vs_logreg": 1.0, "finetuned_vs_scanvi": 0.99, "pretrained_vs_start_finetuned": 1.0}
     for key, values in ratios.items():
         gaps = f"; {', '.join(start_gaps)}" if key == "pretrained_vs_start_finetuned" else ""
-        print(f"result: {key} ratio={min(values):.3f} target={targets[key]} "
+        print(f"result: {prefix}{key} ratio={min(values):.3f} target={targets[key]} "
               f"(directions: {', '.join(f'{v:.3f}' for v in values)}{gaps})")
     return 0
 
