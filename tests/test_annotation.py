@@ -203,6 +203,21 @@ def test_the_report_says_when_pretraining_bought_the_classifier_nothing(tuned, s
                      f"{meaning}."]
 
 
+@pytest.mark.parametrize("tuned", [0.868, 0.900])
+def test_one_seed_leaves_what_pretraining_bought_open_either_way(tuned):
+    from types import SimpleNamespace
+
+    from sc_fm.evaluate.annotation_report import FINETUNED, LOGREG, START_FINETUNED, _finding_lines
+
+    rows = [LOGREG, FINETUNED.format("sc_fm-tiny"), START_FINETUNED.format("sc_fm-tiny")]
+    table = pd.DataFrame({"Macro F1": [0.800, tuned, 0.869], "Macro F1 sd": [0.0, np.nan, np.nan],
+                          "Seeds": [1, 1, 1]}, index=rows)
+    assert _finding_lines(SimpleNamespace(table=table)) == [
+        f"Finding: sc_fm-tiny (fine-tuned) scores {tuned:.3f} against 0.869 for sc_fm-tiny (untrained, same "
+        "start, fine-tuned) on macro F1 with one seed, which cannot tell what pretraining bought this "
+        "classifier: rerun with --seeds 3 or more."]
+
+
 def test_an_all_unseen_query_is_refused_by_the_library_too(cells):
     adata = cells.copy()
     query = (adata.obs["dataset"] != "study_0").to_numpy()

@@ -87,11 +87,16 @@ def compare(table: pd.DataFrame, name: str, reference: str, column: str = TOTAL)
     return verdict_word(float(row[column]), float(ref[column]), spread), spread
 
 
+def spread_measured(table: pd.DataFrame, name: str, reference: str, column: str = TOTAL) -> bool:
+    """False when a seeded row of the two ran on one seed only (its sd is NaN): then a verdict
+    compares single draws and cannot tell a difference from seed noise."""
+    return not any(math.isnan(float(table.loc[m].get(column + SD_SUFFIX, 0.0))) for m in (name, reference))
+
+
 def spread_note(table: pd.DataFrame, name: str, reference: str, spread: float, column: str = TOTAL) -> str:
     """``spread 0.012`` with the seeds behind it, or why there is none."""
     seeds = [int(table.loc[m, SEEDS]) for m in (name, reference) if SEEDS in table.columns]
-    unmeasured = any(math.isnan(float(table.loc[m].get(column + SD_SUFFIX, 0.0))) for m in (name, reference))
-    if unmeasured:
+    if not spread_measured(table, name, reference, column):
         return "1 seed, spread not measured"
     if not seeds or max(seeds) < 2:
         return "no seed dependence, spread 0"
