@@ -43,7 +43,8 @@ def stimulate(adata, cells: np.ndarray, label_key: str, seed: int = 0,
 
     columns = programme_columns(adata.var, adata.var_names, genes)
     if columns.size == 0:
-        raise InputDataError("none of the interferon programme's genes is measured", "var_names / var['symbol']",
+        raise InputDataError("none of the interferon programme's genes is measured",
+                             "var_names / var['symbol']",
                              "name genes by symbol in var['symbol'] or var_names (e.g. ISG15, MX1, IFIT1)")
     rng = np.random.default_rng(seed)
     counts = sp.csr_matrix(adata.X)

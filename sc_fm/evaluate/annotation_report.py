@@ -202,8 +202,8 @@ def _finding_lines(result) -> list[str]:
         word, spread = compare(table, name, start, MACRO_F1) if start in table.index else (BEATS, 0.0)
         if start in table.index and not spread_measured(table, name, start, MACRO_F1):
             lines.append(f"Finding: {name} scores {table.loc[name, MACRO_F1]:.3f} against "
-                         f"{table.loc[start, MACRO_F1]:.3f} for {start} on macro F1 with one seed, which cannot "
-                         "tell what pretraining bought this classifier: rerun with --seeds 3 or more.")
+                         f"{table.loc[start, MACRO_F1]:.3f} for {start} on macro F1 with one seed, which "
+                         "cannot tell what pretraining bought this classifier: rerun with --seeds 3 or more.")
         elif word != BEATS:
             note = spread_note(table, name, start, spread, MACRO_F1)
             meaning = ("pretraining bought this classifier nothing measurable" if word == MATCHES else
