@@ -181,18 +181,24 @@ def test_bad_annotation_input_is_refused_before_anything_is_written(cells, tmp_p
     assert expected in err and "Fix:" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("tuned, sd, expected", [
-    (0.900, 0.010, None),  # a lead beyond the spread: pretraining paid
-    (0.875, 0.031, "matches"), (0.830, 0.010, "trails")])
-def test_the_report_says_when_pretraining_bought_the_classifier_nothing(tuned, sd, expected):
+def _findings(tuned: float, sds: tuple[float, float], seeds: int) -> list[str]:
+    """The report's finding lines for LogReg at 0.800, fine-tuned sc_fm-tiny at ``tuned`` and its
+    untrained start at 0.869, the two fine-tuned rows with ``sds`` over ``seeds`` seeds."""
     from types import SimpleNamespace
 
     from sc_fm.evaluate.annotation_report import FINETUNED, LOGREG, START_FINETUNED, _finding_lines
 
     rows = [LOGREG, FINETUNED.format("sc_fm-tiny"), START_FINETUNED.format("sc_fm-tiny")]
-    table = pd.DataFrame({"Macro F1": [0.800, tuned, 0.869], "Macro F1 sd": [0.0, sd, 0.007],
-                          "Seeds": [1, 3, 3]}, index=rows)
-    lines = _finding_lines(SimpleNamespace(table=table))
+    table = pd.DataFrame({"Macro F1": [0.800, tuned, 0.869], "Macro F1 sd": [0.0, *sds],
+                          "Seeds": [1, seeds, seeds]}, index=rows)
+    return _finding_lines(SimpleNamespace(table=table))
+
+
+@pytest.mark.parametrize("tuned, sd, expected", [
+    (0.900, 0.010, None),  # a lead beyond the spread: pretraining paid
+    (0.875, 0.031, "matches"), (0.830, 0.010, "trails")])
+def test_the_report_says_when_pretraining_bought_the_classifier_nothing(tuned, sd, expected):
+    lines = _findings(tuned, (sd, 0.007), seeds=3)
     if expected is None:
         assert lines == []
         return
@@ -205,14 +211,7 @@ def test_the_report_says_when_pretraining_bought_the_classifier_nothing(tuned, s
 
 @pytest.mark.parametrize("tuned", [0.868, 0.900])
 def test_one_seed_leaves_what_pretraining_bought_open_either_way(tuned):
-    from types import SimpleNamespace
-
-    from sc_fm.evaluate.annotation_report import FINETUNED, LOGREG, START_FINETUNED, _finding_lines
-
-    rows = [LOGREG, FINETUNED.format("sc_fm-tiny"), START_FINETUNED.format("sc_fm-tiny")]
-    table = pd.DataFrame({"Macro F1": [0.800, tuned, 0.869], "Macro F1 sd": [0.0, np.nan, np.nan],
-                          "Seeds": [1, 1, 1]}, index=rows)
-    assert _finding_lines(SimpleNamespace(table=table)) == [
+    assert _findings(tuned, (np.nan, np.nan), seeds=1) == [
         f"Finding: sc_fm-tiny (fine-tuned) scores {tuned:.3f} against 0.869 for sc_fm-tiny (untrained, same "
         "start, fine-tuned) on macro F1 with one seed, which cannot tell what pretraining bought this "
         "classifier: rerun with --seeds 3 or more."]

@@ -199,8 +199,10 @@ def _finding_lines(result) -> list[str]:
             lines.append(f"Finding: {name} trails {LOGREG} on macro F1 ({table.loc[name, MACRO_F1]:.3f} vs "
                          f"{table.loc[LOGREG, MACRO_F1]:.3f}).")
         start = START_FINETUNED.format(name[:-len(FINETUNED.format(""))])
-        word, spread = compare(table, name, start, MACRO_F1) if start in table.index else (BEATS, 0.0)
-        if start in table.index and not spread_measured(table, name, start, MACRO_F1):
+        if start not in table.index:
+            continue
+        word, spread = compare(table, name, start, MACRO_F1)
+        if not spread_measured(table, name, start, MACRO_F1):
             lines.append(f"Finding: {name} scores {table.loc[name, MACRO_F1]:.3f} against "
                          f"{table.loc[start, MACRO_F1]:.3f} for {start} on macro F1 with one seed, which "
                          "cannot tell what pretraining bought this classifier: rerun with --seeds 3 or more.")
